@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
+# Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
+# kwok and helm via the Go module proxy, and Prometheus from Debian's package.
+# Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.37.2}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+
+CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
+BIN="$CACHE/bin"
+TOOLS="$CACHE/tools"
+mkdir -p "$BIN" "$TOOLS"
+
+say() { printf '\033[1m[toolchain]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[toolchain] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH: install Go 1.24 or newer (https://go.dev/doc/install) and run again"
+go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+[ "${go_minor:-0}" -ge 24 ] 2>/dev/null || die "Go $(go env GOVERSION) is too old: Kubernetes ${K8S_VERSION} needs Go 1.24 or newer (Go toolchain switching may fetch a newer one)"
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+
+# link NAME DIR: point $BIN/NAME at DIR/NAME
+link() { ln -sfn "$2/$1" "$BIN/$1"; }
+
+have() { # have DIR NAME...: all binaries present in DIR
+  local d=$1; shift
+  for n in "$@"; do [ -x "$d/$n" ] || return 1; done
+}
+
+build_kubernetes() {
+  local dir="$TOOLS/kubernetes-$K8S_VERSION"
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  if have "$dir" "${names[@]}"; then
+    for n in "${names[@]}"; do link "$n" "$dir"; done
+    return
+  fi
+  say "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the Go modules; this takes several minutes on 2 cores"
+  local src="$dir/src"
+  rm -rf "$src"; mkdir -p "$src"
+  local staging_v="v0.${K8S_VERSION#v1.}"
+  # The kubernetes module replaces its staging modules with ./staging paths, which do
+  # not apply to a dependent module: replace each with its published v0.x.y twin.
+  local kmod
+  kmod=$(cd "$src" && go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -nE 's/.*"GoMod": "(.*)".*/\1/p')
+  [ -f "$kmod" ] || die "could not download k8s.io/kubernetes@${K8S_VERSION} from the Go module proxy"
+  {
+    echo "module gaudi3.local/kubernetes-build"
+    echo
+    echo "go $(sed -nE 's/^go ([0-9.]+)$/\1/p' "$kmod")"
+    echo
+    echo "require k8s.io/kubernetes ${K8S_VERSION}"
+    echo
+    echo "replace ("
+    sed -nE 's#^\s*(k8s\.io/[a-z0-9-]+) => \./staging/.*#\1#p' "$kmod" | while read -r m; do
+      echo "	$m => $m $staging_v"
+    done
+    echo ")"
+  } >"$src/go.mod"
+  cat >"$src/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$src" && go mod tidy) || die "resolving Kubernetes ${K8S_VERSION} modules failed (see above)"
+  local major minor
+  major=$(echo "$K8S_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')
+  minor=$(echo "$K8S_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=${major} -X $p.gitMinor=${minor}"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=${date}"
+  done
+  mkdir -p "$dir/out"
+  (cd "$src" && go build -trimpath -ldflags "-s -w $ld" -o "$dir/out/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) \
+    || die "building Kubernetes ${K8S_VERSION} failed (see above)"
+  for n in "${names[@]}"; do mv "$dir/out/$n" "$dir/$n"; link "$n" "$dir"; done
+  rmdir "$dir/out"
+  say "Kubernetes: $("$dir/kubectl" version --client 2>/dev/null | head -1)"
+}
+
+build_etcd() {
+  local dir="$TOOLS/etcd-$ETCD_VERSION"
+  if have "$dir" etcd; then link etcd "$dir"; return; fi
+  say "building etcd ${ETCD_VERSION} from the Go modules"
+  local src="$dir/src"
+  rm -rf "$src"; mkdir -p "$src"
+  local v=$ETCD_VERSION
+  # etcd's server module replaces its sibling modules with relative paths; pin them instead.
+  cat >"$src/go.mod" <<GOMOD
+module gaudi3.local/etcd-build
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $v
+
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $v
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $v
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $v
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $v
+)
+GOMOD
+  cat >"$src/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$src" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$dir/etcd" go.etcd.io/etcd/server/v3) \
+    || die "building etcd ${ETCD_VERSION} failed (see above)"
+  link etcd "$dir"
+}
+
+go_install() { # go_install NAME VERSION PKG LDFLAGS
+  local name=$1 version=$2 pkg=$3 ld=$4
+  local dir="$TOOLS/$name-$version"
+  if have "$dir" "$name"; then link "$name" "$dir"; return; fi
+  say "installing $name ${version} with go install"
+  mkdir -p "$dir"
+  GOBIN="$dir" go install -trimpath -ldflags "-s -w $ld" "$pkg@$version" \
+    || die "go install $pkg@$version failed (see above)"
+  link "$name" "$dir"
+}
+
+install_prometheus() {
+  if command -v prometheus >/dev/null 2>&1; then
+    ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
+  fi
+  command -v apt-get >/dev/null 2>&1 \
+    || die "prometheus is not installed and there is no apt-get: install Prometheus 2.x or 3.x and put it on PATH"
+  say "installing Prometheus from Debian's package"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+  # The package's own service is not used: the cluster runs Prometheus on a free port.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || die "apt-get install prometheus failed"
+  if command -v service >/dev/null 2>&1; then $sudo service prometheus stop >/dev/null 2>&1 || true; fi
+  ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
+}
+
+want="${*:-kubernetes etcd kwok helm prometheus}"
+for t in $want; do
+  case $t in
+    kubernetes) build_kubernetes ;;
+    etcd) build_etcd ;;
+    kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
+            "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION}" ;;
+    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm \
+            "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" ;;
+    prometheus) install_prometheus ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus)" ;;
+  esac
+done
+say "ready: $BIN"

@@ -1,0 +1,25 @@
+"""`gaudi3`: the one entry point. Sub-commands live in modules named for what they do."""
+
+from __future__ import annotations
+
+import typer
+
+from gaudi_operator.cluster_cli import cluster_app
+from gaudi_operator.demo import demo
+
+app = typer.Typer(
+    help="Gaudi Scale Starter: distributed PyTorch training on Intel Gaudi 3 in Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(cluster_app, name="cluster")
+app.command()(demo)
+
+benchmark_app = typer.Typer(
+    help="Measure speed and latency on the local cluster or device.", no_args_is_help=True
+)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+def main() -> None:
+    app()

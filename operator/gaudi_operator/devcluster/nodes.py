@@ -1,0 +1,50 @@
+"""Simulated Intel Gaudi 3 nodes, shaped like what the Habana device plugin and feature
+discovery advertise on a real 8-card server, so the scheduler sees the same constraints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+POOL_LABEL = "gaudi3.scalestarter.dev/local-cluster"
+GAUDI_RESOURCE = "habana.ai/gaudi"
+GAUDI_TAINT = {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
+
+
+def node_name(index: int) -> str:
+    return f"gaudi3-node-{index}"
+
+
+def gaudi_node(name: str, hpus: int = 8) -> dict[str, Any]:
+    # A Gaudi 3 HLS server: 8 OAM cards, two Xeon sockets, 2 TiB of host memory.
+    capacity = {
+        "cpu": "224",
+        "memory": "2Ti",
+        "pods": "110",
+        "ephemeral-storage": "7Ti",
+        "hugepages-2Mi": "64Gi",
+        GAUDI_RESOURCE: str(hpus),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "gaudi3-hls",
+                "type": "kwok",
+                POOL_LABEL: "true",
+                # Labels in the style of Intel's Gaudi feature discovery.
+                "habana.ai/device.family": "gaudi",
+                "habana.ai/device.type": "gaudi3",
+                "habana.ai/device.count": str(hpus),
+                "habana.ai/gaudi.present": "true",
+            },
+        },
+        "spec": {"taints": [GAUDI_TAINT]},
+        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+    }

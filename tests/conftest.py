@@ -1,0 +1,145 @@
+"""Shared test harness: the real local cluster, a namespace per test, kubectl.
+
+Cluster tests start their own cluster (named ``pytest-<pid>``) the first time one asks
+for it, unless ``GAUDI3_TEST_CLUSTER`` names a running local cluster to reuse
+(``gaudi3 cluster up --name dev`` then ``GAUDI3_TEST_CLUSTER=dev make test``).
+When a cluster test fails, the tails of the component logs are added to its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test's folder names its kind, so `-m unit` never starts a cluster by accident.
+    for item in items:
+        part = Path(str(item.fspath)).parent.name
+        if part in _DIR_MARKERS and not item.get_closest_marker(_DIR_MARKERS[part]):
+            item.add_marker(getattr(pytest.mark, _DIR_MARKERS[part]))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[object]:
+    from gaudi_operator.devcluster import Cluster
+    from gaudi_operator.devcluster.cluster import Settings
+
+    reuse = os.environ.get("GAUDI3_TEST_CLUSTER")
+    if reuse:
+        c = Cluster(reuse)
+        if not c.healthy():
+            pytest.fail(f"GAUDI3_TEST_CLUSTER={reuse}: that cluster is not up")
+        yield c
+        return
+    c = Cluster(f"pytest-{os.getpid()}", say=lambda m: print(f"[cluster] {m}", flush=True))
+    c.up(Settings(gaudi_nodes=4, hpus_per_node=8, node_monitor_grace_seconds=20))
+    try:
+        yield c
+    finally:
+        c.delete()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and "cluster" in getattr(item, "fixturenames", ()):
+        c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+        if c is not None:
+            from gaudi_operator.devcluster.cluster import COMPONENTS
+
+            for comp in COMPONENTS:
+                rep.sections.append((f"{comp} log (tail)", c._tail(comp, 25)))
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster):  # type: ignore[no-untyped-def]
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def core(api_client):  # type: ignore[no-untyped-def]
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def custom(api_client):  # type: ignore[no-untyped-def]
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="session")
+def apps(api_client):  # type: ignore[no-untyped-def]
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(core) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # pods are refused until its default SA exists
+        try:
+            core.read_namespaced_service_account("default", name)
+            break
+        except ApiException:
+            time.sleep(0.2)
+    yield name
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(name)
+
+
+@pytest.fixture
+def kubectl(cluster) -> Callable[..., subprocess.CompletedProcess[str]]:  # type: ignore[no-untyped-def]
+    def run(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [cluster.tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stderr}")
+        return out
+
+    return run
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 30,
+    interval: float = 0.25,
+    what: str = "condition",
+) -> object:
+    """Poll until ``predicate`` returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
