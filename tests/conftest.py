@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, _DIR_MARKERS[part]))
 
 
+def _sweep_abandoned_test_clusters() -> None:
+    """Stop clusters left by test runs that were killed before their teardown."""
+    from gaudi_operator.devcluster import Cluster
+    from gaudi_operator.devcluster.cluster import CLUSTERS
+
+    for d in CLUSTERS.glob("pytest-*") if CLUSTERS.exists() else []:
+        owner = d.name.removeprefix("pytest-")
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            Cluster(d.name).delete()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
     from gaudi_operator.devcluster import Cluster
@@ -41,6 +52,7 @@ def cluster() -> Iterator[object]:
             pytest.fail(f"GAUDI3_TEST_CLUSTER={reuse}: that cluster is not up")
         yield c
         return
+    _sweep_abandoned_test_clusters()
     c = Cluster(f"pytest-{os.getpid()}", say=lambda m: print(f"[cluster] {m}", flush=True))
     c.up(Settings(gaudi_nodes=4, hpus_per_node=8, node_monitor_grace_seconds=20))
     try:

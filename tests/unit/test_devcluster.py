@@ -63,3 +63,17 @@ def test_stop_never_signals_a_recycled_pid(tmp_path: Path) -> None:
     procs.stop("sleeper")
     assert procs.pid("sleeper") is None
     assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+
+
+def test_strays_without_pid_files_are_found_and_stopped(tmp_path: Path) -> None:
+    procs = Processes(tmp_path)
+    marker = tmp_path / "etcd"
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"--data-dir={marker}"]
+    )
+    try:
+        assert stray.pid in procs.strays()
+        assert procs.kill_strays(timeout=5) == [stray.pid]
+        assert stray.wait(timeout=5) is not None
+    finally:
+        stray.kill()

@@ -8,6 +8,8 @@ State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -152,8 +154,19 @@ class Cluster:
         return out
 
     # -- up / down -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):  # type: ignore[no-untyped-def]
+        """One `up` or `down` of a cluster at a time, across processes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / ".lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def up(self, settings: Settings | None = None) -> None:
-        wanted = settings or Settings()
+        with self._locked():
+            self._up(settings or Settings())
+
+    def _up(self, wanted: Settings) -> None:
         current = self.settings
         if self.healthy() and current is not None:
             if current.gaudi_nodes != wanted.gaudi_nodes or (
@@ -176,7 +189,7 @@ class Cluster:
                 f"missing tools: {', '.join(missing)}: run `make setup` "
                 f"(or `bash hack/toolchain.sh`) to build them into {BIN}"
             )
-        self.down(quiet=True)
+        self._down(quiet=True)
         # A fresh etcd every time: a dev cluster that restarts clean is easier to trust.
         for sub in ("etcd", "logs", "prometheus", "pids"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
@@ -208,10 +221,16 @@ class Cluster:
             self._wait_default_service_account()
         except BaseException:
             self.say(f"start failed; component logs are in {self.dir / 'logs'}")
-            self.down(quiet=True)
+            self._down(quiet=True)
             raise
 
     def down(self, quiet: bool = False) -> list[str]:
+        if not self.dir.exists():
+            return ["untracked leftovers"] if self.procs.kill_strays() else []
+        with self._locked():
+            return self._down(quiet)
+
+    def _down(self, quiet: bool) -> list[str]:
         stopped = []
         for name in reversed(COMPONENTS):
             if self.procs.pid(name) is not None:
@@ -221,6 +240,8 @@ class Cluster:
             self.procs.stop(name)
         for name in self.procs.names():  # anything else we once started
             self.procs.stop(name)
+        if self.procs.kill_strays():
+            stopped.append("untracked leftovers")
         return stopped
 
     def delete(self) -> None:
@@ -504,7 +525,9 @@ class Cluster:
 
     def _apply_nodes(self, s: Settings) -> None:
         self.say(f"registering {s.gaudi_nodes} Gaudi 3 nodes ({s.hpus_per_node} HPUs each)")
-        docs = [nodes.gaudi_node(nodes.node_name(i), s.hpus_per_node) for i in range(s.gaudi_nodes)]
+        docs = [
+            nodes.gaudi_node(nodes.node_name(i), s.hpus_per_node, i) for i in range(s.gaudi_nodes)
+        ]
         self.kubectl(
             "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(docs)
         )

@@ -15,7 +15,7 @@ def node_name(index: int) -> str:
     return f"gaudi3-node-{index}"
 
 
-def gaudi_node(name: str, hpus: int = 8) -> dict[str, Any]:
+def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
     # A Gaudi 3 HLS server: 8 OAM cards, two Xeon sockets, 2 TiB of host memory.
     capacity = {
         "cpu": "224",
@@ -46,5 +46,12 @@ def gaudi_node(name: str, hpus: int = 8) -> dict[str, Any]:
             },
         },
         "spec": {"taints": [GAUDI_TAINT]},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
+        "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
+            "addresses": [
+                {"type": "InternalIP", "address": f"10.100.{index // 250}.{index % 250 + 2}"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
     }

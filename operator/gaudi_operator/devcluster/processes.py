@@ -30,7 +30,7 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -84,8 +84,12 @@ class Processes:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
+        if not Path(f"/proc/{pid}").exists() or is_zombie(pid):
+            return None
         cmd = _cmdline(pid)
-        if not cmd or cmd[0] != exe or _is_zombie(pid):
+        # An empty cmdline is a process still inside exec (or a kernel thread, which
+        # ignores signals anyway): only a different program means the pid was recycled.
+        if cmd and cmd[0] != exe:
             return None
         return pid
 
@@ -109,3 +113,34 @@ class Processes:
                     time.sleep(0.1)
             _reap(pid)
         (self.pids / f"{name}.pid").unlink(missing_ok=True)
+
+    def strays(self) -> list[int]:
+        """Processes that name this cluster's folder in their arguments but have no pid
+        file (left by a start that was itself killed): `down` stops them too."""
+        marker = f"{self.dir}/"
+        tracked = {self.pid(n) for n in self.names()}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in tracked:
+                continue
+            pid = int(entry.name)
+            if pid != os.getpid() and any(marker in a for a in _cmdline(pid)[1:]):
+                found.append(pid)
+        return found
+
+    def kill_strays(self, timeout: float = 10.0) -> list[int]:
+        pids = self.strays()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            Path(f"/proc/{p}").exists() and not is_zombie(p) for p in pids
+        ):
+            time.sleep(0.1)
+        for pid in pids:
+            if Path(f"/proc/{pid}").exists() and not is_zombie(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap(pid, 0.5)
+        return pids
