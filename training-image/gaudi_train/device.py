@@ -1,0 +1,116 @@
+"""Pick the accelerator and the matching collective backend: HPU > CUDA > CPU.
+
+The HPU path follows Intel's documented Gaudi PyTorch API (`habana_frameworks.torch`,
+`torch.device("hpu")`, the `hccl` backend, `mark_step()` in lazy mode). It was written
+from that documentation and has not been run on Gaudi hardware in this repository.
+`habana_frameworks` exists only in Intel's images, so it is imported lazily here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+KINDS = ("hpu", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where tensors live and how processes talk: kind, torch device string, backend."""
+
+    kind: str  # "hpu", "cuda" or "cpu"
+    device: str  # e.g. "hpu", "cuda:1", "cpu"
+    backend: str  # "hccl", "nccl" or "gloo"
+    lazy_mode: bool = False  # HPU lazy mode: mark_step() flushes the accumulated graph
+    autocast_dtype: str | None = None  # "bfloat16" where the device does it well
+    # Called after backward and after optimizer.step(); a no-op except in HPU lazy mode.
+    mark_step: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+
+    def torch_device(self) -> Any:
+        import torch
+
+        return torch.device(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on HPU and capable CUDA devices, nothing on CPU."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=self.kind, dtype=getattr(torch, self.autocast_dtype))
+
+
+def _import_optional(name: str) -> ModuleType | None:
+    """Import `name`, or None when it (or something it needs) is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def hpu_available() -> bool:
+    """True when Intel's Gaudi PyTorch bridge is installed and sees a device."""
+    if _import_optional("habana_frameworks") is None:
+        return False
+    # Importing habana_frameworks.torch registers the "hpu" device with torch.
+    if _import_optional("habana_frameworks.torch") is None:
+        return False
+    hpu = _import_optional("habana_frameworks.torch.hpu")
+    if hpu is None:
+        return False
+    try:
+        return bool(hpu.is_available())
+    except Exception as exc:  # a broken driver must not kill the CPU fallback
+        log.warning("habana_frameworks is installed but reports an error: %s", exc)
+        return False
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def select_device(
+    prefer: str = "auto", local_rank: int = 0, env: dict[str, str] | None = None
+) -> DeviceInfo:
+    """The device for this process; `prefer` forces one kind ("auto" picks the best)."""
+    env = dict(os.environ) if env is None else env
+    prefer = prefer.lower()
+    if prefer not in ("auto", *KINDS):
+        raise ValueError(f"device {prefer!r}: use auto, hpu, cuda or cpu")
+    if prefer in ("auto", "hpu") and hpu_available():
+        return _hpu_device(env)
+    if prefer == "hpu":
+        raise RuntimeError(
+            "device hpu requested but habana_frameworks is missing or sees no Gaudi device"
+        )
+    if prefer in ("auto", "cuda") and cuda_available():
+        import torch
+
+        torch.cuda.set_device(local_rank)
+        bf16 = bool(torch.cuda.is_bf16_supported())
+        return DeviceInfo("cuda", f"cuda:{local_rank}", "nccl", False, "bfloat16" if bf16 else None)
+    if prefer == "cuda":
+        raise RuntimeError("device cuda requested but torch sees no CUDA device")
+    return DeviceInfo("cpu", "cpu", "gloo")
+
+
+def _hpu_device(env: dict[str, str]) -> DeviceInfo:
+    # Intel: importing this module registers the "hccl" process-group backend; it reads
+    # the torchrun variables (LOCAL_RANK ...) to map each process to its own Gaudi.
+    importlib.import_module("habana_frameworks.torch.distributed.hccl")
+    lazy = env.get("PT_HPU_LAZY_MODE", "0").strip() == "1"
+    mark_step: Callable[[], None] = lambda: None  # noqa: E731
+    if lazy:
+        core = importlib.import_module("habana_frameworks.torch.core")
+        mark_step = core.mark_step
+    return DeviceInfo("hpu", "hpu", "hccl", lazy, "bfloat16", mark_step)

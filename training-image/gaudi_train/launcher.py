@@ -1,0 +1,151 @@
+"""Run the workers under torchrun elastic (torch.distributed.run), one per device.
+
+Inside a GaudiTrainingJob pod the rendezvous comes from the operator's PET_*
+variables; on a workstation `--standalone` gives a private rendezvous on a free port.
+torchrun restarts the local workers (up to PET_MAX_RESTARTS) when one of them dies,
+and forwards SIGTERM to them so they can checkpoint before the pod goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gaudi_train.batching import valid_replica_counts, valid_world_sizes
+from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSettings, JobSettings
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything the launcher needs; built by the CLI from flags and environment."""
+
+    settings: JobSettings
+    elastic: ElasticSettings
+    entry: list[str]  # ["--module", "gaudi_train.worker", ...] or ["script.py", ...]
+    nproc: int | None = None  # processes in this pod; None = PET_NPROC_PER_NODE or devices
+    max_restarts: int | None = None  # None = PET_MAX_RESTARTS
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def device_count(prefer: str = "auto") -> int:
+    """Accelerators visible here, for one process per device (1 on a CPU-only host)."""
+    from gaudi_train.device import cuda_available, hpu_available
+
+    if prefer in ("auto", "hpu") and hpu_available():
+        import habana_frameworks.torch.hpu as hthpu  # type: ignore[import-not-found]
+
+        return int(hthpu.device_count())
+    if prefer in ("auto", "cuda") and cuda_available():
+        import torch
+
+        return int(torch.cuda.device_count())
+    return 1
+
+
+def resolve_nproc(request: LaunchRequest) -> int:
+    if request.nproc is not None:
+        return request.nproc
+    if request.elastic.nproc_per_node is not None:
+        return request.elastic.nproc_per_node
+    return device_count(request.settings.device)
+
+
+def check_batch(settings: JobSettings, elastic: ElasticSettings, nproc: int) -> str | None:
+    """An error message when no world size the job can reach keeps the global batch."""
+    if settings.global_batch is None:
+        return None
+    low, high = elastic.node_range()
+    worlds = list(range(low * nproc, high * nproc + 1, nproc))
+    valid = set(valid_world_sizes(settings.global_batch, settings.micro_batch, worlds[-1]))
+    if valid & set(worlds):
+        invalid = [w for w in worlds if w not in valid]
+        if invalid:  # the operator resizes only to valid sizes; say which ones fail
+            log.warning(
+                "global batch %d cannot be split over world sizes %s; valid in range: %s",
+                settings.global_batch,
+                invalid,
+                sorted(valid & set(worlds)),
+            )
+        return None
+    sizes = valid_world_sizes(
+        settings.global_batch, settings.micro_batch, settings.global_batch // settings.micro_batch
+    )
+    pods = valid_replica_counts(
+        settings.global_batch, settings.micro_batch, nproc, 1, max(high, 64)
+    )
+    return (
+        f"global batch size {settings.global_batch} with micro batch size "
+        f"{settings.micro_batch} fits none of the world sizes this job can have "
+        f"({', '.join(map(str, worlds))} = {low}..{high} pods x {nproc} processes). "
+        f"Valid world sizes: {', '.join(map(str, sizes)) or 'none'}; "
+        f"valid pod counts at {nproc} processes per pod: {', '.join(map(str, pods)) or 'none'}. "
+        "Change workers.minReplicas/maxReplicas or batch.globalBatchSize/microBatchSize."
+    )
+
+
+def torchrun_argv(request: LaunchRequest, nproc: int) -> list[str]:
+    elastic = request.elastic
+    restarts = elastic.max_restarts if request.max_restarts is None else request.max_restarts
+    argv = ["--nproc-per-node", str(nproc), "--max-restarts", str(restarts)]
+    if elastic.multi_node:
+        argv += ["--nnodes", elastic.nnodes, "--rdzv-backend", elastic.rdzv_backend]
+        argv += ["--rdzv-endpoint", str(elastic.rdzv_endpoint)]
+        if elastic.rdzv_id:
+            argv += ["--rdzv-id", elastic.rdzv_id]
+        if elastic.rdzv_backend == "static":  # only the static backend uses MASTER_*
+            if elastic.master_addr:
+                argv += ["--master-addr", elastic.master_addr]
+            if elastic.master_port:
+                argv += ["--master-port", str(elastic.master_port)]
+    else:
+        argv += ["--standalone", "--nnodes", "1"]
+    return argv + request.entry
+
+
+def launch(request: LaunchRequest) -> int:
+    """Run torchrun in this process and return the exit code for the pod."""
+    nproc = resolve_nproc(request)
+    problem = check_batch(request.settings, request.elastic, nproc)
+    if problem:
+        print(f"gaudi3-train: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    # Workers inherit the resolved settings, so a user script sees what the CLI chose.
+    os.environ.update(request.settings.to_env())
+    os.environ.update(request.extra_env)
+    # torchrun's shared rendezvous store outlives a restart, and gloo/hccl then read
+    # the previous attempt's peer addresses from it ("Connection refused" loops on
+    # restart). A fresh store per rendezvous round, hosted by rank 0, avoids that.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    # Workers import the same gaudi_train as this launcher, installed or not.
+    paths = [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv = torchrun_argv(request, nproc)
+    log.info("torchrun %s", " ".join(argv))
+    try:
+        run(get_args_parser().parse_args(argv))
+    except SignalException as exc:
+        # The pod is being stopped; the workers got the signal too and checkpointed.
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        return failure_exit_code([f.exitcode for f in exc.failures.values()])
+    return 0
+
+
+def failure_exit_code(codes: list[int]) -> int:
+    """Pass on the codes the operator's failure rules can act on; else 1."""
+    for meaningful in (EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED):
+        if meaningful in codes:
+            return meaningful
+    return 1
