@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from gaudi_operator.devcluster.nodes import gaudi_node
 from gaudi_operator.devcluster.pki import ensure_pki
-from gaudi_operator.devcluster.processes import Processes
+from gaudi_operator.devcluster.processes import Processes, _cmdline
 
 
 def test_pki_issues_server_and_admin_certs_signed_by_one_ca(tmp_path: Path) -> None:
@@ -55,6 +56,8 @@ def test_stop_never_signals_a_recycled_pid(tmp_path: Path) -> None:
     procs = Processes(tmp_path)
     pid = procs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
     assert procs.pid("sleeper") == pid
+    while not _cmdline(pid):  # let its exec finish: only then does /proc show the program
+        time.sleep(0.01)
     # A pid file whose process runs another program is not ours.
     (procs.pids / "stranger.pid").write_text(f"{pid}\n/bin/not-this\n")
     assert procs.pid("stranger") is None
@@ -72,6 +75,8 @@ def test_strays_without_pid_files_are_found_and_stopped(tmp_path: Path) -> None:
         [sys.executable, "-c", "import time; time.sleep(60)", f"--data-dir={marker}"]
     )
     try:
+        while not _cmdline(stray.pid):  # exec still running: /proc shows no arguments yet
+            time.sleep(0.01)
         assert stray.pid in procs.strays()
         assert procs.kill_strays(timeout=5) == [stray.pid]
         assert stray.wait(timeout=5) is not None

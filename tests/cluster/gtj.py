@@ -1,0 +1,167 @@
+"""Helpers for GaudiTrainingJob cluster tests: the operator as a real process, and
+short-hands for jobs, their pods and events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from conftest import wait_for
+
+ROOT = Path(__file__).parents[2]
+CRD = ROOT / "crds" / "gauditrainingjobs.yaml"
+EXAMPLES = ROOT / "examples"
+GROUP, VERSION, PLURAL = "gaudi.scalestarter.dev", "v1alpha1", "gauditrainingjobs"
+MANAGED = "app.kubernetes.io/managed-by=gaudi-operator"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`gaudi3 operator` as a child process, with its log in a file."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.health_port = 0
+
+    def command(self, extra: list[str]) -> list[str]:
+        exe = Path(sys.executable).parent / "gaudi3"
+        return [
+            str(exe),
+            "operator",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            "--resync-seconds",
+            "5",
+            *extra,
+        ]
+
+    def start(self, *extra: str) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.metrics_port, self.health_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log.open("ab") as out:
+            out.write(f"\n===== start {' '.join(extra)} =====\n".encode())
+            self.proc = subprocess.Popen(
+                self.command(list(extra)), env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_for(self.healthy, timeout=60, what="the operator's /healthz")
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited:\n{self.tail()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no goodbye (a node crash, an OOM kill)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self, *extra: str) -> None:
+        self.stop()
+        self.start(*extra)
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def tail(self, lines: int = 60) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def kubectl_run(cluster: Any, *args: str, input: str | None = None) -> str:
+    out = subprocess.run(
+        [cluster.tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr}")
+    return out.stdout
+
+
+def load_example(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
+
+
+def get_job(custom: Any, ns: str, name: str) -> dict[str, Any]:
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def create_job(custom: Any, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+    return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+
+def job_body(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GaudiTrainingJob",
+        "metadata": {"name": name},
+        "spec": {"image": "ghcr.io/gaudi-scale-starter/gaudi-train:test", **spec},
+    }
+
+
+def worker_pods(core: Any, ns: str, job: str) -> list[Any]:
+    sel = f"gaudi.scalestarter.dev/job-name={job}"
+    return sorted(
+        core.list_namespaced_pod(ns, label_selector=sel).items, key=lambda p: p.metadata.name
+    )
+
+
+def wait_phase(custom: Any, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job = get_job(custom, ns, name)
+        return job if (job.get("status") or {}).get("phase") == phase else None
+
+    return wait_for(check, timeout=timeout, what=f"{name} phase {phase}")  # type: ignore[return-value]
+
+
+def wait_running_workers(core: Any, ns: str, job: str, n: int, timeout: float = 60) -> list[Any]:
+    def check() -> list[Any] | None:
+        pods = [p for p in worker_pods(core, ns, job) if not p.metadata.deletion_timestamp]
+        running = [p for p in pods if p.status.phase == "Running"]
+        return running if len(pods) == n and len(running) == n else None
+
+    return wait_for(check, timeout=timeout, what=f"{n} running workers of {job}")  # type: ignore[return-value]
+
+
+def events_for(core: Any, ns: str, name: str) -> list[Any]:
+    return core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+
+
+def wait_gone(check: Callable[[], object], timeout: float = 60, what: str = "deletion") -> None:
+    wait_for(lambda: not check(), timeout=timeout, what=what)
