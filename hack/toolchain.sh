@@ -18,11 +18,17 @@ mkdir -p "$BIN" "$TOOLS"
 say() { printf '\033[1m[toolchain]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[toolchain] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH: install Go 1.24 or newer (https://go.dev/doc/install) and run again"
-go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
-[ "${go_minor:-0}" -ge 24 ] 2>/dev/null || die "Go $(go env GOVERSION) is too old: Kubernetes ${K8S_VERSION} needs Go 1.24 or newer (Go toolchain switching may fetch a newer one)"
-export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+# Go is needed only when something must be built: a warm cache works without it.
+need_go() {
+  [ -n "${_go_checked:-}" ] && return
+  command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH: install Go 1.24 or newer (https://go.dev/doc/install) and run again"
+  local minor
+  minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+  [ "${minor:-0}" -ge 24 ] 2>/dev/null || die "Go $(go env GOVERSION) is too old: these builds need Go 1.24 or newer"
+  export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+  export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+  _go_checked=1
+}
 
 # link NAME DIR: point $BIN/NAME at DIR/NAME
 link() { ln -sfn "$2/$1" "$BIN/$1"; }
@@ -39,6 +45,7 @@ build_kubernetes() {
     for n in "${names[@]}"; do link "$n" "$dir"; done
     return
   fi
+  need_go
   say "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the Go modules; this takes several minutes on 2 cores"
   local src="$dir/src"
   rm -rf "$src"; mkdir -p "$src"
@@ -96,6 +103,7 @@ GO
 build_etcd() {
   local dir="$TOOLS/etcd-$ETCD_VERSION"
   if have "$dir" etcd; then link etcd "$dir"; return; fi
+  need_go
   say "building etcd ${ETCD_VERSION} from the Go modules"
   local src="$dir/src"
   rm -rf "$src"; mkdir -p "$src"
@@ -131,6 +139,7 @@ go_install() { # go_install NAME VERSION PKG LDFLAGS
   local name=$1 version=$2 pkg=$3 ld=$4
   local dir="$TOOLS/$name-$version"
   if have "$dir" "$name"; then link "$name" "$dir"; return; fi
+  need_go
   say "installing $name ${version} with go install"
   mkdir -p "$dir"
   GOBIN="$dir" go install -trimpath -ldflags "-s -w $ld" "$pkg@$version" \

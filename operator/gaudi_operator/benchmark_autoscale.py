@@ -36,20 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from gaudi_operator import api
+from gaudi_operator.crd import install_crds
 from gaudi_operator.devcluster import Cluster, ClusterError
 from gaudi_operator.devcluster.processes import free_port
 
 console = Console()
 REPO = Path(__file__).resolve().parents[2]
 LOAD_METRIC = "gaudi3_bench_load"
-
-
-def crd_path() -> Path:
-    """The CRD: in the source tree, or inside the installed wheel (force-included)."""
-    for candidate in (REPO / "crds", Path(__file__).resolve().parent / "crds"):
-        if candidate.is_dir():
-            return candidate
-    raise ClusterError("cannot find the CRD folder crds/; run from a source checkout")
 
 
 class MetricExporter:
@@ -253,7 +246,7 @@ def run_benchmark(
     c: Cluster, runs: int, step: int, hpus: int, interval: float, start_operator: bool, log: Path
 ) -> Results:
     ns, job = "gaudi3-bench-autoscale", "bench-autoscale"
-    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_path()))
+    install_crds(c)
     c.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}"
     )
@@ -314,7 +307,9 @@ def _table(r: Results) -> Table:
 
 
 def benchmark_autoscale(
-    name: Annotated[str, typer.Option("--name", "-n", help="Local cluster name.")] = "gaudi3",
+    name: Annotated[
+        str, typer.Option("--cluster", help="Local cluster name (gaudi3 cluster up).")
+    ] = "gaudi3",
     runs: Annotated[int, typer.Option(min=1, max=100, help="Scale-up/down cycles.")] = 5,
     step: Annotated[int, typer.Option(min=1, max=16, help="Workers added per scale-up.")] = 2,
     hpus_per_worker: Annotated[int, typer.Option(min=1, max=8, help="HPUs per worker.")] = 8,

@@ -181,6 +181,7 @@ def failover(
     timeout: Annotated[float, typer.Option(help="Give up on one step after this.")] = 120,
 ) -> None:
     """Failure injected -> replacement workers Running, p50/p95/max over repeated trials."""
+    from gaudi_operator.crd import install_crds
     from gaudi_operator.devcluster import Cluster
 
     c = Cluster(cluster)
@@ -191,6 +192,7 @@ def failover(
     bad = [k for k in kinds if k not in ("pod", "node")]
     if bad:
         raise typer.BadParameter(f"--kind must be pod or node, got {bad}")
+    install_crds(c)
     proc = (
         _start_operator(Path(c.kubeconfig), c.dir / "logs" / "bench-operator.log")
         if (start_operator)

@@ -8,8 +8,6 @@ It leaves the cluster and operator running so you can explore with kubectl after
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,13 +18,15 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from gaudi_operator.api import GROUP, PLURAL
+from gaudi_operator.crd import install_crds
 from gaudi_operator.devcluster import Cluster, ClusterError
 from gaudi_operator.devcluster.cluster import Settings
 
 console = Console()
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo"
-JOB = "llama-elastic"
+JOB = "elastic"
 
 
 def _step(title: str) -> None:
@@ -52,24 +52,43 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     raise ClusterError(f"timed out waiting for {what}")
 
 
-def _job(c: Cluster) -> dict:
+def _status(c: Cluster) -> dict:
     out = c.kubectl("get", "gtj", JOB, "-n", "default", "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
+    return json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
 
 
-def _start_operator(c: Cluster) -> subprocess.Popen[bytes]:
-    log = (c.dir / "logs" / "operator.log").open("ab")
-    exe = Path(sys.executable).with_name("gaudi3")
-    proc = subprocess.Popen(
-        [str(exe), "operator", "--prometheus-url", c.prometheus_url],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "KUBECONFIG": str(c.kubeconfig)},
-        start_new_session=True,
+def _job_spec(c: Cluster) -> dict:
+    out = c.kubectl("get", "gtj", JOB, "-n", "default", "-o", "json", check=False)
+    return json.loads(out.stdout).get("spec", {}) if out.returncode == 0 else {}
+
+
+def _node_of(c: Cluster, pod: str) -> str:
+    return c.kubectl("get", "pod", pod, "-n", "default", "-o", "jsonpath={.spec.nodeName}").stdout
+
+
+def _worker_nodes(c: Cluster) -> set[str]:
+    out = c.kubectl(
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-l",
+        f"gaudi.scalestarter.dev/job-name={JOB}",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+        check=False,
     )
-    (c.dir / "pids" / "operator.pid").write_text(f"{proc.pid}\n{exe}\n")
-    return proc
+    return set(out.stdout.split())
+
+
+def _start_operator(c: Cluster) -> None:
+    # Through the cluster's process table, so `demo --down` and `cluster down` stop it too.
+    script = Path(sys.executable).with_name("gaudi3")
+    c.procs.start(
+        "operator",
+        [sys.executable, str(script), "operator", "--prometheus-url", c.prometheus_url],
+        env={"KUBECONFIG": str(c.kubeconfig)},
+    )
 
 
 def demo(
@@ -98,29 +117,27 @@ def _run(c: Cluster, nodes: int) -> None:
         c,
         "get",
         "nodes",
-        "-L",
-        "habana.ai/device.type",
         "-o",
         "custom-columns=NODE:.metadata.name,"
         "READY:.status.conditions[?(@.type=='Ready')].status,"
         "HPUS:.status.allocatable.habana\\.ai/gaudi,"
-        "HUGEPAGES:.status.allocatable.hugepages-2Mi,TYPE:.metadata.labels.habana\\.ai/device\\.type",
+        "HUGEPAGES:.status.allocatable.hugepages-2Mi,"
+        "TYPE:.metadata.labels.habana\\.ai/device\\.type",
     )
 
     _step("2. The GaudiTrainingJob API and the operator")
-    _show(c, "apply", "-f", str(REPO / "crds"))
-    c.kubectl("wait", "--for=condition=Established", "crd/gauditrainingjobs.gaudi.scalestarter.dev")
+    install_crds(c)
+    _show(c, "get", "crd", f"{PLURAL}.{GROUP}")
     if c.procs.pid("operator") is None:
         _start_operator(c)
-        console.print(f"operator started; log: {c.dir / 'logs' / 'operator.log'}")
+        console.print(f"operator started; log: {c.procs.logs / 'operator.log'}")
     else:
         console.print("operator already running")
 
     _step("3. An elastic 4-worker job (2..8 workers, 8 HPUs each)")
-    _show(c, "apply", "-n", "default", "-f", str(REPO / "examples" / "elastic-job.yaml"))
-    _wait(
-        "the job to reach Running", lambda: _job(c).get("status", {}).get("phase") == "Running", 90
-    )
+    c.kubectl("delete", "gtj", JOB, "-n", "default", "--ignore-not-found", "--wait=true")
+    _show(c, "apply", "-n", "default", "-f", str(REPO / "examples" / "elastic-4-workers.yaml"))
+    _wait("the job to reach Running", lambda: _status(c).get("phase") == "Running", 90)
     _show(c, "get", "gtj", "-n", "default")
     _show(
         c,
@@ -140,10 +157,98 @@ def _run(c: Cluster, nodes: int) -> None:
         f"/apis/gaudi.scalestarter.dev/v1alpha1/namespaces/default/gauditrainingjobs/{JOB}/scale",
     )
 
-    _step("4. Resize through the scale subresource (kubectl scale)")
-    _show(c, "scale", "gtj", JOB, "-n", "default", "--replicas=6")
-    _wait("6 ready workers", lambda: _job(c).get("status", {}).get("readyReplicas") == 6, 90)
+    _step("4. Resize through the scale subresource, keeping the global batch")
+    console.print(
+        "3 workers x 8 HPUs cannot keep globalBatchSize 1024 at microBatchSize 8, "
+        "so the API server refuses it:"
+    )
+    _show(c, "scale", "gtj", JOB, "-n", "default", "--replicas=3")
+    _show(c, "scale", "gtj", JOB, "-n", "default", "--replicas=2")
+    _wait(
+        "2 ready workers",
+        lambda: _status(c).get("readyReplicas") == 2 and _status(c).get("replicas") == 2,
+        90,
+    )
     _show(c, "get", "gtj", "-n", "default")
+
+    _step("5. A worker is OOM-killed: the world is recreated and resumes from its checkpoint")
+    pod = f"{JOB}-worker-1"
+    console.print(f"injecting exit code 137 (OOMKilled) into {pod} through kwok's chaos stage")
+    c.kubectl(
+        "annotate",
+        "pod",
+        pod,
+        "-n",
+        "default",
+        "--overwrite",
+        "pod-container-running-failed.stage.kwok.x-k8s.io/exit-code=137",
+        "pod-container-running-failed.stage.kwok.x-k8s.io/reason=OOMKilled",
+    )
+    c.kubectl(
+        "label",
+        "pod",
+        pod,
+        "-n",
+        "default",
+        "--overwrite",
+        "pod-container-running-failed.stage.kwok.x-k8s.io=true",
+    )
+    _wait("the restart to be recorded", lambda: _status(c).get("restarts", 0) >= 1, 60)
+    _wait(
+        "the job to run again",
+        lambda: _status(c).get("phase") == "Running" and _status(c).get("readyReplicas") == 2,
+        120,
+    )
+    _show(c, "get", "gtj", "-n", "default")
+    st = _status(c)
+    console.print_json(
+        data={k: st.get(k) for k in ("restarts", "restartGeneration", "lastFailure")}
+    )
+    uid = c.kubectl("get", "gtj", JOB, "-n", "default", "-o", "jsonpath={.metadata.uid}").stdout
+    _show(
+        c,
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        f"involvedObject.uid={uid}",
+        "--sort-by=.lastTimestamp",
+    )
+
+    _step("6. A node goes NotReady: workers move after the grace, not after 300 s")
+    node = _node_of(c, f"{JOB}-worker-0")
+    grace = _job_spec(c).get("failurePolicy", {}).get("nodeFailureGraceSeconds", 30)
+    console.print(
+        f"{JOB}-worker-0 runs on {node}; turning {node} NotReady "
+        f"(nodeFailureGraceSeconds={grace}; Kubernetes would evict after 300 s)"
+    )
+    c.kubectl("label", "node", node, "--overwrite", "node-not-ready.stage.kwok.x-k8s.io=true")
+    t0 = time.monotonic()
+    try:
+        _wait(
+            f"the workers to leave {node}",
+            lambda: node not in _worker_nodes(c) and _status(c).get("readyReplicas") == 2,
+            grace + 90,
+        )
+        console.print(f"moved after {time.monotonic() - t0:.1f} s")
+        _show(
+            c,
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            f"gaudi.scalestarter.dev/job-name={JOB}",
+            "-o",
+            "wide",
+        )
+        st = _status(c)
+        console.print_json(
+            data={k: st.get(k) for k in ("restarts", "excludedNodes", "lastFailure")}
+        )
+    finally:
+        c.kubectl("label", "node", node, "node-not-ready.stage.kwok.x-k8s.io-")
 
     console.print(
         Panel.fit(

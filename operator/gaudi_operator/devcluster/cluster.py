@@ -244,6 +244,18 @@ class Cluster:
             stopped.append("untracked leftovers")
         return stopped
 
+    def stop_prometheus(self) -> None:
+        """Take the metrics backend away (tests of the operator's MetricsUnavailable path)."""
+        self.procs.stop("prometheus")
+
+    def start_prometheus(self) -> None:
+        """Bring it back on the same port; its scrape targets are kept."""
+        s = self.settings
+        if s is None:
+            raise ClusterError(f"cluster {self.name!r} is not up: run `gaudi3 cluster up`")
+        if self.procs.pid("prometheus") is None:
+            self._start_prometheus(s)
+
     def delete(self) -> None:
         self.down(quiet=True)
         shutil.rmtree(self.dir, ignore_errors=True)
