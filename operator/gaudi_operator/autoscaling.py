@@ -500,6 +500,16 @@ def _limit_down(
     )
 
 
+def _roll_back(
+    st: AutoscalingStatus, to: int, hold_until: datetime, reason: Reason, msg: str
+) -> tuple[Reason, str, int]:
+    """Go back to the size before the scale-up and hold it as the ceiling for a while."""
+    st.ceiling = ReplicaCeiling(
+        replicas=to, until=stamp(hold_until), reason=reason.value, message=msg
+    )
+    return reason, msg, to
+
+
 def _verify_scale_up(
     spec: GaudiTrainingJobSpec, st: AutoscalingStatus, obs: Observation
 ) -> tuple[Reason, str, int] | None:
@@ -521,13 +531,7 @@ def _verify_scale_up(
                 f"{waited:.0f}s (pendingTimeoutSeconds {a.pending_timeout_seconds}): "
                 f"the cluster cannot place them; rolling back from {v.to} to {v.from_}"
             )
-            st.ceiling = ReplicaCeiling(
-                replicas=v.from_,
-                until=stamp(now + hold),
-                reason=Reason.PENDING_TIMEOUT.value,
-                message=msg,
-            )
-            return Reason.PENDING_TIMEOUT, msg, v.from_
+            return _roll_back(st, v.from_, now + hold, Reason.PENDING_TIMEOUT, msg)
         return (
             Reason.VERIFYING_SCALE_UP,
             (
@@ -575,13 +579,7 @@ def _verify_scale_up(
             f"{a.min_efficiency:.0%}) after scaling {v.from_}->{v.to}; rolling back "
             f"to {v.from_} and holding it as the ceiling"
         )
-        st.ceiling = ReplicaCeiling(
-            replicas=v.from_,
-            until=stamp(now + hold),
-            reason=Reason.EFFICIENCY_BELOW_MINIMUM.value,
-            message=msg,
-        )
-        return Reason.EFFICIENCY_BELOW_MINIMUM, msg, v.from_
+        return _roll_back(st, v.from_, now + hold, Reason.EFFICIENCY_BELOW_MINIMUM, msg)
     return (
         Reason.SCALE_UP_CONFIRMED,
         (

@@ -9,11 +9,7 @@ new generation is Running and none is on the failed node.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,16 +18,11 @@ from typing import Annotated, Any
 import typer
 
 from gaudi_operator import api
+from gaudi_operator.bench_support import start_operator as launch_operator
 
 FAIL_STAGE = "pod-container-running-failed.stage.kwok.x-k8s.io"
 NODE_STAGE = "node-not-ready.stage.kwok.x-k8s.io"
 NAMESPACE = "gaudi3-bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -140,29 +131,6 @@ class Bench:
         return not await self._pods(job)
 
 
-def _start_operator(kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
-    import httpx
-
-    port = _free_port()
-    exe = Path(sys.executable).parent / "gaudi3"
-    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port)]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the operator exited; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError(f"the operator did not become healthy; see {log}")
-
-
 def failover(
     cluster: Annotated[
         str, typer.Option(help="Local cluster name (gaudi3 cluster up).")
@@ -194,7 +162,7 @@ def failover(
         raise typer.BadParameter(f"--kind must be pod or node, got {bad}")
     install_crds(c)
     proc = (
-        _start_operator(Path(c.kubeconfig), c.dir / "logs" / "bench-operator.log")
+        launch_operator(Path(c.kubeconfig), c.dir / "logs" / "bench-operator.log")
         if (start_operator)
         else None
     )

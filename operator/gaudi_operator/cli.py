@@ -6,6 +6,7 @@ import typer
 
 from gaudi_operator import benchmark_failover
 from gaudi_operator.benchmark_autoscale import benchmark_autoscale
+from gaudi_operator.benchmark_reconcile import benchmark_reconcile
 from gaudi_operator.benchmark_train import benchmark_train
 from gaudi_operator.cluster_cli import cluster_app
 from gaudi_operator.demo import demo
@@ -26,6 +27,7 @@ benchmark_app = typer.Typer(
 app.add_typer(benchmark_app, name="benchmark")
 benchmark_app.command("autoscale")(benchmark_autoscale)
 benchmark_app.command("train")(benchmark_train)
+benchmark_app.command("reconcile")(benchmark_reconcile)
 benchmark_failover.register(benchmark_app)
 
 

@@ -67,3 +67,20 @@ def hpus_free(core: Any) -> Callable[[], None]:
             wait_for(free, timeout=90, interval=1, what="HPUs freed by earlier tests")
 
     return wait
+
+
+# --- autoscaling: the operator with a fast loop (per module), and a load exporter ---------
+@pytest.fixture(scope="module")
+def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
+    from cluster.autoscaling_support import autoscaling_operator
+
+    with autoscaling_operator(operator, cluster) as op:
+        yield op
+
+
+@pytest.fixture
+def load(cluster: Any, namespace: str) -> Iterator[Any]:
+    from cluster.autoscaling_support import exporter
+
+    with exporter(cluster, namespace) as e:
+        yield e

@@ -5,15 +5,10 @@ test exporter: steps, tolerance, the scale-down window, cooldown, batch-valid si
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from cluster.autoscaling_support import (
     autoscaled_job,
-    autoscaling_operator,
-    exporter,
     last_reason,
     last_scale,
     replicas,
@@ -22,18 +17,6 @@ from cluster.autoscaling_support import (
 )
 from cluster.gtj import create_job, events_for, get_job, wait_running_workers
 from conftest import wait_for
-
-
-@pytest.fixture(scope="module")
-def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
-    with autoscaling_operator(operator, cluster) as op:
-        yield op
-
-
-@pytest.fixture
-def load(cluster: Any, namespace: str) -> Iterator[Any]:
-    with exporter(cluster, namespace) as e:
-        yield e
 
 
 def start(

@@ -4,17 +4,12 @@ holds the size while Prometheus is away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from cluster.autoscaling_support import (
     autoscaled_job,
-    autoscaling_operator,
     autoscaling_status,
     condition,
-    exporter,
     last_scale,
     replicas,
     replicas_over,
@@ -22,18 +17,6 @@ from cluster.autoscaling_support import (
 )
 from cluster.gtj import create_job, events_for, get_job, wait_running_workers
 from conftest import wait_for
-
-
-@pytest.fixture(scope="module")
-def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
-    with autoscaling_operator(operator, cluster) as op:
-        yield op
-
-
-@pytest.fixture
-def load(cluster: Any, namespace: str) -> Iterator[Any]:
-    with exporter(cluster, namespace) as e:
-        yield e
 
 
 def blocker(core: Any, ns: str, node: str) -> None:

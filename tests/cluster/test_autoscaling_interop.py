@@ -4,14 +4,10 @@ to drive a job that an external autoscaler also drives."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from cluster.autoscaling_support import (
     autoscaled_job,
-    autoscaling_operator,
     condition,
     exporter,
     replicas,
@@ -28,12 +24,6 @@ from cluster.gtj import (
     wait_running_workers,
 )
 from conftest import wait_for
-
-
-@pytest.fixture(scope="module")
-def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
-    with autoscaling_operator(operator, cluster) as op:
-        yield op
 
 
 def hpa(name: str, job: str) -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""Shared by the cluster benchmarks: the operator as a child process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_operator(
+    kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `gaudi3 operator` and return once its /healthz answers."""
+    import httpx
+
+    port = free_port()
+    exe = Path(sys.executable).parent / "gaudi3"
+    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *args]
+    full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the operator exited; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    raise RuntimeError(f"the operator did not become healthy; see {log}")
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
