@@ -441,16 +441,7 @@ def _limit_up(
     valid = batch_valid_replicas(spec)
     candidates = [r for r in range(current + 1, limit + 1) if valid is None or r in valid]
     if not candidates:
-        b = spec.batch
-        assert b is not None
-        return (
-            current,
-            Reason.NO_BATCH_VALID_SIZE,
-            (
-                f"{what}: wants {desired} workers; no size in {current + 1}..{limit} keeps "
-                f"globalBatchSize {b.global_batch_size} (valid: {valid})"
-            ),
-        )
+        return _no_batch_valid_size(spec, current, desired, current + 1, limit, what)
     enough = [r for r in candidates if r >= desired]
     replicas = min(enough) if enough else max(candidates)
     if replicas < desired:
@@ -462,6 +453,20 @@ def _limit_up(
         replicas,
         Reason.METRIC_ABOVE_TARGET,
         (f"{what}: scaling up from {current} to {replicas} workers (wants {desired}){suffix}"),
+    )
+
+
+def _no_batch_valid_size(
+    spec: GaudiTrainingJobSpec, current: int, desired: int, lo: int, hi: int, what: str
+) -> tuple[int, Reason, str]:
+    """Hold: every size the step allows would change the global batch."""
+    b = spec.batch
+    assert b is not None
+    return (
+        current,
+        Reason.NO_BATCH_VALID_SIZE,
+        f"{what}: wants {desired} workers; no size in {lo}..{hi} keeps "
+        f"globalBatchSize {b.global_batch_size} (valid: {batch_valid_replicas(spec)})",
     )
 
 
@@ -479,16 +484,7 @@ def _limit_down(
     valid = batch_valid_replicas(spec)
     candidates = [r for r in range(low, current) if valid is None or r in valid]
     if not candidates:
-        b = spec.batch
-        assert b is not None
-        return (
-            current,
-            Reason.NO_BATCH_VALID_SIZE,
-            (
-                f"{what}: wants {desired} workers; no size in {low}..{current - 1} keeps "
-                f"globalBatchSize {b.global_batch_size} (valid: {valid})"
-            ),
-        )
+        return _no_batch_valid_size(spec, current, desired, low, current - 1, what)
     # Do not undershoot: the smallest valid size that still meets the desire.
     enough = [r for r in candidates if r >= desired]
     replicas = min(enough) if enough else max(candidates)

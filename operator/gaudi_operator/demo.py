@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from gaudi_operator.api import GROUP, PLURAL
+from gaudi_operator.api import GROUP, LABEL_JOB_NAME, PLURAL
 from gaudi_operator.crd import install_crds
 from gaudi_operator.devcluster import Cluster, ClusterError
 from gaudi_operator.devcluster.cluster import Settings
@@ -52,6 +52,10 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     raise ClusterError(f"timed out waiting for {what}")
 
 
+def _show_workers(c: Cluster) -> None:
+    _show(c, "get", "pods", "-n", "default", "-l", f"{LABEL_JOB_NAME}={JOB}", "-o", "wide")
+
+
 def _status(c: Cluster) -> dict:
     return _status_of(c, JOB)
 
@@ -72,7 +76,7 @@ def _worker_nodes(c: Cluster) -> set[str]:
         "-n",
         "default",
         "-l",
-        f"gaudi.scalestarter.dev/job-name={JOB}",
+        f"{LABEL_JOB_NAME}={JOB}",
         "-o",
         "jsonpath={.items[*].spec.nodeName}",
         check=False,
@@ -190,17 +194,7 @@ def _run(c: Cluster, nodes: int) -> None:
     _show(c, "apply", "-n", "default", "-f", str(REPO / "examples" / "elastic-4-workers.yaml"))
     _wait("the job to reach Running", lambda: _status(c).get("phase") == "Running", 90)
     _show(c, "get", "gtj", "-n", "default")
-    _show(
-        c,
-        "get",
-        "pods",
-        "-n",
-        "default",
-        "-l",
-        f"gaudi.scalestarter.dev/job-name={JOB}",
-        "-o",
-        "wide",
-    )
+    _show_workers(c)
     _show(
         c,
         "get",
@@ -283,17 +277,7 @@ def _run(c: Cluster, nodes: int) -> None:
             grace + 90,
         )
         console.print(f"moved after {time.monotonic() - t0:.1f} s")
-        _show(
-            c,
-            "get",
-            "pods",
-            "-n",
-            "default",
-            "-l",
-            f"gaudi.scalestarter.dev/job-name={JOB}",
-            "-o",
-            "wide",
-        )
+        _show_workers(c)
         st = _status(c)
         console.print_json(
             data={k: st.get(k) for k in ("restarts", "excludedNodes", "lastFailure")}
