@@ -10,7 +10,7 @@ from gaudi_operator.benchmark_reconcile import benchmark_reconcile
 from gaudi_operator.benchmark_train import benchmark_train
 from gaudi_operator.cluster_cli import cluster_app
 from gaudi_operator.demo import demo
-from gaudi_operator.operator_cli import operator_app
+from gaudi_operator.operator_cli import run_operator
 
 app = typer.Typer(
     help="Gaudi Scale Starter: distributed PyTorch training on Intel Gaudi 3 in Kubernetes.",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(cluster_app, name="cluster")
-app.add_typer(operator_app, name="operator")
+app.command("operator")(run_operator)
 app.command()(demo)
 
 benchmark_app = typer.Typer(

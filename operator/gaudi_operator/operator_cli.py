@@ -91,13 +91,3 @@ def run_operator(
             memo=kopf.Memo(config=config),
         )
     )
-
-
-operator_app = typer.Typer(
-    help="Run the GaudiTrainingJob operator.", invoke_without_command=True, add_completion=False
-)
-operator_app.callback(invoke_without_command=True)(run_operator)
-
-
-if __name__ == "__main__":
-    operator_app()
