@@ -163,5 +163,15 @@ def events_for(core: Any, ns: str, name: str) -> list[Any]:
     return core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
 
 
+def wait_event(core: Any, ns: str, name: str, reason: str, timeout: float = 15) -> list[Any]:
+    """The job's events with `reason`, once there is one: events are posted right after the
+    status write a test usually waits for, so they can trail it by a moment."""
+
+    def found() -> list[Any]:
+        return [e for e in events_for(core, ns, name) if e.reason == reason]
+
+    return wait_for(found, timeout=timeout, what=f"a {reason} event")  # type: ignore[return-value]
+
+
 def wait_gone(check: Callable[[], object], timeout: float = 60, what: str = "deletion") -> None:
     wait_for(lambda: not check(), timeout=timeout, what=what)

@@ -15,7 +15,7 @@ from cluster.autoscaling_support import (
     replicas_over,
     wait_reason,
 )
-from cluster.gtj import create_job, events_for, get_job, wait_running_workers
+from cluster.gtj import create_job, events_for, get_job, wait_event, wait_running_workers
 from conftest import wait_for
 
 
@@ -73,7 +73,7 @@ def test_scale_up_asks_only_for_what_fits_on_two_free_nodes(
     wait_reason(custom, namespace, "fit", "InsufficientCapacity", timeout=30)
     msg = autoscaling_status(custom, namespace, "fit")["lastDecision"]["message"]
     assert "free HPUs fit 0 more" in msg and "gaudi3-node-0" in msg
-    assert any(e.reason == "InsufficientCapacity" for e in events_for(core, namespace, "fit"))
+    wait_event(core, namespace, "fit", "InsufficientCapacity")
 
 
 def test_unschedulable_scale_up_is_rolled_back_after_pending_timeout(
@@ -107,8 +107,8 @@ def test_unschedulable_scale_up_is_rolled_back_after_pending_timeout(
     assert (last["from"], last["to"], last["reason"]) == (5, 1, "PendingTimeout")
     ceiling = job["status"]["autoscaling"]["ceiling"]
     assert ceiling["replicas"] == 1 and ceiling["reason"] == "PendingTimeout"
-    warning = [e for e in events_for(core, namespace, "pend") if e.reason == "PendingTimeout"]
-    assert warning and warning[0].type == "Warning" and "Pending" in warning[0].message
+    warning = wait_event(core, namespace, "pend", "PendingTimeout")
+    assert warning[0].type == "Warning" and "Pending" in warning[0].message
     # The load still asks for 5; the held ceiling keeps the job at 1.
     wait_reason(custom, namespace, "pend", "CeilingHeld", timeout=20)
     assert replicas_over(custom, namespace, "pend", 3) == {1}
@@ -186,5 +186,9 @@ def test_prometheus_stopped_holds_size_and_restarted_resumes(
         timeout=20,
         what="MetricsUnavailable cleared",
     )
-    reasons = {e.reason for e in events_for(core, namespace, "prom")}
-    assert {"MetricsUnavailable", "MetricsRecovered", "MetricAboveTarget"} <= reasons
+    wanted = {"MetricsUnavailable", "MetricsRecovered", "MetricAboveTarget"}
+    wait_for(
+        lambda: wanted <= {e.reason for e in events_for(core, namespace, "prom")},
+        timeout=15,
+        what=f"events {sorted(wanted)}",
+    )

@@ -19,8 +19,8 @@ from cluster.gtj import (
     PLURAL,
     VERSION,
     create_job,
-    events_for,
     job_body,
+    wait_event,
     wait_running_workers,
 )
 from conftest import wait_for
@@ -124,10 +124,8 @@ def test_built_in_loop_refuses_a_job_an_hpa_also_drives(
         )
         cond = condition(custom, namespace, "both", "AutoscalingConflict")
         assert cond is not None and "HorizontalPodAutoscaler both-hpa" in cond["message"]
-        events = [
-            e for e in events_for(core, namespace, "both") if e.reason == "AutoscalingConflict"
-        ]
-        assert events and events[0].type == "Warning"
+        events = wait_event(core, namespace, "both", "AutoscalingConflict")
+        assert events[0].type == "Warning"
         load.set_load("both", namespace, 1000)  # the built-in loop would scale up: it must not
         assert replicas_over(custom, namespace, "both", 5) == {2}
         kubectl("delete", "hpa", "both-hpa", "-n", namespace)
