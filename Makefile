@@ -14,17 +14,19 @@ help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
 	@echo "make test     run the whole test suite (unit, training, real-cluster)"
 	@echo "make setup    create .venv and build the cached toolchain (called by both)"
-	@echo "make lint     ruff, hadolint, helm lint"
+	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint"
 
 setup: venv toolchain
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[operator,training,dev]'
+	# The dev extra installs the dev tools from devtools/; make them editable too.
+	$(BIN)/python -m pip install -q --no-deps -e ./devtools
 	@touch $(STAMP)
 
 toolchain:
@@ -48,6 +50,7 @@ test-training: venv
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
 	$(HOME)/.cache/gaudi3/bin/helm lint charts/gaudi-operator
 

@@ -21,18 +21,24 @@ import pytest
 _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
 
 
+_TESTS = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test's folder names its kind, so `-m unit` never starts a cluster by accident.
+    # The first folder under tests/ names a test's kind, so `-m unit` never starts a
+    # cluster by accident (tests/unit/failover/… is a unit test).
     for item in items:
-        part = Path(str(item.fspath)).parent.name
-        if part in _DIR_MARKERS and not item.get_closest_marker(_DIR_MARKERS[part]):
-            item.add_marker(getattr(pytest.mark, _DIR_MARKERS[part]))
+        path = Path(str(item.fspath)).resolve()
+        parts = path.relative_to(_TESTS).parts if path.is_relative_to(_TESTS) else ()
+        kind = _DIR_MARKERS.get(parts[0]) if len(parts) > 1 else None
+        if kind and not item.get_closest_marker(kind):
+            item.add_marker(getattr(pytest.mark, kind))
 
 
 def _sweep_abandoned_test_clusters() -> None:
     """Stop clusters left by test runs that were killed before their teardown."""
-    from gaudi_operator.devcluster import Cluster
-    from gaudi_operator.devcluster.cluster import CLUSTERS
+    from gaudi_devtools.cluster import Cluster
+    from gaudi_devtools.cluster.cluster import CLUSTERS
 
     for d in CLUSTERS.glob("pytest-*") if CLUSTERS.exists() else []:
         owner = d.name.removeprefix("pytest-")
@@ -42,8 +48,8 @@ def _sweep_abandoned_test_clusters() -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
-    from gaudi_operator.devcluster import Cluster
-    from gaudi_operator.devcluster.cluster import Settings
+    from gaudi_devtools.cluster import Cluster
+    from gaudi_devtools.cluster.cluster import Settings
 
     reuse = os.environ.get("GAUDI3_TEST_CLUSTER")
     if reuse:
@@ -68,7 +74,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if rep.failed and "cluster" in getattr(item, "fixturenames", ()):
         c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
         if c is not None:
-            from gaudi_operator.devcluster.cluster import COMPONENTS
+            from gaudi_devtools.cluster.cluster import COMPONENTS
 
             for comp in COMPONENTS:
                 rep.sections.append((f"{comp} log (tail)", c._tail(comp, 25)))

@@ -72,7 +72,7 @@ def hpus_free(core: Any) -> Callable[[], None]:
 # --- autoscaling: the operator with a fast loop (per module), and a load exporter ---------
 @pytest.fixture(scope="module")
 def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
-    from cluster.autoscaling_support import autoscaling_operator
+    from cluster.autoscaling.support import autoscaling_operator
 
     with autoscaling_operator(operator, cluster) as op:
         yield op
@@ -80,7 +80,7 @@ def autoscaler(operator: Any, cluster: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def load(cluster: Any, namespace: str) -> Iterator[Any]:
-    from cluster.autoscaling_support import exporter
+    from cluster.autoscaling.support import exporter
 
     with exporter(cluster, namespace) as e:
         yield e

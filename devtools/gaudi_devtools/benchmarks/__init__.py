@@ -1,0 +1,19 @@
+"""`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
+reconcile); `support` holds what they share. Loaded only when `gaudi3 benchmark` runs."""
+
+from __future__ import annotations
+
+import typer
+
+from gaudi_devtools.benchmarks import failover
+from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
+from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
+from gaudi_devtools.benchmarks.train import benchmark_train
+
+benchmark_app = typer.Typer(
+    help="Measure speed and latency on the local cluster or device.", no_args_is_help=True
+)
+benchmark_app.command("autoscale")(benchmark_autoscale)
+benchmark_app.command("train")(benchmark_train)
+benchmark_app.command("reconcile")(benchmark_reconcile)
+failover.register(benchmark_app)

@@ -1,0 +1,583 @@
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok
+with simulated Gaudi 3 nodes, and Prometheus, each a process on a free loopback port.
+
+State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and settings),
+``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/`` and ``prometheus/targets/``
+(a file_sd folder: drop a JSON target list there and Prometheus scrapes it within seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import yaml
+
+from gaudi_devtools.cluster import nodes
+from gaudi_devtools.cluster.pki import ensure_pki
+from gaudi_devtools.cluster.processes import Processes, free_port
+
+CACHE = Path(os.environ.get("GAUDI3_CACHE", Path.home() / ".cache" / "gaudi3"))
+BIN = CACHE / "bin"
+CLUSTERS = CACHE / "clusters"
+
+# Start order; stop goes the other way.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "prometheus",
+)
+TOOLS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kubectl",
+    "prometheus",
+)
+
+
+class ClusterError(RuntimeError):
+    """Something the user can act on: the message says what and how."""
+
+
+@dataclass
+class Settings:
+    """What ``up`` was asked for; kept in cluster.json so ``up`` again is a no-op."""
+
+    gaudi_nodes: int = 4
+    hpus_per_node: int = 8
+    # kube-controller-manager marks a silent node Unknown after this.
+    node_monitor_grace_seconds: int = 40
+    # DefaultTolerationSeconds: pods leave a NotReady/Unreachable node after this.
+    # 300 s is Kubernetes' default; the operator's failover must not depend on it.
+    eviction_seconds: int = 300
+    scrape_interval_seconds: int = 1
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+class Cluster:
+    def __init__(self, name: str = "gaudi3", say: Callable[[str], None] | None = None) -> None:
+        if not name.replace("-", "").isalnum():
+            raise ClusterError(f"cluster name {name!r}: use letters, digits and '-'")
+        self.name = name
+        self.dir = CLUSTERS / name
+        self.procs = Processes(self.dir)
+        self.say = say or (lambda _msg: None)
+
+    # -- paths -----------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.dir / "prometheus" / "targets"
+
+    @property
+    def settings(self) -> Settings | None:
+        try:
+            return Settings(**json.loads((self.dir / "cluster.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @property
+    def prometheus_url(self) -> str:
+        s = self.settings
+        if not s:
+            raise ClusterError(f"cluster {self.name!r} is not up: run `gaudi3 cluster up`")
+        return f"http://127.0.0.1:{s.ports['prometheus']}"
+
+    @property
+    def apiserver_url(self) -> str:
+        s = self.settings
+        if not s:
+            raise ClusterError(f"cluster {self.name!r} is not up: run `gaudi3 cluster up`")
+        return f"https://127.0.0.1:{s.ports['kube-apiserver']}"
+
+    @staticmethod
+    def tool(name: str) -> str:
+        cached = BIN / name
+        if cached.exists():
+            return str(cached)
+        found = shutil.which(name)
+        if found:
+            return found
+        raise ClusterError(
+            f"{name} is not built yet: run `make setup` (or `bash hack/toolchain.sh`), "
+            f"which builds it into {BIN}"
+        )
+
+    # -- state -----------------------------------------------------------------------
+    def running(self) -> dict[str, int | None]:
+        return {c: self.procs.pid(c) for c in COMPONENTS}
+
+    def healthy(self) -> bool:
+        if self.settings is None or any(p is None for p in self.running().values()):
+            return False
+        try:
+            return self._get("/readyz").status_code == 200
+        except (httpx.HTTPError, OSError):
+            return False
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [self.tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and out.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+        return out
+
+    # -- up / down -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):  # type: ignore[no-untyped-def]
+        """One `up` or `down` of a cluster at a time, across processes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / ".lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def up(self, settings: Settings | None = None) -> None:
+        with self._locked():
+            self._up(settings or Settings())
+
+    def _up(self, wanted: Settings) -> None:
+        current = self.settings
+        if self.healthy() and current is not None:
+            if current.gaudi_nodes != wanted.gaudi_nodes or (
+                current.hpus_per_node != wanted.hpus_per_node
+            ):
+                self.say("cluster is up; adjusting its Gaudi nodes")
+                self._apply_nodes(wanted)
+                current.gaudi_nodes, current.hpus_per_node = (
+                    wanted.gaudi_nodes,
+                    wanted.hpus_per_node,
+                )
+                self._save(current)
+                self._wait_nodes_ready(wanted.gaudi_nodes)
+            else:
+                self.say(f"cluster {self.name!r} is already up")
+            return
+        missing = [t for t in TOOLS if not (BIN / t).exists() and not shutil.which(t)]
+        if missing:
+            raise ClusterError(
+                f"missing tools: {', '.join(missing)}: run `make setup` "
+                f"(or `bash hack/toolchain.sh`) to build them into {BIN}"
+            )
+        self._down(quiet=True)
+        # A fresh etcd every time: a dev cluster that restarts clean is easier to trust.
+        for sub in ("etcd", "logs", "prometheus", "pids"):
+            shutil.rmtree(self.dir / sub, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_pki(self.pki)
+        wanted.ports = {
+            name: free_port()
+            for name in (
+                "etcd",
+                "etcd-peer",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kwok",
+                "prometheus",
+            )
+        }
+        self._save(wanted)
+        self._write_kubeconfig(wanted.ports["kube-apiserver"])
+        try:
+            self._start_etcd(wanted)
+            self._start_apiserver(wanted)
+            self._start_controller_manager(wanted)
+            self._start_scheduler(wanted)
+            self._start_kwok(wanted)
+            self._start_prometheus(wanted)
+            self._apply_nodes(wanted)
+            self._wait_nodes_ready(wanted.gaudi_nodes)
+            self._wait_default_service_account()
+        except BaseException:
+            self.say(f"start failed; component logs are in {self.dir / 'logs'}")
+            self._down(quiet=True)
+            raise
+
+    def down(self, quiet: bool = False) -> list[str]:
+        if not self.dir.exists():
+            return ["untracked leftovers"] if self.procs.kill_strays() else []
+        with self._locked():
+            return self._down(quiet)
+
+    def _down(self, quiet: bool) -> list[str]:
+        stopped = []
+        for name in reversed(COMPONENTS):
+            if self.procs.pid(name) is not None:
+                if not quiet:
+                    self.say(f"stopping {name}")
+                stopped.append(name)
+            self.procs.stop(name)
+        for name in self.procs.names():  # anything else we once started
+            self.procs.stop(name)
+        if self.procs.kill_strays():
+            stopped.append("untracked leftovers")
+        return stopped
+
+    def stop_prometheus(self) -> None:
+        """Take the metrics backend away (tests of the operator's MetricsUnavailable path)."""
+        self.procs.stop("prometheus")
+
+    def start_prometheus(self) -> None:
+        """Bring it back on the same port; its scrape targets are kept."""
+        s = self.settings
+        if s is None:
+            raise ClusterError(f"cluster {self.name!r} is not up: run `gaudi3 cluster up`")
+        if self.procs.pid("prometheus") is None:
+            self._start_prometheus(s)
+
+    def delete(self) -> None:
+        self.down(quiet=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- components ------------------------------------------------------------------
+    def _save(self, s: Settings) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "cluster.json").write_text(json.dumps(asdict(s), indent=2))
+
+    def _write_kubeconfig(self, port: int) -> None:
+        import base64
+
+        def b64(p: str) -> str:
+            return base64.b64encode((self.pki / p).read_bytes()).decode()
+
+        ctx = f"gaudi3-{self.name}"
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": ctx,
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{port}",
+                        "certificate-authority-data": b64("ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": f"{ctx}-admin",
+                    "user": {
+                        "client-certificate-data": b64("admin.crt"),
+                        "client-key-data": b64("admin.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": f"{ctx}-admin"}}],
+            "current-context": ctx,
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.kubeconfig.chmod(0o600)
+
+    def _wait(
+        self, what: str, check: Callable[[], bool], timeout: float, component: str | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if component and self.procs.pid(component) is None:
+                raise ClusterError(
+                    f"{component} exited during start-up; see {self.procs.logs / component}.log:\n"
+                    + self._tail(component)
+                )
+            try:
+                if check():
+                    return
+            except (httpx.HTTPError, OSError, subprocess.SubprocessError, ClusterError):
+                pass
+            time.sleep(0.25)
+        raise ClusterError(
+            f"timed out after {timeout:.0f}s waiting for {what}"
+            + (f"; last log lines of {component}:\n{self._tail(component)}" if component else "")
+        )
+
+    def _tail(self, component: str, lines: int = 15) -> str:
+        try:
+            text = (self.procs.logs / f"{component}.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def _get(self, path: str) -> httpx.Response:
+        with httpx.Client(verify=self._ssl(), timeout=3) as c:
+            return c.get(f"{self.apiserver_url}{path}")
+
+    def _start_etcd(self, s: Settings) -> None:
+        self.say("starting etcd")
+        client = f"http://127.0.0.1:{s.ports['etcd']}"
+        peer = f"http://127.0.0.1:{s.ports['etcd-peer']}"
+        self.procs.start(
+            "etcd",
+            [
+                self.tool("etcd"),
+                "--name=gaudi3",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=gaudi3={peer}",
+                "--listen-metrics-urls=",
+                # A throwaway test store: durability is not worth the fsync latency.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+
+        def ok() -> bool:
+            return httpx.get(f"{client}/health", timeout=2).json().get("health") == "true"
+
+        self._wait("etcd", ok, 30, "etcd")
+
+    def _start_apiserver(self, s: Settings) -> None:
+        self.say("starting kube-apiserver")
+        pki = self.pki
+        self.procs.start(
+            "kube-apiserver",
+            [
+                self.tool("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{s.ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={s.ports['kube-apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                # The "kubernetes" Service would point at 127.0.0.1, which Endpoints reject.
+                "--endpoint-reconciler-type=none",
+                f"--default-not-ready-toleration-seconds={s.eviction_seconds}",
+                f"--default-unreachable-toleration-seconds={s.eviction_seconds}",
+                "--profiling=false",
+                f"--cert-dir={self.dir / 'apiserver-certs'}",
+            ],
+        )
+        self._wait(
+            "kube-apiserver /readyz",
+            lambda: self._get("/readyz").status_code == 200,
+            90,
+            "kube-apiserver",
+        )
+
+    def _component_kubeconfig_flags(self) -> list[str]:
+        kc = str(self.kubeconfig)
+        return [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+        ]
+
+    def _start_controller_manager(self, s: Settings) -> None:
+        self.say("starting kube-controller-manager")
+        self.procs.start(
+            "kube-controller-manager",
+            [
+                self.tool("kube-controller-manager"),
+                *self._component_kubeconfig_flags(),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={s.ports['kube-controller-manager']}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.pki / 'ca.crt'}",
+                "--use-service-account-credentials=false",
+                "--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving",
+                "--node-monitor-period=1s",
+                f"--node-monitor-grace-period={s.node_monitor_grace_seconds}s",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                f"--cert-dir={self.dir / 'kcm-certs'}",
+            ],
+        )
+
+        def ok() -> bool:
+            port = s.ports["kube-controller-manager"]
+            return (
+                httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code
+                == 200
+            )
+
+        self._wait("kube-controller-manager /healthz", ok, 60, "kube-controller-manager")
+
+    def _start_scheduler(self, s: Settings) -> None:
+        self.say("starting kube-scheduler")
+        self.procs.start(
+            "kube-scheduler",
+            [
+                self.tool("kube-scheduler"),
+                *self._component_kubeconfig_flags(),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={s.ports['kube-scheduler']}",
+                "--leader-elect=false",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                f"--cert-dir={self.dir / 'scheduler-certs'}",
+            ],
+        )
+
+        def ok() -> bool:
+            port = s.ports["kube-scheduler"]
+            return (
+                httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code
+                == 200
+            )
+
+        self._wait("kube-scheduler /healthz", ok, 60, "kube-scheduler")
+
+    def _start_kwok(self, s: Settings) -> None:
+        self.say("starting kwok (simulated Gaudi nodes and pod lifecycle)")
+        stages = resources.files("gaudi_devtools.cluster") / "kwok-stages.yaml"
+        config = self.dir / "kwok.yaml"
+        config.write_text(stages.read_text())
+        self.procs.start(
+            "kwok",
+            [
+                self.tool("kwok"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
+                f"--server-address=127.0.0.1:{s.ports['kwok']}",
+                "--node-ip=10.244.0.1",
+                "--cidr=10.244.0.1/16",
+            ],
+            env={"HOME": str(self.dir)},
+        )  # kwok reads ~/.kwok; keep it inside the cluster
+
+        def ok() -> bool:
+            return (
+                httpx.get(f"http://127.0.0.1:{s.ports['kwok']}/healthz", timeout=2).status_code
+                == 200
+            )
+
+        self._wait("kwok /healthz", ok, 30, "kwok")
+
+    def _start_prometheus(self, s: Settings) -> None:
+        self.say("starting Prometheus")
+        root = self.dir / "prometheus"
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        interval = f"{s.scrape_interval_seconds}s"
+        cfg = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {
+                    "job_name": "prometheus",
+                    "static_configs": [{"targets": [f"127.0.0.1:{s.ports['prometheus']}"]}],
+                },
+                # Tests and the demo register their exporters here by writing files.
+                {
+                    "job_name": "gaudi3-targets",
+                    "honor_labels": True,
+                    "file_sd_configs": [
+                        {"files": [str(self.targets_dir / "*.json")], "refresh_interval": "2s"}
+                    ],
+                },
+            ],
+        }
+        (root / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.procs.start(
+            "prometheus",
+            [
+                self.tool("prometheus"),
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{s.ports['prometheus']}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=6h",
+            ],
+        )
+
+        def ok() -> bool:
+            return (
+                httpx.get(
+                    f"http://127.0.0.1:{s.ports['prometheus']}/-/ready", timeout=2
+                ).status_code
+                == 200
+            )
+
+        self._wait("Prometheus /-/ready", ok, 60, "prometheus")
+
+    def _apply_nodes(self, s: Settings) -> None:
+        self.say(f"registering {s.gaudi_nodes} Gaudi 3 nodes ({s.hpus_per_node} HPUs each)")
+        docs = [
+            nodes.gaudi_node(nodes.node_name(i), s.hpus_per_node, i) for i in range(s.gaudi_nodes)
+        ]
+        self.kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(docs)
+        )
+        # Shrinking removes the highest-numbered nodes.
+        out = self.kubectl(
+            "get", "nodes", "-l", f"{nodes.POOL_LABEL}", "-o", "jsonpath={.items[*].metadata.name}"
+        )
+        keep = {d["metadata"]["name"] for d in docs}
+        extra = [n for n in out.stdout.split() if n not in keep]
+        if extra:
+            self.kubectl("delete", "node", *extra)
+
+    def _wait_nodes_ready(self, count: int) -> None:
+        def ok() -> bool:
+            out = self.kubectl("get", "nodes", "-l", nodes.POOL_LABEL, "-o", "json")
+            items = json.loads(out.stdout)["items"]
+            ready = [
+                n
+                for n in items
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+            ]
+            return len(ready) >= count
+
+        self._wait(f"{count} Ready Gaudi nodes", ok, 60, "kwok")
+
+    def _wait_default_service_account(self) -> None:
+        # Pods are refused until the token controller has made "default" accounts.
+        self._wait(
+            "the default service account",
+            lambda: (
+                self.kubectl(
+                    "get", "serviceaccount", "default", "-n", "default", check=False
+                ).returncode
+                == 0
+            ),
+            60,
+            "kube-controller-manager",
+        )

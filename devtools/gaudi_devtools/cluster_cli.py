@@ -1,0 +1,126 @@
+"""`gaudi3 cluster …`: the embedded local cluster."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gaudi_devtools.cluster import Cluster, ClusterError
+from gaudi_devtools.cluster.cluster import CLUSTERS, Settings
+
+console = Console(stderr=True)
+cluster_app = typer.Typer(
+    help="The local control plane with simulated Gaudi 3 nodes.", no_args_is_help=True
+)
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="Cluster name.")]
+
+
+def _cluster(name: str) -> Cluster:
+    try:
+        return Cluster(name, say=lambda m: console.print(f"[bold cyan]>[/] {m}"))
+    except ClusterError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+
+
+@cluster_app.command()
+def up(
+    name: NameOpt = "gaudi3",
+    gaudi_nodes: Annotated[int, typer.Option(min=1, max=256, help="Simulated Gaudi 3 nodes.")] = 4,
+    hpus_per_node: Annotated[int, typer.Option(min=1, max=8, help="habana.ai/gaudi per node.")] = 8,
+    node_monitor_grace: Annotated[
+        int,
+        typer.Option(
+            min=2, help="Seconds before kube-controller-manager marks a silent node Unknown."
+        ),
+    ] = 40,
+    eviction_seconds: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Default not-ready/unreachable toleration (Kubernetes default 300)."
+        ),
+    ] = 300,
+) -> None:
+    """Start (or keep) the cluster; `up` twice is harmless."""
+    c = _cluster(name)
+    try:
+        c.up(
+            Settings(
+                gaudi_nodes=gaudi_nodes,
+                hpus_per_node=hpus_per_node,
+                node_monitor_grace_seconds=node_monitor_grace,
+                eviction_seconds=eviction_seconds,
+            )
+        )
+    except ClusterError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(f"[green]cluster {name!r} is up[/]: {c.apiserver_url}")
+    console.print(f"  kubeconfig  {c.kubeconfig}")
+    console.print(f"  prometheus  {c.prometheus_url}")
+    console.print(f"  logs        {c.dir / 'logs'}")
+    console.print(f'  use it:     eval "$(gaudi3 cluster env --name {name})"')
+
+
+@cluster_app.command()
+def down(
+    name: NameOpt = "gaudi3",
+    all_: Annotated[bool, typer.Option("--all", help="Stop every local cluster.")] = False,
+    delete: Annotated[bool, typer.Option(help="Also delete its folder (PKI, logs).")] = False,
+) -> None:
+    """Stop every process of the cluster."""
+    names = sorted(p.name for p in CLUSTERS.iterdir()) if all_ and CLUSTERS.exists() else [name]
+    for n in names:
+        c = _cluster(n)
+        stopped = c.down()
+        if delete:
+            c.delete()
+        console.print(
+            f"cluster {n!r}: "
+            + (f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+        )
+
+
+@cluster_app.command()
+def status(name: NameOpt = "gaudi3") -> None:
+    """What runs, on which port."""
+    c = _cluster(name)
+    s = c.settings
+    table = Table(title=f"cluster {name!r}")
+    table.add_column("component")
+    table.add_column("pid")
+    table.add_column("port")
+    for comp, pid in c.running().items():
+        port = str(s.ports.get(comp, "")) if s else ""
+        table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
+    Console().print(table)
+    if c.healthy():
+        out = c.kubectl(
+            "get",
+            "nodes",
+            "-o",
+            "custom-columns=NODE:.metadata.name,"
+            "READY:.status.conditions[?(@.type=='Ready')].status,"
+            "HPUS:.status.allocatable.habana\\.ai/gaudi",
+            check=False,
+        )
+        print(out.stdout, end="")
+    else:
+        console.print("API server: [red]not healthy[/]")
+        raise typer.Exit(1)
+
+
+@cluster_app.command()
+def env(name: NameOpt = "gaudi3") -> None:
+    """Print shell exports for the cluster: eval "$(gaudi3 cluster env)"."""
+    c = _cluster(name)
+    if c.settings is None:
+        console.print(f"[red]error:[/] cluster {name!r} is not up: run `gaudi3 cluster up`")
+        raise typer.Exit(1)
+    print(f"export KUBECONFIG={c.kubeconfig}")
+    print(f"export GAUDI3_PROMETHEUS_URL={c.prometheus_url}")
+    print(f"export PATH={c.tool('kubectl').rsplit('/', 1)[0]}:$PATH")

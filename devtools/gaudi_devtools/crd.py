@@ -1,0 +1,25 @@
+"""Where the CRD lives, and installing it on a cluster (demo and benchmarks)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from gaudi_devtools.cluster import Cluster, ClusterError
+from gaudi_operator.api import GROUP, PLURAL
+
+_HERE = Path(__file__).resolve().parent
+
+
+def crd_path() -> Path:
+    """The CRD folder: crds/ of a source checkout, or the copy inside the operator's wheel."""
+    wheel_copy = Path(str(resources.files("gaudi_operator"))) / "crds"
+    for candidate in (_HERE.parents[1] / "crds", wheel_copy):
+        if candidate.is_dir():
+            return candidate
+    raise ClusterError("cannot find the CRD folder crds/; run from a source checkout")
+
+
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_path()))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")

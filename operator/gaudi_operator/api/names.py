@@ -1,0 +1,49 @@
+"""Kubernetes names of the API: group, kind, label and annotation keys, resource names."""
+
+from __future__ import annotations
+
+GROUP = "gaudi.scalestarter.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GaudiTrainingJob"
+PLURAL = "gauditrainingjobs"
+SINGULAR = "gauditrainingjob"
+SHORT_NAME = "gtj"
+CATEGORY = "gaudi"
+
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_WORKER_INDEX = f"{GROUP}/worker-index"
+# The restart generation: bumped by a RecreateAll restart (failover) or a world resize
+# that needs new pods (autoscaling). Pods of an older generation are surplus.
+LABEL_GENERATION = f"{GROUP}/generation"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "gaudi-operator"
+
+# Annotations on worker pods.
+ANNOTATION_PROMETHEUS_SCRAPE = "prometheus.io/scrape"
+ANNOTATION_PROMETHEUS_PORT = "prometheus.io/port"
+ANNOTATION_PROMETHEUS_PATH = "prometheus.io/path"
+
+# Annotation on a job: names the external autoscaler (HPA, KEDA, a script) that drives its
+# /scale subresource. An HPA whose scaleTargetRef names the job is found without it.
+ANNOTATION_EXTERNAL_AUTOSCALER = f"{GROUP}/external-autoscaler"
+
+# Resource names on Gaudi nodes (the Habana device plugin).
+GAUDI_RESOURCE = "habana.ai/gaudi"
+GAUDI_TAINT_KEY = "habana.ai/gaudi"
+HUGEPAGES_RESOURCE = "hugepages-2Mi"
+
+WORKER_CONTAINER = "worker"
+RDZV_PORT = 29400
+MASTER_PORT = 29500
+METRICS_PORT = 9400
+TORCHRUN_MAX_RESTARTS = 3
+
+
+def job_selector(job_name: str) -> str:
+    """`status.selector`: the label selector of a job's children (for /scale)."""
+    return f"{LABEL_JOB_NAME}={job_name}"
+
+
+def worker_pod_name(job_name: str, index: int) -> str:
+    return f"{job_name}-worker-{index}"

@@ -1,0 +1,645 @@
+"""The built-in autoscaler loop: reads Prometheus and the cluster, asks `autoscaling.decide`,
+resizes through the /scale subresource and records the decision.
+
+One asyncio task for the whole operator walks the jobs with `spec.autoscaling.enabled`
+(a kopf index keeps the list) and runs one pass per job every `interval` seconds.
+Why not a kopf daemon or timer per job: kopf would put a finalizer on every job, and
+deleting a job would hang while the operator is down (runtime/controller.py has the same rule).
+
+A pass:
+
+1. reads the job (fresh GET: the decision must see the latest replicas);
+2. refuses to act when an external autoscaler also drives the job (condition
+   AutoscalingConflict + a Warning event): an autoscaling/v2 HPA whose scaleTargetRef
+   names the job (KEDA's ScaledObject creates exactly such an HPA), or the annotation
+   `gaudi.scalestarter.dev/external-autoscaler` on the job (for anything else that
+   writes /scale);
+3. queries the metric and the job's throughput (skipped while backing off after
+   failures; the condition MetricsUnavailable says why);
+4. looks at the job's pods (is a scale-up's new worker still unscheduled?) and, only
+   when a scale-up is coming, at the nodes (capacity.py);
+5. applies the decision: a resize replaces the Scale with the resourceVersion it read, so
+   it never overwrites a concurrent `kubectl scale`; then writes status.autoscaling,
+   status.lastScale and conditions, posts events, and counts metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from pydantic import ValidationError
+
+from gaudi_operator import api
+from gaudi_operator.api import (
+    AutoscalingStatus,
+    Condition,
+    ConditionType,
+    GaudiTrainingJobSpec,
+    LastScale,
+    Phase,
+    get_condition,
+    set_condition,
+)
+from gaudi_operator.autoscaling import capacity
+from gaudi_operator.autoscaling.policy import (
+    NOTABLE_HOLDS,
+    THROUGHPUT_QUERY,
+    Decision,
+    Observation,
+    Reason,
+    decide,
+)
+from gaudi_operator.clients import kube
+from gaudi_operator.clients.prometheus import (
+    BadQuery,
+    EmptyResult,
+    PrometheusClient,
+    PrometheusUnreachable,
+    PromQLError,
+    render_query,
+)
+from gaudi_operator.jobs import manifests
+from gaudi_operator.observability import metrics
+from gaudi_operator.observability.events import post_event
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, job name)
+
+DEFAULT_INTERVAL_SECONDS = 10.0
+INTERVAL_ENV = "GAUDI3_AUTOSCALE_INTERVAL_SECONDS"
+PROMETHEUS_ENV = "GAUDI3_PROMETHEUS_URL"
+STATUS_WRITE_ATTEMPTS = 4
+
+
+@dataclass
+class AutoscalerSettings:
+    prometheus_url: str = ""  # operator-wide default; spec.autoscaling.prometheusURL wins
+    interval: float = DEFAULT_INTERVAL_SECONDS
+    query_timeout: float = 5.0
+    concurrency: int = 8  # passes running at once, all jobs together
+
+    @classmethod
+    def from_env(cls, prometheus_url: str = "") -> AutoscalerSettings:
+        return cls(
+            prometheus_url=prometheus_url or os.environ.get(PROMETHEUS_ENV, ""),
+            interval=float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS)),
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the index keeps per job: enough to decide whether a pass is needed."""
+
+    enabled: bool
+    # One of our conditions is True: a disabled job still needs a pass to clear it.
+    flagged: bool
+
+
+OUR_CONDITIONS = (ConditionType.METRICS_UNAVAILABLE, ConditionType.AUTOSCALING_CONFLICT)
+_NOT_FORMED = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING)
+# Node and pod lists for the capacity check are shared by all jobs for this long: at
+# thousands of pods, one list per job per pass would load the API server for nothing.
+ROOM_CACHE_SECONDS = 3.0
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        clients: kube.Clients,
+        settings: AutoscalerSettings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.hpas = k8s.AutoscalingV2Api(clients.api_client)
+        self._clock = clock
+        self._prom: dict[str, PrometheusClient] = {}
+        self._due: dict[Key, float] = {}
+        self._running: set[Key] = set()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self._passes: set[asyncio.Task[Any]] = set()
+        self.jobs: Mapping[Key, Any] | None = None  # the kopf index, bound by an event
+        self._room_cache: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] | None = None
+
+    # --- life ---------------------------------------------------------------------------
+
+    def bind(self, jobs: Mapping[Key, Any]) -> None:
+        self.jobs = jobs
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gtj-autoscaler")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._passes) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for prom in self._prom.values():
+            await prom.aclose()
+        await self.clients.close()
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for key, entry in self._entries():
+                if not (entry.enabled or entry.flagged):
+                    self._due.pop(key, None)
+                    continue
+                if key in self._running or self._due.get(key, 0) > now:
+                    continue
+                self._due[key] = now + self.settings.interval
+                self._running.add(key)
+                task = asyncio.create_task(self._guarded_pass(key))
+                self._passes.add(task)
+                task.add_done_callback(self._passes.discard)
+            await asyncio.sleep(min(1.0, self.settings.interval / 2))
+
+    def _entries(self) -> list[tuple[Key, Entry]]:
+        out = []
+        for key, store in list((self.jobs or {}).items()):
+            entry = next(iter(store), None)
+            if isinstance(entry, Entry):
+                out.append((key, entry))
+        return out
+
+    async def _guarded_pass(self, key: Key) -> None:
+        try:
+            async with self._slots:
+                await self.run_pass(*key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("autoscaler pass for %s/%s failed", *key)
+        finally:
+            self._running.discard(key)
+
+    # --- one pass -----------------------------------------------------------------------
+
+    async def run_pass(self, namespace: str, name: str) -> Decision | None:
+        """One decision for one job; returns it (None when nothing was decided)."""
+        body = await self._get_job(namespace, name)
+        if body is None:
+            return None
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        conditions = _conditions(status)
+        try:
+            spec = GaudiTrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return None  # the reconciler reports InvalidSpec
+        phase = status.get("phase")
+        if (
+            not spec.autoscaling.enabled
+            or spec.suspend
+            or meta.get("deletionTimestamp")
+            or phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED)
+        ):
+            await self._clear_conditions(body, conditions)
+            return None
+        now = self._clock()
+        try:
+            state = AutoscalingStatus.model_validate(status.get("autoscaling") or {})
+        except ValidationError:
+            state = AutoscalingStatus()  # unreadable state: start over rather than crash
+        if phase in _NOT_FORMED and state.verifying is None:
+            # A world that is still forming (or restarting after a failure) is not resized;
+            # a scale-up under check still gets its pending/efficiency verdict.
+            return None
+
+        external = await self._external_autoscaler(namespace, name, meta)
+        if external:
+            await self._refuse(body, conditions, external, now)
+            return None
+
+        obs = await self._observe(body, spec, state, now)
+        decision = decide(spec, state, obs, self.settings.interval)
+        if decision.direction == "up" and not decision.rollback:
+            # Only a scale-up needs the nodes: list them now, and decide again with the room.
+            room = await self._schedulable_workers(body, spec)
+            if room is not None:
+                obs = _replace(obs, schedulable_workers=room[0])
+                decision = decide(spec, state, obs, self.settings.interval)
+                if decision.reason == Reason.INSUFFICIENT_CAPACITY:
+                    decision = _with_message(decision, f"{decision.message}: {room[1]}")
+        await self._apply(body, spec, state, decision, obs, conditions, now)
+        return decision
+
+    async def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.clients.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name
+            )
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                self._due.pop((namespace, name), None)
+                return None
+            raise
+
+    # --- observation --------------------------------------------------------------------
+
+    async def _observe(
+        self,
+        body: Mapping[str, Any],
+        spec: GaudiTrainingJobSpec,
+        state: AutoscalingStatus,
+        now: datetime,
+    ) -> Observation:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        replicas = spec.workers.replicas
+        value: float | None = None
+        throughput: float | None = None
+        error, queried = "", True
+        next_query = api.parse_rfc3339(state.next_query_time)
+        url = spec.autoscaling.prometheus_url or self.settings.prometheus_url
+        if next_query is not None and now < next_query:
+            queried = False
+            error = (
+                f"{state.last_error or 'query failed'} ({state.query_failures} failures in a "
+                f"row; next query at {state.next_query_time})"
+            )
+        elif not url:
+            error = (
+                "no Prometheus to ask: set spec.autoscaling.prometheusURL, or start the "
+                "operator with --prometheus-url (GAUDI3_PROMETHEUS_URL)"
+            )
+            metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="no_url").inc()
+        else:
+            prom = self._client(url)
+            try:
+                value = await prom.value(render_query(spec.autoscaling.metric.query, name, ns))
+            except PromQLError as err:
+                error = f"spec.autoscaling.metric.query: {err}"
+                metrics.AUTOSCALE_QUERY_ERRORS.labels(kind=_error_kind(err)).inc()
+            if value is not None:
+                with contextlib.suppress(PromQLError):
+                    throughput = await prom.value(render_query(THROUGHPUT_QUERY, name, ns))
+        new_running = new_pending = 0
+        if state.verifying is not None:
+            new_running, new_pending = await self._new_workers(
+                ns, name, state.verifying.from_, state.verifying.to
+            )
+        return Observation(
+            now=now,
+            replicas=replicas,
+            value=value,
+            metric_error=error,
+            metric_queried=queried,
+            throughput=throughput,
+            new_running=new_running,
+            new_pending=new_pending,
+        )
+
+    def _client(self, url: str) -> PrometheusClient:
+        prom = self._prom.get(url)
+        if prom is None:
+            prom = self._prom[url] = PrometheusClient(url, timeout=self.settings.query_timeout)
+        return prom
+
+    async def _job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        resp = await self.clients.core.list_namespaced_pod(
+            namespace, label_selector=api.job_selector(name)
+        )
+        return [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+
+    async def _new_workers(self, namespace: str, name: str, lo: int, hi: int) -> tuple[int, int]:
+        """(Running, unschedulable-or-missing) among workers lo..hi-1 of the newest generation.
+
+        A pod that has a node but is not Running yet (pulling a large Gaudi image) is
+        neither: it is progressing, and must not trigger the pending rollback."""
+        live = [
+            p
+            for p in await self._job_pods(namespace, name)
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        gen = max((_label_int(p, api.LABEL_GENERATION) for p in live), default=0)
+        by_index = {
+            _label_int(p, api.LABEL_WORKER_INDEX): p
+            for p in live
+            if _label_int(p, api.LABEL_GENERATION) == gen
+        }
+        running = waiting = 0
+        for i in range(lo, hi):
+            p = by_index.get(i)
+            if p is None or not (p.get("spec") or {}).get("nodeName"):
+                waiting += 1
+            elif (p.get("status") or {}).get("phase") == "Running":
+                running += 1
+        return running, waiting
+
+    async def _schedulable_workers(
+        self, body: Mapping[str, Any], spec: GaudiTrainingJobSpec
+    ) -> tuple[int, str] | None:
+        meta, status = body.get("metadata") or {}, body.get("status") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        excluded = list(status.get("excludedNodes") or [])
+        try:
+            ref = manifests.JobRef(name, ns, meta.get("uid", ""))
+            pod_spec = manifests.worker_pod_manifest(
+                spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded
+            )["spec"]
+            node_objs, pod_objs = await self._cluster_objects()
+        except Exception as err:
+            log.warning("%s/%s: cannot read the cluster's capacity: %s", ns, name, err)
+            return None  # unknown: the pending-timeout rollback still guards
+        own_waiting = sum(
+            1
+            for p in pod_objs
+            if (p.get("metadata") or {}).get("namespace") == ns
+            and ((p.get("metadata") or {}).get("labels") or {}).get(api.LABEL_JOB_NAME) == name
+            and not (p.get("spec") or {}).get("nodeName")
+        )
+        rooms = capacity.cluster_room(node_objs, pod_objs, pod_spec, excluded)
+        fits = capacity.schedulable_workers(rooms, spec.hpus_per_worker, own_waiting)
+        return fits, capacity.summary(rooms, spec.hpus_per_worker)
+
+    async def _cluster_objects(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        cached = self._room_cache
+        if cached is not None and time.monotonic() - cached[0] < ROOM_CACHE_SECONDS:
+            return cached[1], cached[2]
+        nodes = await self.clients.core.list_node()
+        bound = await self.clients.core.list_pod_for_all_namespaces(
+            field_selector="status.phase!=Succeeded,status.phase!=Failed"
+        )
+        ser = self.clients.api_client.sanitize_for_serialization
+        node_objs = [ser(n) for n in nodes.items]
+        pod_objs = [ser(p) for p in bound.items]
+        self._room_cache = (time.monotonic(), node_objs, pod_objs)
+        return node_objs, pod_objs
+
+    async def _external_autoscaler(self, namespace: str, name: str, meta: Mapping[str, Any]) -> str:
+        """Who else drives this job's /scale, or "" for nobody."""
+        declared = (meta.get("annotations") or {}).get(api.ANNOTATION_EXTERNAL_AUTOSCALER) or ""
+        if declared.strip():
+            return f"annotation {api.ANNOTATION_EXTERNAL_AUTOSCALER}={declared.strip()}"
+        try:
+            hpas = await self.hpas.list_namespaced_horizontal_pod_autoscaler(namespace)
+        except Exception as err:
+            log.warning("%s/%s: cannot list HPAs: %s", namespace, name, err)
+            return ""
+        for hpa in hpas.items:
+            ref = hpa.spec.scale_target_ref
+            group = (ref.api_version or "").split("/")[0]
+            if ref.kind == api.KIND and ref.name == name and group == api.GROUP:
+                return f"HorizontalPodAutoscaler {hpa.metadata.name}"
+        return ""
+
+    # --- effects ------------------------------------------------------------------------
+
+    async def _refuse(
+        self, body: Mapping[str, Any], conditions: list[Condition], who: str, now: datetime
+    ) -> None:
+        old = get_condition(conditions, ConditionType.AUTOSCALING_CONFLICT)
+        msg = (
+            f"spec.autoscaling.enabled is true but {who} also drives this job's /scale; "
+            f"the built-in autoscaler stands down. Keep one: set spec.autoscaling.enabled "
+            f"to false, or remove the external autoscaler"
+        )
+        metrics.AUTOSCALE_DECISIONS.labels(direction="none", reason="ExternalAutoscaler").inc()
+        if old is not None and old.status == "True" and old.message == msg:
+            return
+        new = set_condition(
+            conditions, ConditionType.AUTOSCALING_CONFLICT, True, "ExternalAutoscaler", msg, now
+        )
+        await self._write_status(body, {}, new)
+        await post_event(self.clients, body, "Warning", "AutoscalingConflict", msg)
+
+    async def _clear_conditions(self, body: Mapping[str, Any], conditions: list[Condition]) -> None:
+        now = self._clock()
+        new = conditions
+        for t in OUR_CONDITIONS:
+            c = get_condition(new, t)
+            if c is not None and c.status == "True":
+                new = set_condition(new, t, False, "AutoscalingOff", "", now)
+        if new is not conditions:
+            await self._write_status(body, {}, new)
+
+    async def _apply(
+        self,
+        body: Mapping[str, Any],
+        spec: GaudiTrainingJobSpec,
+        old: AutoscalingStatus,
+        decision: Decision,
+        obs: Observation,
+        conditions: list[Condition],
+        now: datetime,
+    ) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        patch: dict[str, Any] = {}
+        if decision.resize:
+            if not await self._scale(ns, name, decision.current, decision.replicas):
+                return  # someone resized meanwhile: the next pass adopts their size
+            self._room_cache = None  # our own new workers change the room
+            patch["lastScale"] = LastScale(
+                from_=decision.current,
+                to=decision.replicas,
+                reason=decision.reason.value,
+                value=decision.value,
+                time=api.to_rfc3339(now),
+            ).to_dict()
+        # Explicit nulls: a merge patch must remove what the new state dropped.
+        patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
+
+        conds = _conflict_cleared(conditions, now)
+        unavailable = get_condition(conds, ConditionType.METRICS_UNAVAILABLE)
+        if obs.value is None:
+            reason = "BackingOff" if not obs.metric_queried else "QueryFailed"
+            conds = set_condition(
+                conds,
+                ConditionType.METRICS_UNAVAILABLE,
+                True,
+                reason,
+                f"holding {decision.current} workers: {obs.metric_error}",
+                now,
+            )
+        elif unavailable is not None and unavailable.status == "True":
+            conds = set_condition(
+                conds,
+                ConditionType.METRICS_UNAVAILABLE,
+                False,
+                "MetricsAvailable",
+                f"metric reads {obs.value:g}",
+                now,
+            )
+        await self._write_status(body, patch, conds if conds != conditions else None)
+
+        metrics.AUTOSCALE_DECISIONS.labels(
+            direction=decision.direction, reason=decision.reason.value
+        ).inc()
+        metrics.AUTOSCALE_DESIRED_REPLICAS.labels(namespace=ns, job=name).set(
+            decision.replicas if decision.desired is None else decision.desired
+        )
+        log.info("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
+        await self._post_events(body, old, decision, obs, unavailable)
+
+    async def _post_events(
+        self,
+        body: Mapping[str, Any],
+        old: AutoscalingStatus,
+        decision: Decision,
+        obs: Observation,
+        unavailable_before: Condition | None,
+    ) -> None:
+        if decision.confirmed:
+            await post_event(
+                self.clients, body, "Normal", Reason.SCALE_UP_CONFIRMED.value, decision.confirmed
+            )
+        if decision.resize:
+            kind = "Warning" if decision.rollback else "Normal"
+            await post_event(self.clients, body, kind, decision.reason.value, decision.message)
+            return
+        before = old.last_decision.reason if old.last_decision else None
+        if decision.reason == Reason.METRICS_UNAVAILABLE:
+            if obs.metric_queried and (
+                unavailable_before is None or unavailable_before.status != "True"
+            ):
+                await post_event(
+                    self.clients, body, "Warning", "MetricsUnavailable", decision.message
+                )
+            return
+        if unavailable_before is not None and unavailable_before.status == "True":
+            await post_event(
+                self.clients, body, "Normal", "MetricsRecovered", f"metric reads {obs.value:g}"
+            )
+        if decision.reason in NOTABLE_HOLDS and decision.reason.value != before:
+            kind = (
+                "Normal"
+                if decision.reason in (Reason.MANUAL_SCALE, Reason.SCALE_UP_CONFIRMED)
+                else "Warning"
+            )
+            await post_event(self.clients, body, kind, decision.reason.value, decision.message)
+
+    async def _scale(self, namespace: str, name: str, current: int, replicas: int) -> bool:
+        """Set spec.workers.replicas through /scale, as `kubectl scale` does, but only if it
+        still is `current` (resourceVersion precondition): never undo a concurrent resize."""
+        custom = self.clients.custom
+        try:
+            scale = await custom.get_namespaced_custom_object_scale(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name
+            )
+            if int((scale.get("spec") or {}).get("replicas") or 0) != current:
+                return False
+            scale["spec"]["replicas"] = replicas
+            scale.pop("status", None)
+            await custom.replace_namespaced_custom_object_scale(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, scale
+            )
+            return True
+        except Exception as err:
+            if kube.status_code(err) in (404, 409):
+                return False
+            raise
+
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        patch: dict[str, Any],
+        conditions: list[Condition] | None,
+    ) -> None:
+        """Merge-patch our status fields. Conditions are shared with the reconciler, so
+        they are re-read and merged just before the write, under a resourceVersion
+        precondition, and retried on a conflict."""
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        ours = {c.type: c for c in conditions or [] if c.type in OUR_CONDITIONS}
+        for _ in range(STATUS_WRITE_ATTEMPTS):
+            full = dict(patch)
+            rv = meta.get("resourceVersion")
+            if conditions is not None:
+                fresh = await self._get_job(ns, name)
+                if fresh is None:
+                    return
+                rv = (fresh.get("metadata") or {}).get("resourceVersion")
+                merged = [c for c in _conditions(fresh.get("status") or {}) if c.type not in ours]
+                full["conditions"] = [c.to_dict() for c in [*merged, *ours.values()]]
+                body_patch: dict[str, Any] = {"metadata": {"resourceVersion": rv}, "status": full}
+            else:
+                body_patch = {"status": full}
+            try:
+                await self.clients.custom.patch_namespaced_custom_object_status(
+                    api.GROUP,
+                    api.VERSION,
+                    ns,
+                    api.PLURAL,
+                    name,
+                    body_patch,
+                    _content_type=kube.MERGE_PATCH,
+                )
+                return
+            except Exception as err:
+                code = kube.status_code(err)
+                if code == 404:
+                    return
+                if code != 409 or conditions is None:
+                    raise
+        log.warning("%s/%s: status write kept conflicting; next pass retries", ns, name)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _conditions(status: Mapping[str, Any]) -> list[Condition]:
+    out = []
+    for raw in status.get("conditions") or []:
+        with contextlib.suppress(ValidationError):
+            out.append(Condition.model_validate(raw))
+    return out
+
+
+def _conflict_cleared(conditions: list[Condition], now: datetime) -> list[Condition]:
+    c = get_condition(conditions, ConditionType.AUTOSCALING_CONFLICT)
+    if c is None or c.status != "True":
+        return conditions
+    return set_condition(
+        conditions,
+        ConditionType.AUTOSCALING_CONFLICT,
+        False,
+        "NoExternalAutoscaler",
+        "only the built-in autoscaler drives this job",
+        now,
+    )
+
+
+def _label_int(pod: Mapping[str, Any], key: str) -> int:
+    try:
+        return int(((pod.get("metadata") or {}).get("labels") or {}).get(key, -1))
+    except ValueError:
+        return -1
+
+
+def _error_kind(err: PromQLError) -> str:
+    if isinstance(err, PrometheusUnreachable):
+        return "unreachable"
+    if isinstance(err, BadQuery):
+        return "bad_query"
+    if isinstance(err, EmptyResult):
+        return "empty"
+    return "other"
+
+
+def _replace(obs: Observation, **changes: Any) -> Observation:
+    from dataclasses import replace
+
+    return replace(obs, **changes)
+
+
+def _with_message(decision: Decision, message: str) -> Decision:
+    from dataclasses import replace
+
+    if decision.state.last_decision is not None:
+        decision.state.last_decision.message = message
+    return replace(decision, message=message)

@@ -1,0 +1,65 @@
+"""kubernetes_asyncio clients, created once at start-up, and small effect helpers.
+
+Everything here is async: nothing may block kopf's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass
+class Clients:
+    api_client: client.ApiClient
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+
+async def connect(kubeconfig: str | None = None, pool_size: int = 64) -> Clients:
+    """In-cluster service account when there is one, else the kubeconfig."""
+    cfg = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    # Bounded pod creation runs many requests at once; the default pool is smaller.
+    cfg.connection_pool_maxsize = pool_size
+    api_client = client.ApiClient(configuration=cfg)
+    return Clients(
+        api_client=api_client,
+        core=client.CoreV1Api(api_client),
+        custom=client.CustomObjectsApi(api_client),
+    )
+
+
+def status_code(err: BaseException) -> int | None:
+    return err.status if isinstance(err, ApiException) else None
+
+
+def namespace_terminating(err: BaseException) -> bool:
+    """The namespace is being deleted: nothing can be created there, and the job goes too."""
+    return status_code(err) == 403 and "NamespaceTerminating" in str(getattr(err, "body", ""))
+
+
+def api_message(err: BaseException) -> str:
+    """The API server's own message (it names the field), not the raw HTTP dump."""
+    if isinstance(err, ApiException) and err.body:
+        import json
+
+        try:
+            return str(json.loads(err.body).get("message") or err.reason)
+        except (ValueError, AttributeError):
+            return str(err.body)[:500]
+    return str(err)

@@ -1,0 +1,199 @@
+"""What a pass sees, parsed once at the edge: the job (spec and status as models), its
+worker pods (times as datetimes) and failover's signals (nodes as `NodeHealth`).
+
+`observe()` builds the one `Observation` a pass decides from; nothing after it parses a
+string or calls a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from gaudi_operator import api
+from gaudi_operator.api import GaudiTrainingJobSpec, GaudiTrainingJobStatus
+from gaudi_operator.failover.policy import Signals
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """The facts about one worker pod that decisions need (also the pod index's value)."""
+
+    name: str
+    uid: str = ""
+    index: int | None = None
+    generation: int | None = None
+    phase: str = "Pending"
+    ready: bool = False
+    deleting: bool = False
+    node: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    # For failover: the DisruptionTarget condition's reason (eviction, preemption, taint),
+    # when the worker container finished, and the scheduler's "cannot place" message.
+    disruption: str | None = None
+    finished_at: datetime | None = None
+    started_at: datetime | None = None
+    unschedulable: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase == "Succeeded"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
+    """Reduce a Pod object to a WorkerPod."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    exit_code = reason = message = finished_at = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != api.WORKER_CONTAINER:
+            continue
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            exit_code = _int(term.get("exitCode"))
+            reason = term.get("reason")
+            message = term.get("message")
+            finished_at = api.parse_rfc3339(term.get("finishedAt"))
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    disruption = conds.get("DisruptionTarget") or {}
+    scheduled = conds.get("PodScheduled") or {}
+    # Pod-level reasons (Evicted, Preempting, ...) say more than the container's.
+    reason = status.get("reason") or reason
+    message = status.get("message") or message
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return WorkerPod(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        index=_int(labels.get(api.LABEL_WORKER_INDEX)),
+        generation=_int(labels.get(api.LABEL_GENERATION)),
+        phase=status.get("phase") or "Pending",
+        ready=ready,
+        deleting=bool(meta.get("deletionTimestamp")),
+        node=(pod.get("spec") or {}).get("nodeName"),
+        exit_code=exit_code,
+        reason=reason,
+        message=message,
+        disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
+        finished_at=finished_at,
+        started_at=api.parse_rfc3339(status.get("startTime")),
+        unschedulable=scheduled.get("message") or "unschedulable"
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None,
+    )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The job object as the decisions see it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    deleting: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> JobView:
+        meta = body.get("metadata") or {}
+        return cls(
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            spec=body.get("spec") or {},
+            status=body.get("status") or {},
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one pass decides from."""
+
+    job: JobView
+    now: datetime
+    pods: tuple[WorkerPod, ...] = ()
+    # The spec as a model, or why it cannot be one (each problem naming its field).
+    spec: GaudiTrainingJobSpec | None = None
+    spec_error: str | None = None
+    status: GaudiTrainingJobStatus = field(default_factory=GaudiTrainingJobStatus)
+    signals: Signals = field(default_factory=Signals)
+
+    @property
+    def replicas(self) -> int:
+        return self.spec.workers.replicas if self.spec is not None else 1
+
+    @property
+    def generation(self) -> int:
+        """The restart generation (status.restartGeneration)."""
+        return self.status.restart_generation
+
+
+def describe_spec_error(err: ValidationError) -> str:
+    """One line per problem, each naming the field as `spec.a.b[0].c`."""
+    lines = []
+    for e in err.errors():
+        path = "spec"
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(msg if msg.startswith("spec.") else f"{path}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_status(raw: Mapping[str, Any]) -> GaudiTrainingJobStatus:
+    """Lenient: a status we cannot read is rebuilt from scratch rather than crash."""
+    try:
+        return GaudiTrainingJobStatus.model_validate(dict(raw))
+    except ValidationError:
+        return GaudiTrainingJobStatus()
+
+
+def observe(
+    job: JobView,
+    pods: Iterable[WorkerPod],
+    now: datetime,
+    signals: Signals | None = None,
+) -> Observation:
+    spec: GaudiTrainingJobSpec | None = None
+    error: str | None = None
+    try:
+        spec = GaudiTrainingJobSpec.model_validate(dict(job.spec))
+    except ValidationError as err:
+        error = describe_spec_error(err)
+    return Observation(
+        job=job,
+        now=now,
+        pods=tuple(pods),
+        spec=spec,
+        spec_error=error,
+        status=parse_status(job.status),
+        signals=signals or Signals(),
+    )

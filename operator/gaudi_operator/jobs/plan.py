@@ -1,0 +1,403 @@
+"""What a job should look like now: one pure, level-based decision per pass.
+
+`plan()` takes the job object and its observed worker pods and returns the status to
+write, the worker indices to create, the pods to delete and the events to post. It knows
+nothing of the API server, so the same pass is right after a restart, a missed event or a
+duplicate one. The order of decisions, first match wins:
+
+1. spec unusable          -> InvalidSpec condition + event, nothing touched
+2. already finished       -> cleanPodPolicy, then ttlSecondsAfterFinished deletes the job
+3. suspend: true          -> delete every worker, phase Suspended (resume recreates them)
+4. activeDeadlineSeconds  -> Failed (DeadlineExceeded)
+5. success policy met     -> Succeeded
+6. a worker failed        -> `failover.step`: failurePolicy rules, restart strategy, backoff,
+                             maxRestarts, excluded nodes (see failover.py)
+7. otherwise              -> create missing `<job>-worker-<i>`, delete surplus (other
+                             generation, index >= replicas; highest index first)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from gaudi_operator import api
+from gaudi_operator.api import (
+    CleanPodPolicy,
+    Condition,
+    ConditionType,
+    GaudiTrainingJobSpec,
+    GaudiTrainingJobStatus,
+    Phase,
+    SuccessPolicy,
+    get_condition,
+    set_condition,
+)
+from gaudi_operator.failover import policy as failover
+from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
+
+POD_REJECTED = "PodRejected"  # InvalidSpec reason when the API server refused a worker pod
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: GaudiTrainingJobStatus
+    spec: GaudiTrainingJobSpec | None = None
+    create: list[int] = field(default_factory=list)
+    delete: list[WorkerPod] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+    # Children (Service, PodGroup) are wanted while the job may still run workers.
+    ensure_children: bool = False
+    # Failover: pods to delete without grace (their node is dead), and what it decided.
+    force_delete: list[str] = field(default_factory=list)
+    failover: failover.Outcome | None = None
+
+
+# --- the pass ---------------------------------------------------------------------------
+
+
+def plan(
+    job: JobView,
+    pods: Iterable[WorkerPod],
+    now: datetime,
+    signals: failover.Signals | None = None,
+) -> Plan:
+    """Observe, then decide: the whole pass for a job view and its pods."""
+    return decide(observe(job, pods, now, signals))
+
+
+def decide(obs: Observation) -> Plan:
+    job, now, signals = obs.job, obs.now, obs.signals
+    pods = list(obs.pods)
+    status = obs.status.model_copy(deep=True)
+    before = obs.status.model_copy(deep=True)
+    status.selector = api.job_selector(job.name)
+    status.observed_generation = job.generation
+    if job.deleting:
+        # Garbage collection removes the children through their owner references.
+        return Plan(status=before)
+    spec = obs.spec
+    if spec is None:
+        return _invalid(job, status, before, pods, obs.spec_error or "spec is invalid", now)
+
+    status.conditions = _settle_invalid_spec(status, job.generation, now)
+    if status.phase.finished:
+        return _finished(job, spec, status, before, pods, now)
+    if spec.suspend:
+        return _suspended(job, spec, status, before, pods, now)
+    out = Plan(status=status, spec=spec, ensure_children=True)
+    if before.phase == Phase.SUSPENDED:
+        out.events.append(Event("Normal", "Resumed", "job resumed: recreating workers"))
+        status.conditions = set_condition(
+            status.conditions,
+            ConditionType.SUSPENDED,
+            False,
+            "Resumed",
+            "job resumed",
+            now,
+            job.generation,
+        )
+
+    # 4. deadline, counted from startTime (reset by suspend, as for a Kubernetes Job)
+    deadline = spec.run_policy.active_deadline_seconds
+    start = api.parse_rfc3339(status.start_time)
+    if deadline is not None and start is not None:
+        left = (start + timedelta(seconds=deadline) - now).total_seconds()
+        if left <= 0:
+            msg = f"job was active longer than spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
+            return _finish(
+                job, spec, status, before, pods, now, Phase.FAILED, "DeadlineExceeded", msg
+            )
+        out.requeue_after = left
+
+    gen = status.restart_generation
+    desired = spec.workers.replicas
+    current = {p.index: p for p in pods if p.generation == gen and p.index is not None}
+    in_world = {i: p for i, p in current.items() if i < desired}
+
+    # 5. success
+    if _succeeded(spec, in_world, desired):
+        who = "worker 0" if spec.run_policy.success_policy == SuccessPolicy.RANK0 else "all workers"
+        msg = f"{who} exited 0"
+        return _finish(job, spec, status, before, pods, now, Phase.SUCCEEDED, "Succeeded", msg)
+
+    # 6. failure: failurePolicy (failover.py decides and records; this applies it)
+    ready = get_condition(status.conditions, ConditionType.READY)
+    ready_since = (
+        api.parse_rfc3339(ready.last_transition_time)
+        if before.phase == Phase.RUNNING and ready is not None and ready.status == "True"
+        else None
+    )
+    world = sorted(in_world.values(), key=lambda p: p.index or 0)
+    fo = failover.step(spec.failure_policy, status, world, desired, now, signals, ready_since)
+    out.failover = fo
+    out.events += [Event(*e) for e in fo.events]
+    if fo.condition is not None:
+        status.conditions = set_condition(
+            status.conditions, ConditionType.RESTARTING, *fo.condition, now, job.generation
+        )
+    if fo.fail is not None:
+        done = _finish(job, spec, status, before, pods, now, Phase.FAILED, *fo.fail)
+        done.failover, done.force_delete = fo, fo.force_delete
+        return done
+    if fo.requeue_after is not None:
+        out.requeue_after = min(out.requeue_after or fo.requeue_after, fo.requeue_after)
+    if status.restart_generation != gen:  # RecreateAll: the whole world is now surplus
+        gen = status.restart_generation
+        in_world = {}
+
+    # 7. converge children
+    names = {p.name for p in pods}
+    out.create = [i for i in range(desired) if api.worker_pod_name(job.name, i) not in names]
+    surplus = [
+        p
+        for p in pods
+        if not p.deleting and (p.generation != gen or p.index is None or p.index >= desired)
+    ]
+    if fo.hold_create:
+        out.create = []
+    written_off = set(fo.delete) | set(fo.force_delete)
+    surplus += [p for p in pods if p.name in written_off and p not in surplus]
+    out.delete = sorted(surplus, key=lambda p: -(p.index if p.index is not None else 1 << 30))
+    out.force_delete = fo.force_delete
+    if out.create and status.start_time is None:
+        status.start_time = api.to_rfc3339(now)
+    _count(status, spec, pods, in_world, desired)
+    status.phase = _running_phase(before.phase, pods, gen, in_world, desired, bool(out.delete))
+    settled = failover.settle(status, pods, status.phase == Phase.RUNNING)
+    if settled is not None:
+        old = get_condition(status.conditions, ConditionType.RESTARTING)
+        if settled[1] == failover.NO_FEASIBLE_NODE and (old is None or old.reason != settled[1]):
+            out.events.append(Event("Warning", settled[1], settled[2]))
+        status.conditions = set_condition(
+            status.conditions, ConditionType.RESTARTING, *settled, now, job.generation
+        )
+    restarting = get_condition(status.conditions, ConditionType.RESTARTING)
+    if restarting is not None and restarting.status == "True":
+        status.phase = Phase.RESTARTING  # until the whole world runs again
+    _running_conditions(status, job.generation, desired, now)
+    if status.phase != before.phase and status.phase == Phase.RUNNING:
+        out.events.append(Event("Normal", "Running", f"all {desired} workers are running"))
+    return out
+
+
+def _settle_invalid_spec(
+    status: GaudiTrainingJobStatus, generation: int, now: datetime
+) -> list[Condition]:
+    cond = get_condition(status.conditions, ConditionType.INVALID_SPEC)
+    if cond is None or cond.status != "True":
+        return status.conditions
+    # A worker pod the API server refused stays a problem until the spec changes.
+    if cond.reason == POD_REJECTED and cond.observed_generation == generation:
+        return status.conditions
+    return set_condition(
+        status.conditions, ConditionType.INVALID_SPEC, False, "SpecValid", "", now, generation
+    )
+
+
+def _invalid(
+    job: JobView,
+    status: GaudiTrainingJobStatus,
+    before: GaudiTrainingJobStatus,
+    pods: list[WorkerPod],
+    message: str,
+    now: datetime,
+) -> Plan:
+    old = get_condition(before.conditions, ConditionType.INVALID_SPEC)
+    status.conditions = set_condition(
+        status.conditions,
+        ConditionType.INVALID_SPEC,
+        True,
+        "InvalidSpec",
+        message,
+        now,
+        job.generation,
+    )
+    out = Plan(status=status)
+    if old is None or old.status != "True" or old.message != message:
+        out.events.append(Event("Warning", "InvalidSpec", message))
+    return out
+
+
+def _succeeded(spec: GaudiTrainingJobSpec, in_world: dict[int, WorkerPod], desired: int) -> bool:
+    if spec.run_policy.success_policy == SuccessPolicy.RANK0:
+        rank0 = in_world.get(0)
+        return rank0 is not None and rank0.succeeded
+    return len(in_world) == desired and all(p.succeeded for p in in_world.values())
+
+
+def _count(
+    status: GaudiTrainingJobStatus,
+    spec: GaudiTrainingJobSpec,
+    pods: list[WorkerPod],
+    in_world: dict[int, WorkerPod],
+    desired: int,
+) -> None:
+    alive = [p for p in in_world.values() if not p.deleting]
+    status.replicas = len(alive)
+    status.ready_replicas = sum(1 for p in alive if p.phase == "Running" and p.ready)
+    status.workers = f"{status.ready_replicas}/{desired}"
+    # HPUs stay allocated until a pod is gone or finished, whatever its generation.
+    status.hpus = spec.hpus_per_worker * sum(1 for p in pods if not p.terminal)
+
+
+def _running_phase(
+    previous: Phase,
+    pods: list[WorkerPod],
+    gen: int,
+    in_world: dict[int, WorkerPod],
+    desired: int,
+    has_surplus: bool,
+) -> Phase:
+    alive = [p for p in in_world.values() if not p.deleting]
+    ready = sum(1 for p in alive if p.phase == "Running" and p.ready)
+    if any(p.generation != gen for p in pods):
+        return Phase.RESTARTING  # the previous generation is still draining
+    if previous in (Phase.RUNNING, Phase.SCALING) and (len(alive) != desired or has_surplus):
+        return Phase.SCALING
+    if ready == desired:
+        return Phase.RUNNING
+    if len(alive) == desired and all(p.node for p in alive):
+        return Phase.STARTING
+    return Phase.PENDING
+
+
+def _running_conditions(
+    status: GaudiTrainingJobStatus, generation: int, desired: int, now: datetime
+) -> None:
+    conds = status.conditions
+    created = status.replicas == desired
+    conds = set_condition(
+        conds,
+        ConditionType.CREATED,
+        created,
+        "WorkersCreated" if created else "CreatingWorkers",
+        f"{status.replicas}/{desired} worker pods exist",
+        now,
+        generation,
+    )
+    ready = status.ready_replicas == desired
+    conds = set_condition(
+        conds,
+        ConditionType.READY,
+        ready,
+        "AllWorkersReady" if ready else "WorkersNotReady",
+        f"{status.ready_replicas}/{desired} workers ready",
+        now,
+        generation,
+    )
+    status.conditions = conds
+
+
+def _cleanup(policy: CleanPodPolicy, pods: list[WorkerPod]) -> list[WorkerPod]:
+    if policy == CleanPodPolicy.ALL:
+        chosen = [p for p in pods if not p.deleting]
+    elif policy == CleanPodPolicy.RUNNING:
+        chosen = [p for p in pods if not p.deleting and not p.terminal]
+    else:
+        chosen = []
+    return sorted(chosen, key=lambda p: -(p.index if p.index is not None else 1 << 30))
+
+
+def _finish(
+    job: JobView,
+    spec: GaudiTrainingJobSpec,
+    status: GaudiTrainingJobStatus,
+    before: GaudiTrainingJobStatus,
+    pods: list[WorkerPod],
+    now: datetime,
+    phase: Phase,
+    reason: str,
+    message: str,
+) -> Plan:
+    status.phase = phase
+    status.completion_time = api.to_rfc3339(now)
+    kind = ConditionType.SUCCEEDED if phase == Phase.SUCCEEDED else ConditionType.FAILED
+    status.conditions = set_condition(
+        status.conditions, kind, True, reason, message, now, job.generation
+    )
+    status.conditions = set_condition(
+        status.conditions, ConditionType.READY, False, reason, message, now, job.generation
+    )
+    out = _finished(job, spec, status, before, pods, now)
+    event_type = "Normal" if phase == Phase.SUCCEEDED else "Warning"
+    out.events.insert(0, Event(event_type, reason, f"job {phase.value.lower()}: {message}"))
+    return out
+
+
+def _finished(
+    job: JobView,
+    spec: GaudiTrainingJobSpec,
+    status: GaudiTrainingJobStatus,
+    before: GaudiTrainingJobStatus,
+    pods: list[WorkerPod],
+    now: datetime,
+) -> Plan:
+    out = Plan(status=status, spec=spec)
+    out.delete = _cleanup(spec.run_policy.clean_pod_policy, pods)
+    gen = status.restart_generation
+    in_world = {
+        p.index: p
+        for p in pods
+        if p.generation == gen and p.index is not None and p.index < spec.workers.replicas
+    }
+    _count(status, spec, [p for p in pods if p not in out.delete], in_world, spec.workers.replicas)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    done = api.parse_rfc3339(status.completion_time)
+    if ttl is not None and done is not None:
+        left = (done + timedelta(seconds=ttl) - now).total_seconds()
+        if left <= 0:
+            out.delete_job = True
+            out.events.append(
+                Event(
+                    "Normal",
+                    "TTLExpired",
+                    f"deleting the job: finished more than "
+                    f"spec.runPolicy.ttlSecondsAfterFinished ({ttl}s) ago",
+                )
+            )
+        else:
+            out.requeue_after = left
+    return out
+
+
+def _suspended(
+    job: JobView,
+    spec: GaudiTrainingJobSpec,
+    status: GaudiTrainingJobStatus,
+    before: GaudiTrainingJobStatus,
+    pods: list[WorkerPod],
+    now: datetime,
+) -> Plan:
+    out = Plan(status=status, spec=spec, ensure_children=True)
+    out.delete = _cleanup(CleanPodPolicy.ALL, pods)
+    status.phase = Phase.SUSPENDED
+    status.start_time = None  # activeDeadlineSeconds restarts on resume
+    status.replicas = status.ready_replicas = 0
+    status.workers = f"0/{spec.workers.replicas}"
+    status.hpus = spec.hpus_per_worker * sum(1 for p in pods if not p.terminal)
+    status.conditions = set_condition(
+        status.conditions,
+        ConditionType.SUSPENDED,
+        True,
+        "Suspended",
+        "spec.suspend is true: workers deleted, the job is kept",
+        now,
+        job.generation,
+    )
+    status.conditions = set_condition(
+        status.conditions, ConditionType.READY, False, "Suspended", "", now, job.generation
+    )
+    if before.phase != Phase.SUSPENDED:
+        out.events.append(Event("Normal", "Suspended", "spec.suspend is true: deleting workers"))
+    return out

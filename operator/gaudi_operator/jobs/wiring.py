@@ -1,0 +1,71 @@
+"""kopf wiring of the job plan, thin: indices of jobs and their children, and the events
+that wake the controller. Decisions live in `plan`; effects in `reconciler`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from gaudi_operator import api
+from gaudi_operator.jobs.observation import observe_pod
+from gaudi_operator.runtime.controller import Controller
+
+CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
+
+
+@kopf.on.probe(id="workqueue")
+def workqueue_depth(memo: kopf.Memo, **_: Any) -> int:
+    controller: Controller | None = memo.get("controller")
+    return len(controller.queue) if controller else 0
+
+
+# --- indices ------------------------------------------------------------------------------
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def gtj_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.index("v1", "pods", labels=CHILD_LABELS)
+def gtj_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[api.LABEL_JOB_NAME]): observe_pod(body)}
+
+
+@kopf.index("v1", "services", labels=CHILD_LABELS)
+def gtj_services(namespace: str, labels: kopf.Labels, name: str, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[api.LABEL_JOB_NAME]): name}
+
+
+# --- wake-ups -----------------------------------------------------------------------------
+
+
+def _wake(memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any]) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is None:
+        return
+    if controller.jobs is None:
+        controller.bind(indices["gtj_jobs"], indices["gtj_pods"], indices["gtj_services"])
+    controller.enqueue(key)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    if type == "DELETED":
+        controller: Controller | None = memo.get("controller")
+        if controller is not None:
+            controller.forget((namespace, name))
+        return
+    _wake(memo, (namespace, name), kwargs)
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+
+
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+def service_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)

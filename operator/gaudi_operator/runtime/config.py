@@ -1,0 +1,16 @@
+"""The operator's configuration, as `gaudi3 operator` passes it through kopf's memo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class OperatorConfig:
+    kubeconfig: str | None = None
+    metrics_port: int = 8000
+    workers: int = 8
+    pod_concurrency: int = 32
+    resync_seconds: float = 30.0
+    watch_timeout: int = 300
+    prometheus_url: str = ""

@@ -1,0 +1,124 @@
+"""The Helm chart installs a working operator: its CRD (linked from crds/), and RBAC that is
+enough for the real operator, running with the chart's service-account token, to run a job.
+
+It uses a cluster of its own, so no other operator is reconciling the same jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.gtj import EXAMPLES, ROOT, OperatorProcess
+from conftest import wait_for
+from gaudi_devtools.cluster import Cluster
+from gaudi_devtools.cluster.cluster import Settings
+
+CHART = ROOT / "charts" / "gaudi-operator"
+RELEASE, NS = "gaudi", "gaudi-system"
+SERVICE_ACCOUNT = f"{RELEASE}-gaudi-operator"
+
+
+@pytest.fixture(scope="module")
+def helm_cluster() -> Iterator[Cluster]:
+    c = Cluster(f"helm-{os.getpid()}")
+    c.up(Settings(gaudi_nodes=2))
+    try:
+        yield c
+    finally:
+        c.delete()
+
+
+def helm(c: Cluster, *args: str) -> str:
+    out = subprocess.run(
+        [c.tool("helm"), "--kubeconfig", str(c.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def token_kubeconfig(c: Cluster, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's service account, nothing more."""
+    token = c.kubectl("create", "token", SERVICE_ACCOUNT, "-n", NS, "--duration=1h").stdout
+    admin = yaml.safe_load(c.kubeconfig.read_text())
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": "operator", "user": {"token": token.strip()}}],
+        "contexts": [
+            {
+                "name": "operator",
+                "context": {"cluster": admin["clusters"][0]["name"], "user": "operator"},
+            }
+        ],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_chart_lints_and_renders_the_crd_from_crds(helm_cluster: Cluster) -> None:
+    helm(helm_cluster, "lint", str(CHART))
+    rendered = helm(helm_cluster, "template", RELEASE, str(CHART), "--include-crds")
+    kinds = [d["kind"] for d in yaml.safe_load_all(rendered) if d]
+    assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
+    crd_in_chart = next(
+        d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "CustomResourceDefinition"
+    )
+    assert crd_in_chart == yaml.safe_load((ROOT / "crds" / "gauditrainingjobs.yaml").read_text())
+
+
+def test_operator_with_the_charts_rbac_runs_a_job(helm_cluster: Cluster, tmp_path: Path) -> None:
+    c = helm_cluster
+    helm(
+        c,
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--set",
+        "prometheusURL=" + c.prometheus_url,
+    )
+    c.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/gauditrainingjobs.gaudi.scalestarter.dev",
+    )
+    # Nothing it may not do: the chart's account is no cluster admin.
+    denied = c.kubectl(
+        "auth",
+        "can-i",
+        "delete",
+        "nodes",
+        f"--as=system:serviceaccount:{NS}:{SERVICE_ACCOUNT}",
+        check=False,
+    )
+    assert denied.stdout.strip() == "no"
+
+    op = OperatorProcess(token_kubeconfig(c, tmp_path / "sa.kubeconfig"), tmp_path / "op.log")
+    op.start("--prometheus-url", c.prometheus_url)
+    try:
+        c.kubectl("apply", "-n", "default", "-f", str(EXAMPLES / "single-node-8hpu.yaml"))
+
+        def running() -> bool:
+            out = c.kubectl("get", "gtj", "single-node", "-n", "default", "-o", "json")
+            return json.loads(out.stdout).get("status", {}).get("phase") == "Running"
+
+        wait_for(running, timeout=60, what="the job to run under the chart's RBAC")
+        log = op.log.read_text(errors="replace")
+        assert "Forbidden" not in log and " 403" not in log, op.tail(60)
+    finally:
+        op.stop()

@@ -1,0 +1,50 @@
+"""Vanished worker pods are failures of the job incarnation that owned them, only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gaudi_operator.api import LABEL_GENERATION, LABEL_JOB_NAME, LABEL_WORKER_INDEX
+from gaudi_operator.failover.signals import DisruptionLog
+
+
+def worker(name: str, index: int, owner_uid: str, uid: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid,
+            "labels": {
+                LABEL_JOB_NAME: "train",
+                LABEL_WORKER_INDEX: str(index),
+                LABEL_GENERATION: "0",
+            },
+            "ownerReferences": [
+                {"kind": "GaudiTrainingJob", "name": "train", "uid": owner_uid, "controller": True}
+            ],
+        },
+        "spec": {"nodeName": "gaudi3-node-0", "containers": [{"name": "worker"}]},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_deleted_worker_is_pending_for_its_own_job() -> None:
+    log = DisruptionLog()
+    assert log.pod_deleted(worker("train-worker-1", 1, "job-a", "p1")) is not None
+    pending = log.pending("ns", "train", "job-a", 0, 2, ["train-worker-0"])
+    assert [f.pod for f in pending] == ["train-worker-1"]
+
+
+def test_pods_of_a_deleted_job_with_the_same_name_are_not_failures_of_the_new_one() -> None:
+    log = DisruptionLog()
+    # The old job is deleted; the garbage collector removes its pods ...
+    log.pod_deleted(worker("train-worker-0", 0, "job-old", "p0"))
+    log.pod_deleted(worker("train-worker-1", 1, "job-old", "p1"))
+    # ... and a new job of the same name must not see them as evictions.
+    assert log.pending("ns", "train", "job-new", 0, 2, []) == []
+
+
+def test_the_operators_own_deletions_are_not_disruptions() -> None:
+    log = DisruptionLog()
+    log.deleting(["p1"])
+    assert log.pod_deleted(worker("train-worker-1", 1, "job-a", "p1")) is None

@@ -1,0 +1,202 @@
+"""Failover inside the lifecycle pass: what one reconcile pass writes and deletes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gaudi_operator.api import FailureReason, Phase, to_rfc3339
+from gaudi_operator.failover.policy import Failure, Signals, node_health
+from gaudi_operator.jobs.observation import JobView, WorkerPod
+from gaudi_operator.jobs.plan import plan
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def job(policy: dict[str, Any], status: dict[str, Any] | None = None) -> JobView:
+    return JobView(
+        name="j",
+        namespace="ns",
+        uid="u",
+        generation=1,
+        spec={"image": "img", "workers": {"replicas": 4}, "failurePolicy": policy},
+        status={"phase": "Running", **(status or {})},
+    )
+
+
+def worker(i: int, phase: str = "Running", gen: int = 0, node: str = "n0", **kw: Any) -> WorkerPod:
+    return WorkerPod(
+        name=f"j-worker-{i}",
+        uid=f"u{i}-{gen}",
+        index=i,
+        generation=gen,
+        phase=phase,
+        ready=phase == "Running",
+        node=node,
+        **kw,
+    )
+
+
+def cond(p: Any, type_: str) -> Any:
+    return next((c for c in p.status.conditions if c.type == type_), None)
+
+
+def failed(i: int = 2) -> WorkerPod:
+    return worker(i, "Failed", exit_code=1, reason="Error", finished_at=NOW)
+
+
+def test_recreate_all_bumps_the_generation_and_drains_the_old_world() -> None:
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    p = plan(job({"backoffSeconds": 0}), pods, NOW)
+    assert p.status.restart_generation == 1 and p.status.restarts == 1
+    assert sorted(w.index for w in p.delete) == [0, 1, 2, 3]  # one new generation, no mix
+    assert p.create == []  # names are free only once the old pods are gone
+    assert p.status.phase == Phase.RESTARTING
+    assert cond(p, "Restarting").status == "True" and cond(p, "Restarting").reason == "Error"
+    assert {e.reason for e in p.events} >= {"WorkerFailed", "RestartingWorkers"}
+
+
+def test_recreate_failed_deletes_only_the_failed_worker() -> None:
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    p = plan(job({"backoffSeconds": 0, "restartStrategy": "RecreateFailed"}), pods, NOW)
+    assert p.status.restart_generation == 0 and p.status.restarts == 1
+    assert [w.name for w in p.delete] == ["j-worker-2"]
+
+
+def test_backoff_holds_the_restart_and_says_so() -> None:
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    p = plan(job({"backoffSeconds": 10}), pods, NOW + timedelta(seconds=2))
+    assert p.status.restarts == 0 and p.delete == []
+    assert p.status.phase == Phase.RESTARTING
+    assert p.requeue_after == pytest.approx(8)
+    assert "backoff" in cond(p, "Restarting").message
+
+
+def test_node_lost_force_deletes_and_excludes_the_node() -> None:
+    dead = {
+        "metadata": {"name": "n1"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "lastTransitionTime": to_rfc3339(NOW - timedelta(seconds=40)),
+                }
+            ]
+        },
+    }
+    pods = [worker(0), worker(1, node="n1"), worker(2), worker(3)]
+    alive = {
+        "metadata": {"name": "n0"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    signals = Signals(nodes={"n0": node_health(alive, "n0"), "n1": node_health(dead, "n1")})
+    p = plan(job({"backoffSeconds": 0}), pods, NOW, signals)
+    assert p.status.excluded_nodes == ["n1"]
+    assert p.force_delete == ["j-worker-1"]
+    assert p.status.last_failure is not None and p.status.last_failure.reason == "NodeLost"
+
+
+def test_restart_ignore_limit_keeps_the_count() -> None:
+    rules = [{"reasons": ["NodeLost"], "action": "RestartIgnoreLimit"}]
+    pods = [worker(0), worker(1), worker(2), worker(3)]
+    p = plan(
+        job({"backoffSeconds": 0, "maxRestarts": 0, "rules": rules}),
+        pods,
+        NOW,
+        Signals(nodes={"n0": node_health(None, "n0")}),
+    )
+    assert p.status.phase == Phase.RESTARTING and p.status.restarts == 0
+
+
+def test_no_free_node_is_a_condition_not_a_silent_hang() -> None:
+    restarting = {
+        "conditions": [
+            {
+                "type": "Restarting",
+                "status": "True",
+                "reason": "NodeLost",
+                "message": "",
+                "lastTransitionTime": to_rfc3339(NOW),
+            }
+        ],
+        "phase": "Restarting",
+        "restartGeneration": 1,
+    }
+    stuck = worker(1, "Pending", gen=1, node="", unschedulable="0/4 nodes are available")
+    pods = [worker(0, gen=1), stuck, worker(2, gen=1), worker(3, gen=1)]
+    p = plan(job({}, restarting), pods, NOW)
+    c = cond(p, "Restarting")
+    assert c.status == "True" and c.reason == "NoFeasibleNode" and "0/4 nodes" in c.message
+    assert any(e.reason == "NoFeasibleNode" for e in p.events)
+
+
+def test_restarting_clears_when_the_world_runs_again() -> None:
+    restarting = {
+        "conditions": [
+            {
+                "type": "Restarting",
+                "status": "True",
+                "reason": "Error",
+                "message": "",
+                "lastTransitionTime": to_rfc3339(NOW),
+            }
+        ],
+        "phase": "Restarting",
+        "restartGeneration": 1,
+    }
+    pods = [worker(i, gen=1) for i in range(4)]
+    p = plan(job({}, restarting), pods, NOW)
+    assert p.status.phase == Phase.RUNNING
+    assert cond(p, "Restarting").status == "False" and cond(p, "Restarting").reason == "Recovered"
+
+
+def test_stall_restarts_the_world_after_the_timeout() -> None:
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "AllWorkersReady",
+        "message": "",
+        "lastTransitionTime": to_rfc3339(NOW - timedelta(seconds=100)),
+    }
+    status = {
+        "conditions": [ready],
+        "progress": {"step": 42, "time": to_rfc3339(NOW - timedelta(seconds=61))},
+    }
+    pods = [worker(i) for i in range(4)]
+    p = plan(job({"backoffSeconds": 0, "stallTimeoutSeconds": 60}, status), pods, NOW)
+    assert p.status.last_failure is not None and p.status.last_failure.reason == "Stalled"
+    assert p.status.restart_generation == 1
+
+
+def test_a_vanished_worker_is_not_recreated_alone_during_the_backoff() -> None:
+    gone = Failure(FailureReason.EVICTED, NOW, "j-worker-1", "n0", 1, None, "deleted")
+    pods = [worker(0), worker(2), worker(3)]
+    p = plan(job({"backoffSeconds": 10}), pods, NOW, Signals(gone=[gone]))
+    assert p.create == [] and p.status.phase == Phase.RESTARTING
+    p = plan(job({"backoffSeconds": 10}), pods, NOW + timedelta(seconds=11), Signals(gone=[gone]))
+    assert p.status.restart_generation == 1  # the whole world, together
+
+
+def test_failing_the_job_ends_the_restarting_condition() -> None:
+    waiting = {
+        "conditions": [
+            {
+                "type": "Restarting",
+                "status": "True",
+                "reason": "Error",
+                "message": "",
+                "lastTransitionTime": to_rfc3339(NOW),
+            }
+        ]
+    }
+    rules = [{"exitCodes": [2], "action": "Fail"}]
+    pods = [worker(0), worker(1, "Failed", exit_code=2, reason="Error"), worker(2), worker(3)]
+    p = plan(job({"rules": rules}, waiting), pods, NOW)
+    assert p.status.phase == Phase.FAILED
+    assert cond(p, "Restarting").status == "False"
+    assert cond(p, "Failed").reason == "FailurePolicyRule"

@@ -1,0 +1,48 @@
+"""Small pure helpers of the effect layer."""
+
+from __future__ import annotations
+
+import pytest
+
+from gaudi_operator.jobs.reconciler import status_patch, summarize_indices
+from gaudi_operator.runtime.controller import newest
+
+pytestmark = pytest.mark.unit
+
+
+def test_status_patch_sends_only_changes_and_nulls_removed_keys() -> None:
+    old = {"phase": "Running", "startTime": "t", "restarts": 0}
+    new = {"phase": "Suspended", "restarts": 0}
+    assert status_patch(old, new) == {"phase": "Suspended", "startTime": None}
+    assert status_patch(new, new) == {}
+
+
+def test_indices_are_summarised_as_ranges() -> None:
+    assert summarize_indices([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+    assert summarize_indices([3]) == "3"
+    assert summarize_indices([]) == ""
+
+
+def test_newest_copy_of_a_job_wins_unless_it_was_recreated() -> None:
+    def job(uid: str, rv: str) -> dict:
+        return {"metadata": {"uid": uid, "resourceVersion": rv}}
+
+    assert newest(job("a", "10"), job("a", "12")) == job("a", "12")
+    assert newest(job("a", "13"), job("a", "12")) == job("a", "13")
+    assert newest(job("b", "1"), job("a", "12")) == job("b", "1")
+    assert newest(None, job("a", "1")) == job("a", "1")
+
+
+def test_condition_changes_are_rebased_onto_another_writers_conditions() -> None:
+    from gaudi_operator.jobs.reconciler import merge_conditions
+
+    ready_false = {"type": "Ready", "status": "False", "reason": "WorkersStarting"}
+    ready_true = {"type": "Ready", "status": "True", "reason": "AllWorkersReady"}
+    restarting = {"type": "Restarting", "status": "True", "reason": "Error"}
+    theirs = {"type": "MetricsUnavailable", "status": "True", "reason": "Unreachable"}
+    # This pass read [Ready=False, Restarting], decided [Ready=True]; meanwhile the
+    # autoscaler added MetricsUnavailable.
+    merged = merge_conditions(
+        [ready_false, restarting], [ready_true], [ready_false, restarting, theirs]
+    )
+    assert merged == [ready_true, theirs]
