@@ -7,14 +7,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+TOOLS := $(HOME)/.cache/gaudi3/bin
+CHART := charts/gaudi-operator
+CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
+DIST ?= dist
 
-.PHONY: setup toolchain venv demo test test-unit test-cluster test-training lint clean-cluster help
+.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
 	@echo "make test     run the whole test suite (unit, training, real-cluster)"
 	@echo "make setup    create .venv and build the cached toolchain (called by both)"
-	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint"
+	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart"
+	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
 
 setup: venv toolchain
 
@@ -32,13 +37,17 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 toolchain:
 	@bash hack/toolchain.sh
 
+# What the chart checks need, without the Kubernetes build.
+chart-tools:
+	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas
+
 demo: setup
 	$(BIN)/gaudi3 demo
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv chart-tools
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-cluster: setup
@@ -52,7 +61,19 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
-	$(HOME)/.cache/gaudi3/bin/helm lint charts/gaudi-operator
+	bash hack/check-chart.sh
+
+# A versioned package whose crds/ holds the CRD file itself, not the repository's link.
+chart: chart-tools
+	$(TOOLS)/helm lint --strict $(CHART)
+	@mkdir -p $(DIST)
+	$(TOOLS)/helm package $(CHART) -d $(DIST)
+	@tar -tvzf $(DIST)/gaudi-operator-$(CHART_VERSION).tgz | grep -qE '^-.* gaudi-operator/crds/gauditrainingjobs.yaml$$' \
+	  || { echo "error: the package has no crds/gauditrainingjobs.yaml"; exit 1; }
+
+# The chart README's values table, from the `# --` comments in values.yaml.
+chart-docs: chart-tools
+	$(TOOLS)/helm-docs --chart-search-root charts
 
 clean-cluster: venv
 	-$(BIN)/gaudi3 cluster down --all

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
 # Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
-# kwok and helm via the Go module proxy, and Prometheus from Debian's package.
+# kwok, helm, helm-docs and kubeconform via the Go module proxy, Prometheus from Debian's
+# package, and kubeconform's JSON schemas made from the pinned modules' OpenAPI documents.
 # Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
 set -euo pipefail
 
@@ -9,10 +10,15 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
+KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.8.0}"
+# Only its CRDs are used: the ServiceMonitor and PrometheusRule schemas the chart renders.
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
 TOOLS="$CACHE/tools"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$BIN" "$TOOLS"
 
 say() { printf '\033[1m[toolchain]\033[0m %s\n' "$*" >&2; }
@@ -147,6 +153,42 @@ go_install() { # go_install NAME VERSION PKG LDFLAGS
   link "$name" "$dir"
 }
 
+module_dir() { # module_dir MODULE@VERSION: its folder in the Go module cache (downloaded if missing)
+  need_go
+  local json d
+  json=$(cd "$TOOLS" && go mod download -json "$1") \
+    || die "could not download $1 from the Go module proxy: $(sed -nE 's/.*"Error": "(.*)".*/\1/p' <<<"$json")"
+  d=$(sed -nE 's/.*"Dir": "(.*)".*/\1/p' <<<"$json")
+  [ -d "$d" ] || die "no folder for $1 in the Go module cache"
+  echo "$d"
+}
+
+# kubeconform cannot fetch its schemas here: make them from the Kubernetes module's own
+# OpenAPI document and from the Prometheus Operator's CRDs, once per pinned version, and
+# link the current ones as $CACHE/kubeconform/{kubernetes,prometheus-operator}.
+build_kubeschemas() {
+  local dir="$CACHE/kubeconform/kubernetes-$K8S_VERSION"
+  if [ ! -f "$dir/.complete" ]; then
+    say "making kubeconform schemas for Kubernetes ${K8S_VERSION} from its OpenAPI document"
+    local kdir; kdir=$(module_dir "k8s.io/kubernetes@${K8S_VERSION}")
+    rm -rf "$dir"
+    python3 "$HERE/kubeschemas.py" kubernetes "$kdir/api/openapi-spec/swagger.json" "$dir" \
+      || die "making the Kubernetes schemas failed"
+    touch "$dir/.complete"
+  fi
+  ln -sfn "kubernetes-$K8S_VERSION" "$CACHE/kubeconform/kubernetes"
+  dir="$CACHE/kubeconform/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  if [ ! -f "$dir/.complete" ]; then
+    say "making kubeconform schemas for the Prometheus Operator ${PROMETHEUS_OPERATOR_VERSION} CRDs"
+    local pdir; pdir=$(module_dir "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}")
+    rm -rf "$dir"
+    python3 "$HERE/kubeschemas.py" crd "$dir" "$pdir"/jsonnet/prometheus-operator/*-crd.json \
+      || die "making the Prometheus Operator schemas failed"
+    touch "$dir/.complete"
+  fi
+  ln -sfn "prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" "$CACHE/kubeconform/prometheus-operator"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
@@ -163,7 +205,7 @@ install_prometheus() {
   ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
 }
 
-want="${*:-kubernetes etcd kwok helm prometheus}"
+want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -172,8 +214,13 @@ for t in $want; do
             "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION}" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm \
             "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" ;;
+    helm-docs) go_install helm-docs "$HELM_DOCS_VERSION" github.com/norwoodj/helm-docs/cmd/helm-docs \
+            "-X main.version=${HELM_DOCS_VERSION#v}" ;;
+    kubeconform) go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform \
+            "-X main.version=${KUBECONFORM_VERSION}" ;;
+    kubeschemas) build_kubeschemas ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas prometheus)" ;;
   esac
 done
 say "ready: $BIN"
