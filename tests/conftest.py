@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
+_TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test's folder names its kind, so `-m unit` never starts a cluster by accident.
+    # A test's first folder under tests/ names its kind, so `-m unit` never starts a
+    # cluster by accident (tests/unit/jobs/... is a unit test too).
     for item in items:
-        part = Path(str(item.fspath)).parent.name
+        part = Path(str(item.fspath)).relative_to(_TESTS).parts[0]
         if part in _DIR_MARKERS and not item.get_closest_marker(_DIR_MARKERS[part]):
             item.add_marker(getattr(pytest.mark, _DIR_MARKERS[part]))
 
