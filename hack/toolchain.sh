@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
 # Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
-# kwok and helm via the Go module proxy, and Prometheus from Debian's package.
+# kwok, helm and kstatus (Flux's status library) via the Go module proxy, and Prometheus
+# from Debian's package.
 # Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+FLUX_KSTATUS_VERSION="${FLUX_KSTATUS_VERSION:-v1.3.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -147,6 +149,62 @@ go_install() { # go_install NAME VERSION PKG LDFLAGS
   link "$name" "$dir"
 }
 
+# kstatus: what Flux's health checks compute (Current, InProgress, Failed) for each JSON
+# object on stdin, one line each; the GitOps tests check the operator's status with it.
+build_kstatus() {
+  local dir="$TOOLS/kstatus-$FLUX_KSTATUS_VERSION"
+  if have "$dir" kstatus; then link kstatus "$dir"; return; fi
+  need_go
+  say "building kstatus from github.com/fluxcd/cli-utils ${FLUX_KSTATUS_VERSION}"
+  local src="$dir/src"
+  rm -rf "$src"; mkdir -p "$src"
+  cat >"$src/go.mod" <<GOMOD
+module gaudi3.local/kstatus
+
+go 1.26
+
+require github.com/fluxcd/cli-utils $FLUX_KSTATUS_VERSION
+GOMOD
+  cat >"$src/main.go" <<'GO'
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+func main() {
+	in, out := json.NewDecoder(os.Stdin), json.NewEncoder(os.Stdout)
+	for in.More() {
+		var raw json.RawMessage
+		if err := in.Decode(&raw); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(2)
+		}
+		// Unstructured's own decoder keeps integers as int64, as kstatus expects.
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(raw); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(2)
+		}
+		res, err := status.Compute(u)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(1)
+		}
+		_ = out.Encode(map[string]string{"status": string(res.Status), "message": res.Message})
+	}
+}
+GO
+  (cd "$src" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$dir/kstatus" .) \
+    || die "building kstatus ${FLUX_KSTATUS_VERSION} failed (see above)"
+  link kstatus "$dir"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
@@ -163,7 +221,7 @@ install_prometheus() {
   ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
 }
 
-want="${*:-kubernetes etcd kwok helm prometheus}"
+want="${*:-kubernetes etcd kwok helm kstatus prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -172,8 +230,9 @@ for t in $want; do
             "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION}" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm \
             "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" ;;
+    kstatus) build_kstatus ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm kstatus prometheus)" ;;
   esac
 done
 say "ready: $BIN"
