@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
 # Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
-# kwok, helm, helm-docs and kubeconform via the Go module proxy, Prometheus from Debian's
-# package, and kubeconform's JSON schemas made from the pinned modules' OpenAPI documents.
+# kwok, helm, helm-docs, kubeconform and kstatus (Flux's status library) via the Go module
+# proxy, Prometheus from Debian's package, and kubeconform's JSON schemas made from the
+# pinned modules' OpenAPI documents.
 # Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
 KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.8.0}"
 # Only its CRDs are used: the ServiceMonitor and PrometheusRule schemas the chart renders.
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+FLUX_KSTATUS_VERSION="${FLUX_KSTATUS_VERSION:-v1.3.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -189,6 +191,62 @@ build_kubeschemas() {
   ln -sfn "prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" "$CACHE/kubeconform/prometheus-operator"
 }
 
+# kstatus: what Flux's health checks compute (Current, InProgress, Failed) for each JSON
+# object on stdin, one line each; the GitOps tests check the operator's status with it.
+build_kstatus() {
+  local dir="$TOOLS/kstatus-$FLUX_KSTATUS_VERSION"
+  if have "$dir" kstatus; then link kstatus "$dir"; return; fi
+  need_go
+  say "building kstatus from github.com/fluxcd/cli-utils ${FLUX_KSTATUS_VERSION}"
+  local src="$dir/src"
+  rm -rf "$src"; mkdir -p "$src"
+  cat >"$src/go.mod" <<GOMOD
+module gaudi3.local/kstatus
+
+go 1.26
+
+require github.com/fluxcd/cli-utils $FLUX_KSTATUS_VERSION
+GOMOD
+  cat >"$src/main.go" <<'GO'
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+func main() {
+	in, out := json.NewDecoder(os.Stdin), json.NewEncoder(os.Stdout)
+	for in.More() {
+		var raw json.RawMessage
+		if err := in.Decode(&raw); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(2)
+		}
+		// Unstructured's own decoder keeps integers as int64, as kstatus expects.
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(raw); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(2)
+		}
+		res, err := status.Compute(u)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus:", err)
+			os.Exit(1)
+		}
+		_ = out.Encode(map[string]string{"status": string(res.Status), "message": res.Message})
+	}
+}
+GO
+  (cd "$src" && go mod tidy && go build -trimpath -ldflags "-s -w" -o "$dir/kstatus" .) \
+    || die "building kstatus ${FLUX_KSTATUS_VERSION} failed (see above)"
+  link kstatus "$dir"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
@@ -205,7 +263,7 @@ install_prometheus() {
   ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
 }
 
-want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas prometheus}"
+want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas kstatus prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -219,8 +277,9 @@ for t in $want; do
     kubeconform) go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform \
             "-X main.version=${KUBECONFORM_VERSION}" ;;
     kubeschemas) build_kubeschemas ;;
+    kstatus) build_kstatus ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas kstatus prometheus)" ;;
   esac
 done
 say "ready: $BIN"

@@ -7,6 +7,7 @@ condition bookkeeping. Everything is re-exported here, so callers write `api.GRO
 """
 
 from gaudi_operator.api.conditions import (
+    clear_condition,
     get_condition,
     set_condition,
 )
@@ -140,6 +141,7 @@ __all__ = [
     "Scheduling",
     "SuccessPolicy",
     "Workers",
+    "clear_condition",
     "get_condition",
     "job_selector",
     "parse_rfc3339",

@@ -54,3 +54,12 @@ def set_condition(
 
 def get_condition(conditions: Iterable[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def clear_condition(
+    conditions: list[Condition], type_: str, reason: str, now: datetime, generation: int
+) -> list[Condition]:
+    """Set a condition False only if it is present (absent means False already)."""
+    if get_condition(conditions, type_) is None:
+        return conditions
+    return set_condition(conditions, type_, False, reason, "", now, generation)

@@ -14,6 +14,8 @@ duplicate one. The order of decisions, first match wins:
                              maxRestarts, excluded nodes (see failover.py)
 7. otherwise              -> create missing `<job>-worker-<i>`, delete surplus (other
                              generation, index >= replicas; highest index first)
+
+Every pass then writes the kstatus conditions GitOps tools read (see `_kstatus_conditions`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from gaudi_operator.api import (
     GaudiTrainingJobStatus,
     Phase,
     SuccessPolicy,
+    clear_condition,
     get_condition,
     set_condition,
 )
@@ -38,6 +41,13 @@ from gaudi_operator.failover import policy as failover
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
 
 POD_REJECTED = "PodRejected"  # InvalidSpec reason when the API server refused a worker pod
+
+# kstatus conditions (sigs.k8s.io/cli-utils, what Flux's health checks compute from):
+# Reconciling True while the job converges, Stalled True while it cannot go on without a
+# change by someone. Both are abnormal-true: written once True, set False afterwards.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+_CONVERGING = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING, Phase.SCALING)
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,13 @@ def plan(
 
 
 def decide(obs: Observation) -> Plan:
+    out = _decide(obs)
+    if not obs.job.deleting:
+        _kstatus_conditions(out.status, obs.job.generation, obs.now)
+    return out
+
+
+def _decide(obs: Observation) -> Plan:
     job, now, signals = obs.job, obs.now, obs.signals
     pods = list(obs.pods)
     status = obs.status.model_copy(deep=True)
@@ -299,6 +316,52 @@ def _running_conditions(
     status.conditions = conds
 
 
+def _stalled(status: GaudiTrainingJobStatus) -> tuple[str, str] | None:
+    """(reason, message) when the job cannot progress until someone changes something."""
+    invalid = get_condition(status.conditions, ConditionType.INVALID_SPEC)
+    if invalid is not None and invalid.status == "True":
+        return invalid.reason, invalid.message
+    if status.phase == Phase.FAILED:
+        failed = get_condition(status.conditions, ConditionType.FAILED)
+        return (failed.reason, failed.message) if failed else ("Failed", "the job failed")
+    restarting = get_condition(status.conditions, ConditionType.RESTARTING)
+    if (
+        restarting is not None
+        and restarting.status == "True"
+        and restarting.reason == failover.NO_FEASIBLE_NODE
+    ):
+        return restarting.reason, restarting.message
+    return None
+
+
+def _kstatus_conditions(status: GaudiTrainingJobStatus, generation: int, now: datetime) -> None:
+    """Reconciling / Stalled from the phase and the other conditions (never both True:
+    kstatus takes the first True one it meets). A finished, suspended or running job has
+    neither, which kstatus reads as Current."""
+    conds = status.conditions
+    stalled = _stalled(status)
+    phase = status.phase.value
+    if stalled is not None:
+        conds = set_condition(conds, STALLED, True, *stalled, now, generation)
+        conds = clear_condition(conds, RECONCILING, stalled[0], now, generation)
+        ready = get_condition(conds, ConditionType.READY)
+        if ready is not None and ready.status == "True":  # e.g. a running job's spec broke
+            conds = set_condition(conds, ConditionType.READY, False, *stalled, now, generation)
+    else:
+        conds = clear_condition(conds, STALLED, phase, now, generation)
+        if status.phase in _CONVERGING:
+            restarting = get_condition(conds, ConditionType.RESTARTING)
+            detail = (
+                restarting.message
+                if status.phase == Phase.RESTARTING and restarting and restarting.message
+                else f"{status.workers} workers ready"
+            )
+            conds = set_condition(conds, RECONCILING, True, phase, detail, now, generation)
+        else:
+            conds = clear_condition(conds, RECONCILING, phase, now, generation)
+    status.conditions = conds
+
+
 def _cleanup(policy: CleanPodPolicy, pods: list[WorkerPod]) -> list[WorkerPod]:
     if policy == CleanPodPolicy.ALL:
         chosen = [p for p in pods if not p.deleting]
@@ -326,8 +389,15 @@ def _finish(
     status.conditions = set_condition(
         status.conditions, kind, True, reason, message, now, job.generation
     )
+    # A succeeded job is where its manifest wanted it: Ready, so GitOps waits end there.
     status.conditions = set_condition(
-        status.conditions, ConditionType.READY, False, reason, message, now, job.generation
+        status.conditions,
+        ConditionType.READY,
+        phase == Phase.SUCCEEDED,
+        reason,
+        message,
+        now,
+        job.generation,
     )
     out = _finished(job, spec, status, before, pods, now)
     event_type = "Normal" if phase == Phase.SUCCEEDED else "Warning"
@@ -395,9 +465,10 @@ def _suspended(
         now,
         job.generation,
     )
-    status.conditions = set_condition(
-        status.conditions, ConditionType.READY, False, "Suspended", "", now, job.generation
-    )
+    # No Ready while suspended: nothing runs, yet the job is where its spec asks. Ready
+    # False would read as "still converging" to kstatus (Flux waits would never end), and
+    # True would end a `kubectl wait --for=condition=Ready` before any worker runs.
+    status.conditions = [c for c in status.conditions if c.type != ConditionType.READY]
     if before.phase != Phase.SUSPENDED:
         out.events.append(Event("Normal", "Suspended", "spec.suspend is true: deleting workers"))
     return out
