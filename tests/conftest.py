@@ -24,7 +24,7 @@ _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test's folder names its kind, so `-m unit` never starts a cluster by accident.
     for item in items:
-        part = Path(str(item.fspath)).parent.name
+        part = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts[0]
         if part in _DIR_MARKERS and not item.get_closest_marker(_DIR_MARKERS[part]):
             item.add_marker(getattr(pytest.mark, _DIR_MARKERS[part]))
 
