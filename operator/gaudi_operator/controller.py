@@ -131,6 +131,18 @@ class Controller:
         self._failures.pop(key, None)
         if result.body is not None:
             self._written[key] = result.body
-        self.phases.set(key, result.plan.status.phase.value)
+        plan = result.plan
+        # A finished, suspended or invalid job wants no workers.
+        desired = plan.spec.workers.replicas if plan.ensure_children and plan.spec else 0
+        self.phases.set(
+            key,
+            plan.status.phase.value,
+            workers={
+                "desired": desired,
+                "ready": plan.status.ready_replicas,
+                "pending": sum(1 for p in observed if p.phase == "Pending" and not p.deleting),
+            },
+            conditions={c.type: c.status == "True" for c in plan.status.conditions},
+        )
         if result.plan.requeue_after is not None:
             self.queue.add_after(key, result.plan.requeue_after + 0.1)
