@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup toolchain venv demo test test-unit test-cluster test-training lint clean-cluster help
+.PHONY: setup toolchain venv demo test test-unit test-cluster test-training lint dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
 	@echo "make test     run the whole test suite (unit, training, real-cluster)"
 	@echo "make setup    create .venv and build the cached toolchain (called by both)"
 	@echo "make lint     ruff, hadolint, helm lint"
+	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
 
 setup: venv toolchain
 
@@ -50,6 +51,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
 	$(HOME)/.cache/gaudi3/bin/helm lint charts/gaudi-operator
+
+dashboards: venv
+	$(BIN)/python dashboards/build.py
 
 clean-cluster: venv
 	-$(BIN)/gaudi3 cluster down --all
