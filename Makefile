@@ -12,7 +12,7 @@ CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
 DIST ?= dist
 
-.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs clean-cluster help
+.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup    create .venv and build the cached toolchain (called by both)"
 	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart"
 	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
+	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
 
 setup: venv toolchain
 
@@ -74,6 +75,9 @@ chart: chart-tools
 # The chart README's values table, from the `# --` comments in values.yaml.
 chart-docs: chart-tools
 	$(TOOLS)/helm-docs --chart-search-root charts
+
+dashboards: venv
+	$(BIN)/python dashboards/build.py
 
 clean-cluster: venv
 	-$(BIN)/gaudi3 cluster down --all

@@ -247,9 +247,15 @@ GO
   link kstatus "$dir"
 }
 
+# promtool ships in the same package: the alert rules' tests run it.
+link_prometheus() {
+  ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
+  if command -v promtool >/dev/null 2>&1; then ln -sfn "$(command -v promtool)" "$BIN/promtool"; fi
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
-    ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
+    link_prometheus; return
   fi
   command -v apt-get >/dev/null 2>&1 \
     || die "prometheus is not installed and there is no apt-get: install Prometheus 2.x or 3.x and put it on PATH"
@@ -260,7 +266,7 @@ install_prometheus() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
     || die "apt-get install prometheus failed"
   if command -v service >/dev/null 2>&1; then $sudo service prometheus stop >/dev/null 2>&1 || true; fi
-  ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
+  link_prometheus
 }
 
 want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas kstatus prometheus}"

@@ -50,6 +50,8 @@ class JobSettings:
     micro_batch: int = DEFAULT_MICRO_BATCH
     # None disables the endpoint; each process serves on metrics_port + LOCAL_RANK.
     metrics_port: int | None = DEFAULT_METRICS_PORT
+    # Empty listens on every interface (Prometheus scrapes the pod IP); tests use 127.0.0.1.
+    metrics_address: str = ""
     device: str = "auto"
 
     @classmethod
@@ -78,6 +80,7 @@ class JobSettings:
             micro_batch=_int(env, "GAUDI3_MICRO_BATCH_SIZE", DEFAULT_MICRO_BATCH)
             or DEFAULT_MICRO_BATCH,
             metrics_port=port,
+            metrics_address=env.get("GAUDI3_METRICS_ADDRESS", "").strip(),
             device=device,
         )
 
@@ -94,6 +97,7 @@ class JobSettings:
             "GAUDI3_GLOBAL_BATCH_SIZE": "" if self.global_batch is None else str(self.global_batch),
             "GAUDI3_MICRO_BATCH_SIZE": str(self.micro_batch),
             "GAUDI3_METRICS_PORT": "off" if self.metrics_port is None else str(self.metrics_port),
+            "GAUDI3_METRICS_ADDRESS": self.metrics_address,
             "GAUDI3_DEVICE": self.device,
         }
         return env

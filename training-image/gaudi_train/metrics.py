@@ -65,10 +65,13 @@ class TrainingMetrics:
         )
         self.port: int | None = None
 
-    def serve(self, port: int) -> int | None:
-        """Serve /metrics on `port`; a busy port is logged, never fatal to training."""
+    def serve(self, port: int, address: str = "") -> int | None:
+        """Serve /metrics on `port` (every interface unless `address` names one); a busy
+        port is logged, never fatal to training."""
         try:
-            server, _thread = start_http_server(port, registry=self.registry)
+            server, _thread = start_http_server(
+                port, addr=address or "0.0.0.0", registry=self.registry
+            )
         except OSError as exc:
             log.warning("metrics endpoint not started on port %d: %s", port, exc)
             return None

@@ -81,7 +81,9 @@ class Session:
         self.metrics.world_size.set(self.world_size)
         self.metrics.restarts.set(self.rank.restart_count)
         if serve_metrics and self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port + self.rank.local_rank)
+            self.metrics.serve(
+                self.settings.metrics_port + self.rank.local_rank, self.settings.metrics_address
+            )
         if self.resumed is not None:
             self.metrics.record_checkpoint(self.resumed.step, self.resumed.timestamp)
 

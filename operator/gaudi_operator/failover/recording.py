@@ -49,6 +49,7 @@ class FailoverRecorder:
                     strategy=decision.strategy.value if decision.strategy else "",
                     counted=str(decision.counted).lower(),
                 ).inc()
+                metrics.JOB_RESTARTS.labels(gtj_namespace=job.namespace, gtj=job.name).inc()
                 self._open.setdefault(key, _Recovery(since=now)).restarted = True
                 handled = None if decision.new_generation else decision.pods_to_delete
                 DISRUPTIONS.handled(job.namespace, job.name, handled)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class Result:
     plan: Plan
     body: dict[str, Any] | None = None  # the job as the API server returned it after our write
+    pending: int = 0  # worker pods waiting to be scheduled or started
 
     @property
     def phase(self) -> str:
@@ -41,6 +42,17 @@ class Result:
     @property
     def requeue_after(self) -> float | None:
         return self.plan.requeue_after
+
+    @property
+    def workers(self) -> dict[str, int]:
+        plan = self.plan
+        # A finished, suspended or invalid job wants no workers.
+        desired = plan.spec.workers.replicas if plan.ensure_children and plan.spec else 0
+        return {"desired": desired, "ready": plan.status.ready_replicas, "pending": self.pending}
+
+    @property
+    def conditions(self) -> dict[str, bool]:
+        return {c.type: c.status == "True" for c in self.plan.status.conditions}
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +147,8 @@ class Reconciler:
         await self._post(body, events)
         written = await self._write_status(job, body.get("status") or {}, plan)
         RECORDER.after_pass(job, plan, events, now)  # failover metrics
-        return Result(plan, written)
+        pending = sum(1 for p in obs.pods if p.phase == "Pending" and not p.deleting)
+        return Result(plan, written, pending)
 
     # --- children -----------------------------------------------------------------------
 

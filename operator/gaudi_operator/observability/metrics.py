@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -24,20 +25,55 @@ QUEUE_DEPTH = Gauge("gaudi_operator_workqueue_depth", "Jobs waiting for a reconc
 
 
 class PhaseTracker:
-    """Keeps gaudi_operator_jobs{phase} equal to the jobs' current phases."""
+    """Keeps gaudi_operator_jobs{phase} equal to the jobs' current phases, and each job's
+    own series (phase, workers, conditions, restarts) equal to its last reconcile pass."""
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
+        self._conditions: dict[tuple[str, str], set[str]] = {}
         for phase in Phase:
             JOBS.labels(phase=phase.value).set(0)
 
-    def set(self, key: tuple[str, str], phase: str) -> None:
+    def set(
+        self,
+        key: tuple[str, str],
+        phase: str,
+        workers: Mapping[str, int] | None = None,
+        conditions: Mapping[str, bool] | None = None,
+    ) -> None:
+        ns, name = key
+        old = self._phases.get(key)
         self._phases[key] = phase
+        if old != phase:
+            if old is not None:
+                JOB_PHASE.remove(ns, name, old)
+            else:
+                # A counter that appears at 1 hides its first increase from increase().
+                JOB_RESTARTS.labels(gtj_namespace=ns, gtj=name)
+            JOB_PHASE.labels(gtj_namespace=ns, gtj=name, phase=phase).set(1)
+        for state, n in (workers or {}).items():
+            JOB_WORKERS.labels(gtj_namespace=ns, gtj=name, state=state).set(n)
+        if conditions is not None:
+            for gone in self._conditions.get(key, set()) - conditions.keys():
+                JOB_CONDITION.remove(ns, name, gone)
+            for type_, true in conditions.items():
+                JOB_CONDITION.labels(gtj_namespace=ns, gtj=name, condition=type_).set(int(true))
+            self._conditions[key] = set(conditions)
         self._publish()
 
     def forget(self, key: tuple[str, str]) -> None:
-        if self._phases.pop(key, None) is not None:
-            self._publish()
+        phase = self._phases.pop(key, None)
+        if phase is None:
+            return
+        ns, name = key
+        JOB_PHASE.remove(ns, name, phase)
+        for state in JOB_WORKER_STATES:
+            JOB_WORKERS.remove(ns, name, state)
+        for type_ in self._conditions.pop(key, set()):
+            JOB_CONDITION.remove(ns, name, type_)
+        JOB_RESTARTS.remove(ns, name)
+        AUTOSCALE_DESIRED_REPLICAS.remove(ns, name)
+        self._publish()
 
     def _publish(self) -> None:
         counts = Tally(self._phases.values())
@@ -88,4 +124,33 @@ FAILOVER_LATENCY = Histogram(
     "replacement workers being created (stage=created) and all running (stage=running)",
     ["stage"],
     buckets=(0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600),
+)
+
+
+# --- per job (controller.py after each pass, health.py on restarts; gone with the job) ----
+# Labelled gtj/gtj_namespace like the launcher's series: `job` and `namespace` are target
+# labels a ServiceMonitor scrape sets (the operator's own), and would clash.
+
+JOB_PHASE = Gauge(
+    "gaudi_operator_job_phase",
+    "1 for the job's current phase (one series per job)",
+    ["gtj_namespace", "gtj", "phase"],
+)
+JOB_WORKER_STATES = ("desired", "ready", "pending")
+JOB_WORKERS = Gauge(
+    "gaudi_operator_job_workers",
+    "The job's workers: desired (0 once finished or suspended), ready, and pending "
+    "(pods in phase Pending: unscheduled or still starting)",
+    ["gtj_namespace", "gtj", "state"],
+)
+JOB_CONDITION = Gauge(
+    "gaudi_operator_job_condition",
+    "The job's status conditions: 1 when True, 0 when False",
+    ["gtj_namespace", "gtj", "condition"],
+)
+JOB_RESTARTS = Counter(
+    "gaudi_operator_job_restarts",
+    "Restarts of the job by failover seen by this operator process (counted against "
+    "maxRestarts or not)",
+    ["gtj_namespace", "gtj"],
 )

@@ -33,6 +33,10 @@ class PassResult(Protocol):
     def phase(self) -> str: ...
     @property
     def requeue_after(self) -> float | None: ...
+    @property
+    def workers(self) -> Mapping[str, int]: ...  # desired, ready, pending: per-job gauges
+    @property
+    def conditions(self) -> Mapping[str, bool]: ...
 
 
 class Reconciles(Protocol):
@@ -147,6 +151,6 @@ class Controller:
         self._failures.pop(key, None)
         if result.body is not None:
             self._written[key] = result.body
-        self.phases.set(key, result.phase)
+        self.phases.set(key, result.phase, workers=result.workers, conditions=result.conditions)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after + 0.1)
