@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def gtj_autoscaled(
+async def gtj_autoscaled(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[Any, Any]:
     enabled = bool((spec.get("autoscaling") or {}).get("enabled"))
@@ -52,7 +52,7 @@ async def stop(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def bind_autoscaler(memo: kopf.Memo, gtj_autoscaled: kopf.Index[Any, Any], **_: Any) -> None:
+async def bind_autoscaler(memo: kopf.Memo, gtj_autoscaled: kopf.Index[Any, Any], **_: Any) -> None:
     autoscaler: Autoscaler | None = memo.get("autoscaler")
     if autoscaler is not None and autoscaler.jobs is None:
         autoscaler.bind(gtj_autoscaled)

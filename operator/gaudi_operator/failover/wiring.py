@@ -60,7 +60,7 @@ async def stop(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("v1", "nodes")
-def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
     # Only a change of health matters (Ready, allocatable HPUs, gone); heartbeats do not.
     if not signals.NODES.update(type, body):
         return
@@ -72,7 +72,7 @@ def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-def worker_deleted(
+async def worker_deleted(
     type: str | None,
     body: kopf.Body,
     namespace: str,
