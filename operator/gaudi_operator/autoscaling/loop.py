@@ -556,6 +556,9 @@ class Autoscaler:
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         ours = {c.type: c for c in conditions or [] if c.type in OUR_CONDITIONS}
+        # Each field replaced whole: keys an earlier value had and this one lacks go null.
+        old = body.get("status") or {}
+        patch = kube.merge_patch({k: old[k] for k in patch if k in old}, patch)
         for _ in range(STATUS_WRITE_ATTEMPTS):
             full = dict(patch)
             rv = meta.get("resourceVersion")

@@ -60,7 +60,9 @@ async def stop(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("v1", "nodes")
-async def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(
+    type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     # Only a change of health matters (Ready, allocatable HPUs, gone); heartbeats do not.
     if not signals.NODES.update(type, body):
         return

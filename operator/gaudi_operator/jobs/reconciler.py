@@ -56,10 +56,9 @@ class Result:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from old to new status: changed keys, and null for removed ones."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
-    return patch
+    """A JSON merge patch from old to new status: changed keys, and null for removed ones,
+    nested objects included (each status field is replaced whole, never mixed)."""
+    return kube.merge_patch(old, new)
 
 
 def merge_conditions(

@@ -34,7 +34,9 @@ async def gtj_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
-async def gtj_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def gtj_pods(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, labels[api.LABEL_JOB_NAME]): observe_pod(body)}
 
 
@@ -56,7 +58,9 @@ def _wake(memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any]) -> Non
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def job_event(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     if type == "DELETED":
         controller: Controller | None = memo.get("controller")
         if controller is not None:
@@ -71,5 +75,7 @@ async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwar
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
-async def service_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def service_event(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)

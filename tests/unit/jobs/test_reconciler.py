@@ -46,3 +46,27 @@ def test_condition_changes_are_rebased_onto_another_writers_conditions() -> None
         [ready_false, restarting], [ready_true], [ready_false, restarting, theirs]
     )
     assert merged == [ready_true, theirs]
+
+
+def test_a_new_last_failure_replaces_the_old_one_whole() -> None:
+    # An OOM kill, then a lost node: the merge patch must drop the OOM's exit code.
+    old = {"lastFailure": {"reason": "OOMKilled", "exitCode": 137, "pod": "j-worker-1"}}
+    new = {"lastFailure": {"reason": "NodeLost", "pod": "j-worker-0", "node": "n3"}}
+    patch = status_patch(old, new)
+    assert patch == {
+        "lastFailure": {"reason": "NodeLost", "pod": "j-worker-0", "node": "n3", "exitCode": None}
+    }
+    # Applied as the API server applies a JSON merge patch (RFC 7386), nothing mixes.
+    assert apply_merge_patch(old, patch) == new
+
+
+def apply_merge_patch(target: dict, patch: dict) -> dict:  # type: ignore[type-arg]
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
