@@ -68,6 +68,7 @@ from gaudi_operator.clients.prometheus import (
     render_query,
 )
 from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
 
@@ -289,7 +290,7 @@ class Autoscaler:
         new_running = new_pending = 0
         if state.verifying is not None:
             new_running, new_pending = await self._new_workers(
-                ns, name, state.verifying.from_, state.verifying.to
+                ns, name, meta.get("uid", ""), state.verifying.from_, state.verifying.to
             )
         return Observation(
             now=now,
@@ -308,20 +309,24 @@ class Autoscaler:
             prom = self._prom[url] = PrometheusClient(url, timeout=self.settings.query_timeout)
         return prom
 
-    async def _job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    async def _job_pods(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+        """The job's workers: its label, and controlled by this incarnation (uid) of it."""
         resp = await self.clients.core.list_namespaced_pod(
             namespace, label_selector=api.job_selector(name)
         )
-        return [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+        pods = [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+        return [p for p in pods if observe_pod(p).owner_uid in ("", uid)]
 
-    async def _new_workers(self, namespace: str, name: str, lo: int, hi: int) -> tuple[int, int]:
+    async def _new_workers(
+        self, namespace: str, name: str, uid: str, lo: int, hi: int
+    ) -> tuple[int, int]:
         """(Running, unschedulable-or-missing) among workers lo..hi-1 of the newest generation.
 
         A pod that has a node but is not Running yet (pulling a large Gaudi image) is
         neither: it is progressing, and must not trigger the pending rollback."""
         live = [
             p
-            for p in await self._job_pods(namespace, name)
+            for p in await self._job_pods(namespace, name, uid)
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
             and not (p.get("metadata") or {}).get("deletionTimestamp")
         ]

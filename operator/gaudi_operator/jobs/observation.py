@@ -25,6 +25,8 @@ class WorkerPod:
 
     name: str
     uid: str = ""
+    # The controlling owner's uid: the job incarnation the pod belongs to.
+    owner_uid: str = ""
     index: int | None = None
     generation: int | None = None
     phase: str = "Pending"
@@ -89,6 +91,10 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
     return WorkerPod(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
+        owner_uid=next(
+            (r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("controller")),
+            "",
+        ),
         index=_int(labels.get(api.LABEL_WORKER_INDEX)),
         generation=_int(labels.get(api.LABEL_GENERATION)),
         phase=status.get("phase") or "Pending",
@@ -139,7 +145,10 @@ class Observation:
 
     job: JobView
     now: datetime
-    pods: tuple[WorkerPod, ...] = ()
+    pods: tuple[WorkerPod, ...] = ()  # the job's own: controlled by this job's uid
+    # Pods with the job's label controlled by another uid: an earlier job of the same name,
+    # deleted and re-created before the garbage collector removed its workers.
+    foreign: tuple[WorkerPod, ...] = ()
     # The spec as a model, or why it cannot be one (each problem naming its field).
     spec: GaudiTrainingJobSpec | None = None
     spec_error: str | None = None
@@ -188,12 +197,20 @@ def observe(
         spec = GaudiTrainingJobSpec.model_validate(dict(job.spec))
     except ValidationError as err:
         error = describe_spec_error(err)
+    pods = tuple(pods)
     return Observation(
         job=job,
         now=now,
-        pods=tuple(pods),
+        pods=tuple(p for p in pods if _ours(p, job.uid)),
+        foreign=tuple(p for p in pods if not _ours(p, job.uid)),
         spec=spec,
         spec_error=error,
         status=parse_status(job.status),
         signals=signals or Signals(),
     )
+
+
+def _ours(pod: WorkerPod, job_uid: str) -> bool:
+    # The operator sets the controller reference on every worker; a body without one (or a
+    # job without a uid) is taken as the job's own, as before owner uids were checked.
+    return not pod.owner_uid or not job_uid or pod.owner_uid == job_uid

@@ -90,7 +90,18 @@ def decide(obs: Observation) -> Plan:
     out = _decide(obs)
     if not obs.job.deleting:
         _kstatus_conditions(out.status, obs.job.generation, obs.now)
+        _replace_foreign(out, obs)
     return out
+
+
+def _replace_foreign(out: Plan, obs: Observation) -> None:
+    """A predecessor's workers (same job name, another uid) are never this job's: delete
+    them, and create a worker only once its name is free again."""
+    if not obs.foreign:
+        return
+    taken = {p.name for p in obs.foreign}
+    out.create = [i for i in out.create if api.worker_pod_name(obs.job.name, i) not in taken]
+    out.delete += [p for p in obs.foreign if not p.deleting and p not in out.delete]
 
 
 def _decide(obs: Observation) -> Plan:
