@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, job name)
 MAX_BACKOFF = 300.0
+RETRY_SOON_SECONDS = 0.2
 
 
 class PassResult(Protocol):
@@ -44,6 +45,11 @@ class Reconciles(Protocol):
     async def reconcile(
         self, body: Mapping[str, Any], observed: Iterable[Any], service_exists: bool
     ) -> PassResult: ...
+
+
+class RetrySoon(Exception):
+    """A pass found its view of the job stale (a guarded write conflicted) and did
+    nothing: run it again shortly, on a fresh view. Not an error."""
 
 
 def _meta(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -160,6 +166,11 @@ class Controller:
                 result = await self.reconciler.reconcile(body, observed, service)
         except asyncio.CancelledError:
             raise
+        except RetrySoon as why:
+            log.debug("%s/%s: %s; again shortly", *key, why)
+            self._written.pop(key, None)
+            self.queue.add_after(key, RETRY_SOON_SECONDS)
+            return
         except Exception as err:
             if kube.namespace_terminating(err):
                 log.debug("%s/%s: namespace terminating, not retrying", *key)
