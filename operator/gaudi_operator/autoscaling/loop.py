@@ -65,6 +65,8 @@ from gaudi_operator.clients.prometheus import (
     PrometheusClient,
     PrometheusUnreachable,
     PromQLError,
+    URLNotAllowed,
+    choose_url,
     render_query,
 )
 from gaudi_operator.jobs import manifests
@@ -84,15 +86,20 @@ STATUS_WRITE_ATTEMPTS = 4
 
 @dataclass
 class AutoscalerSettings:
-    prometheus_url: str = ""  # operator-wide default; spec.autoscaling.prometheusURL wins
+    prometheus_url: str = ""  # operator-wide default
+    # Other Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
+    allowed_urls: tuple[str, ...] = ()
     interval: float = DEFAULT_INTERVAL_SECONDS
     query_timeout: float = 5.0
     concurrency: int = 8  # passes running at once, all jobs together
 
     @classmethod
-    def from_env(cls, prometheus_url: str = "") -> AutoscalerSettings:
+    def from_env(
+        cls, prometheus_url: str = "", allowed_urls: tuple[str, ...] = ()
+    ) -> AutoscalerSettings:
         return cls(
             prometheus_url=prometheus_url or os.environ.get(PROMETHEUS_ENV, ""),
+            allowed_urls=allowed_urls,
             interval=float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS)),
         )
 
@@ -155,7 +162,10 @@ class Autoscaler:
     async def _loop(self) -> None:
         while True:
             now = time.monotonic()
-            for key, entry in self._entries():
+            entries = self._entries()
+            for gone in self._due.keys() - {key for key, _ in entries}:
+                del self._due[gone]  # deleted jobs: bounded by the jobs that exist
+            for key, entry in entries:
                 if not (entry.enabled or entry.flagged):
                     self._due.pop(key, None)
                     continue
@@ -264,8 +274,18 @@ class Autoscaler:
         throughput: float | None = None
         error, queried = "", True
         next_query = api.parse_rfc3339(state.next_query_time)
-        url = spec.autoscaling.prometheus_url or self.settings.prometheus_url
-        if next_query is not None and now < next_query:
+        try:
+            url = choose_url(
+                spec.autoscaling.prometheus_url,
+                self.settings.prometheus_url,
+                self.settings.allowed_urls,
+            )
+        except URLNotAllowed as err:
+            url, error = "", str(err)
+            metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="url_not_allowed").inc()
+        if error:
+            queried = False
+        elif next_query is not None and now < next_query:
             queried = False
             error = (
                 f"{state.last_error or 'query failed'} ({state.query_failures} failures in a "

@@ -35,7 +35,8 @@ async def start(memo: kopf.Memo) -> None:
     url = getattr(cfg, "prometheus_url", "") or ""
     kubeconfig = getattr(cfg, "kubeconfig", None)
     clients = await kube.connect(kubeconfig, pool_size=16)
-    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url))
+    allowed = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
+    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url, allowed))
     autoscaler.start()
     memo["autoscaler"] = autoscaler
     log.info(

@@ -40,6 +40,7 @@ async def start(memo: kopf.Memo) -> None:
     cfg = memo.get("config")
     probes = signals.PROBES
     probes.url = getattr(cfg, "prometheus_url", "") or os.environ.get("GAUDI3_PROMETHEUS_URL", "")
+    probes.allowed_urls = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
     # The health query is the operator's (cluster-wide hardware), not a job's.
     probes.hpu_health_query = os.environ.get(
         "GAUDI3_HPU_HEALTH_QUERY", signals.DEFAULT_HPU_HEALTH_QUERY

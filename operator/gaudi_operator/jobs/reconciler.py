@@ -136,6 +136,12 @@ class Reconciler:
         self._clock = clock
         self._gang_warned: set[tuple[str, str]] = set()
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """The job is gone: what the operator remembers of it goes too."""
+        self._gang_warned.discard(key)
+        RECORDER.forget(key)
+        DISRUPTIONS.handled(*key)
+
     async def reconcile(
         self, body: Mapping[str, Any], observed: Iterable[WorkerPod], service_exists: bool
     ) -> Result:

@@ -30,7 +30,10 @@ async def workqueue_depth(memo: kopf.Memo, **_: Any) -> int:
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
 async def gtj_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    job = copy.deepcopy(dict(body))
+    # managedFields is often the largest part of an object and no pass reads it.
+    job.get("metadata", {}).pop("managedFields", None)
+    return {(namespace, name): job}
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)

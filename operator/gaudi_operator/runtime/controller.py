@@ -46,6 +46,9 @@ class Reconciles(Protocol):
         self, body: Mapping[str, Any], observed: Iterable[Any], service_exists: bool
     ) -> PassResult: ...
 
+    def forget(self, key: Key) -> None:
+        """The job is gone: drop everything kept about it."""
+
 
 class RetrySoon(Exception):
     """A pass found its view of the job stale (a guarded write conflicted) and did
@@ -129,6 +132,7 @@ class Controller:
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
     def forget(self, key: Key) -> None:
+        self.reconciler.forget(key)
         self._written.pop(key, None)
         self._failures.pop(key, None)
         self.queue.forget(key)
