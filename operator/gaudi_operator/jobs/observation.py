@@ -42,6 +42,7 @@ class WorkerPod:
     finished_at: datetime | None = None
     started_at: datetime | None = None
     unschedulable: str | None = None
+    unschedulable_since: datetime | None = None
 
     @property
     def terminal(self) -> bool:
@@ -81,6 +82,7 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     disruption = conds.get("DisruptionTarget") or {}
     scheduled = conds.get("PodScheduled") or {}
+    unplaced = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
     # Pod-level reasons (Evicted, Preempting, ...) say more than the container's.
     reason = status.get("reason") or reason
     message = status.get("message") or message
@@ -107,8 +109,9 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
         disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
         finished_at=finished_at,
         started_at=api.parse_rfc3339(status.get("startTime")),
-        unschedulable=scheduled.get("message") or "unschedulable"
-        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        unschedulable=scheduled.get("message") or "unschedulable" if unplaced else None,
+        unschedulable_since=api.parse_rfc3339(scheduled.get("lastTransitionTime"))
+        if unplaced
         else None,
     )
 

@@ -320,3 +320,18 @@ def test_a_predecessors_workers_are_deleted_and_never_counted() -> None:
     assert p.status.replicas == 1 and p.status.hpus == 8  # only the job's own worker
     # Once they are gone, the job's own workers take the names.
     assert plan(job(), mine, NOW).create == [0, 1, 2]
+
+
+def test_a_job_that_cannot_be_placed_says_why_and_counts_only_held_hpus() -> None:
+    said = "0/4 nodes are available: 4 Insufficient habana.ai/gaudi."
+    placed = [worker(i) for i in range(2)]
+    waiting = [
+        worker(i, phase="Pending", node=None, unschedulable=said, unschedulable_since=NOW)
+        for i in range(2, 4)
+    ]
+    p = plan(job(), [*placed, *waiting], NOW)
+    assert p.status.hpus == 16  # the two placed workers; waiting ones hold nothing
+    c = cond(p, "Scheduled")
+    assert c.status == "False" and c.reason == "InsufficientHPUs"
+    assert "2 of 4 workers cannot be placed" in c.message and said in c.message
+    assert cond(plan(job(), [worker(i) for i in range(4)], NOW), "Scheduled").status == "True"
