@@ -45,6 +45,7 @@ from gaudi_operator.api import (
     ConditionType,
     GaudiTrainingJobSpec,
     LastScale,
+    PendingResize,
     Phase,
     get_condition,
     set_condition,
@@ -73,6 +74,7 @@ from gaudi_operator.jobs import manifests
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
+from gaudi_operator.runtime import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,9 @@ class Autoscaler:
             state = AutoscalingStatus.model_validate(status.get("autoscaling") or {})
         except ValidationError:
             state = AutoscalingStatus()  # unreadable state: start over rather than crash
+        if state.pending_resize is not None:
+            await self._finish_resize(body, spec, state)
+            return None
         if phase in _NOT_FORMED and state.verifying is None:
             # A world that is still forming (or restarting after a failure) is not resized;
             # a scale-up under check still gets its pending/efficiency verdict.
@@ -466,16 +471,34 @@ class Autoscaler:
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         patch: dict[str, Any] = {}
         if decision.resize:
-            if not await self._scale(ns, name, decision.current, decision.replicas):
-                return  # someone resized meanwhile: the next pass adopts their size
-            self._room_cache = None  # our own new workers change the room
-            patch["lastScale"] = LastScale(
+            # Commit before act: the resize (lastScale, cooldown, and the pending intent)
+            # is recorded first, guarded by the version this pass decided from; a crash
+            # before /scale is finished by the next pass (`_finish_resize`), never lost.
+            last = LastScale(
                 from_=decision.current,
                 to=decision.replicas,
                 reason=decision.reason.value,
                 value=decision.value,
                 time=api.to_rfc3339(now),
             ).to_dict()
+            intent = decision.state.model_copy(
+                update={
+                    "pending_resize": PendingResize(
+                        from_=decision.current, to=decision.replicas, time=api.to_rfc3339(now)
+                    )
+                }
+            )
+            before = (body.get("status") or {}).get("lastScale")
+            written = await self._commit(body, {"lastScale": last, "autoscaling": intent.to_dict()})
+            if written is None:
+                return  # the job changed since this pass read it: decide again next pass
+            body = written
+            failpoints.hit("after-scale-intent")
+            if await self._scale(ns, name, decision.current, decision.replicas):
+                self._room_cache = None  # our own new workers change the room
+                patch["lastScale"] = last
+            else:  # someone resized meanwhile: no resize of ours to record
+                patch["lastScale"] = before
         # Explicit nulls: a merge patch must remove what the new state dropped.
         patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
 
@@ -547,6 +570,50 @@ class Autoscaler:
                 else "Warning"
             )
             await post_event(self.clients, body, kind, decision.reason.value, decision.message)
+
+    async def _commit(
+        self, body: Mapping[str, Any], intent: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Write `intent` into status if the job is still the version `body` is; the new
+        object, or None when it changed meanwhile (or is gone)."""
+        meta = body.get("metadata") or {}
+        old = body.get("status") or {}
+        patch = kube.merge_patch({k: old[k] for k in intent if k in old}, intent)
+        try:
+            written: dict[
+                str, Any
+            ] = await self.clients.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                meta.get("namespace", ""),
+                api.PLURAL,
+                meta.get("name", ""),
+                {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch},
+                _content_type=kube.MERGE_PATCH,
+            )
+        except Exception as err:
+            if kube.status_code(err) in (404, 409):
+                return None
+            raise
+        return written
+
+    async def _finish_resize(
+        self, body: Mapping[str, Any], spec: GaudiTrainingJobSpec, state: AutoscalingStatus
+    ) -> None:
+        """A resize recorded by a pass that did not live to apply it: apply it if the job
+        still has the size it was decided from, else drop it (someone resized since)."""
+        pending = state.pending_resize
+        assert pending is not None
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        if spec.workers.replicas == pending.from_:
+            if not await self._scale(ns, name, pending.from_, pending.to):
+                return  # the job changed meanwhile: look again next pass
+            log.info(
+                "%s/%s: finished the recorded resize %d -> %d", ns, name, pending.from_, pending.to
+            )
+        done = state.model_copy(update={"pending_resize": None})
+        await self._write_status(body, {"autoscaling": done.to_dict()}, None)
 
     async def _scale(self, namespace: str, name: str, current: int, replicas: int) -> bool:
         """Set spec.workers.replicas through /scale, as `kubectl scale` does, but only if it
