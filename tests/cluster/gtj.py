@@ -39,6 +39,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
+        self.env: dict[str, str] = {}  # extra environment, e.g. GAUDI3_FAILPOINTS
 
     def command(self, extra: list[str]) -> list[str]:
         exe = Path(sys.executable).parent / "gaudi3"
@@ -57,7 +58,7 @@ class OperatorProcess:
     def start(self, *extra: str) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
         with self.log.open("ab") as out:
             out.write(f"\n===== start {' '.join(extra)} =====\n".encode())
             self.proc = subprocess.Popen(

@@ -54,6 +54,8 @@ class FailureReason(StrEnum):
     NODE_LOST = "NodeLost"  # node NotReady past nodeFailureGraceSeconds, or gone
     HPU_UNHEALTHY = "HPUUnhealthy"
     STALLED = "Stalled"  # no training progress for stallTimeoutSeconds
+    # Some workers hold HPUs while others could not be placed for placementTimeoutSeconds.
+    PLACEMENT_TIMEOUT = "PlacementTimeout"
 
 
 # Failures the training program did not cause: the only ones RestartIgnoreLimit may match
@@ -65,6 +67,7 @@ INFRASTRUCTURE_REASONS = frozenset(
         FailureReason.PREEMPTED,
         FailureReason.NODE_LOST,
         FailureReason.HPU_UNHEALTHY,
+        FailureReason.PLACEMENT_TIMEOUT,
     }
 )
 
@@ -88,6 +91,7 @@ class MetricType(StrEnum):
 class ConditionType(StrEnum):
     CREATED = "Created"  # children created for the current generation
     READY = "Ready"  # every desired worker is running and ready
+    SCHEDULED = "Scheduled"  # every worker of the current world has a node
     SUSPENDED = "Suspended"
     RESTARTING = "Restarting"
     SCALING = "Scaling"
@@ -163,6 +167,8 @@ class FailurePolicy(Model):
     backoff_seconds: int = Field(default=10, ge=0)
     node_failure_grace_seconds: int = Field(default=30, ge=0)
     stall_timeout_seconds: int = Field(default=900, ge=0)  # 0 disables stall detection
+    # Without gang scheduling: release a partly placed world after this long (0: never).
+    placement_timeout_seconds: int = Field(default=300, ge=0)
     exclude_failed_nodes: bool = True
     rules: list[FailureRule] = Field(default_factory=list)
 

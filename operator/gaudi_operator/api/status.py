@@ -77,6 +77,14 @@ class ScaleDecision(Model):
     value: float | None = None
 
 
+class PendingResize(Model):
+    """A resize decided and recorded, not yet confirmed applied through /scale."""
+
+    from_: int = Field(alias="from")
+    to: int
+    time: str
+
+
 class AutoscalingStatus(Model):
     """The built-in autoscaler's state, kept in status so a restarted operator resumes it."""
 
@@ -91,6 +99,7 @@ class AutoscalingStatus(Model):
     next_query_time: str | None = None
     last_error: str | None = None  # why the last query failed
     last_decision: ScaleDecision | None = None
+    pending_resize: PendingResize | None = None
 
 
 class Progress(Model):

@@ -45,6 +45,7 @@ from gaudi_operator.api import (
     ConditionType,
     GaudiTrainingJobSpec,
     LastScale,
+    PendingResize,
     Phase,
     get_condition,
     set_condition,
@@ -65,11 +66,15 @@ from gaudi_operator.clients.prometheus import (
     PrometheusClient,
     PrometheusUnreachable,
     PromQLError,
+    URLNotAllowed,
+    choose_url,
     render_query,
 )
 from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
+from gaudi_operator.runtime import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +88,20 @@ STATUS_WRITE_ATTEMPTS = 4
 
 @dataclass
 class AutoscalerSettings:
-    prometheus_url: str = ""  # operator-wide default; spec.autoscaling.prometheusURL wins
+    prometheus_url: str = ""  # operator-wide default
+    # Other Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
+    allowed_urls: tuple[str, ...] = ()
     interval: float = DEFAULT_INTERVAL_SECONDS
     query_timeout: float = 5.0
     concurrency: int = 8  # passes running at once, all jobs together
 
     @classmethod
-    def from_env(cls, prometheus_url: str = "") -> AutoscalerSettings:
+    def from_env(
+        cls, prometheus_url: str = "", allowed_urls: tuple[str, ...] = ()
+    ) -> AutoscalerSettings:
         return cls(
             prometheus_url=prometheus_url or os.environ.get(PROMETHEUS_ENV, ""),
+            allowed_urls=allowed_urls,
             interval=float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS)),
         )
 
@@ -154,7 +164,10 @@ class Autoscaler:
     async def _loop(self) -> None:
         while True:
             now = time.monotonic()
-            for key, entry in self._entries():
+            entries = self._entries()
+            for gone in self._due.keys() - {key for key, _ in entries}:
+                del self._due[gone]  # deleted jobs: bounded by the jobs that exist
+            for key, entry in entries:
                 if not (entry.enabled or entry.flagged):
                     self._due.pop(key, None)
                     continue
@@ -213,6 +226,9 @@ class Autoscaler:
             state = AutoscalingStatus.model_validate(status.get("autoscaling") or {})
         except ValidationError:
             state = AutoscalingStatus()  # unreadable state: start over rather than crash
+        if state.pending_resize is not None:
+            await self._finish_resize(body, spec, state)
+            return None
         if phase in _NOT_FORMED and state.verifying is None:
             # A world that is still forming (or restarting after a failure) is not resized;
             # a scale-up under check still gets its pending/efficiency verdict.
@@ -263,8 +279,18 @@ class Autoscaler:
         throughput: float | None = None
         error, queried = "", True
         next_query = api.parse_rfc3339(state.next_query_time)
-        url = spec.autoscaling.prometheus_url or self.settings.prometheus_url
-        if next_query is not None and now < next_query:
+        try:
+            url = choose_url(
+                spec.autoscaling.prometheus_url,
+                self.settings.prometheus_url,
+                self.settings.allowed_urls,
+            )
+        except URLNotAllowed as err:
+            url, error = "", str(err)
+            metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="url_not_allowed").inc()
+        if error:
+            queried = False
+        elif next_query is not None and now < next_query:
             queried = False
             error = (
                 f"{state.last_error or 'query failed'} ({state.query_failures} failures in a "
@@ -289,7 +315,7 @@ class Autoscaler:
         new_running = new_pending = 0
         if state.verifying is not None:
             new_running, new_pending = await self._new_workers(
-                ns, name, state.verifying.from_, state.verifying.to
+                ns, name, meta.get("uid", ""), state.verifying.from_, state.verifying.to
             )
         return Observation(
             now=now,
@@ -308,20 +334,24 @@ class Autoscaler:
             prom = self._prom[url] = PrometheusClient(url, timeout=self.settings.query_timeout)
         return prom
 
-    async def _job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    async def _job_pods(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+        """The job's workers: its label, and controlled by this incarnation (uid) of it."""
         resp = await self.clients.core.list_namespaced_pod(
             namespace, label_selector=api.job_selector(name)
         )
-        return [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+        pods = [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+        return [p for p in pods if observe_pod(p).owner_uid in ("", uid)]
 
-    async def _new_workers(self, namespace: str, name: str, lo: int, hi: int) -> tuple[int, int]:
+    async def _new_workers(
+        self, namespace: str, name: str, uid: str, lo: int, hi: int
+    ) -> tuple[int, int]:
         """(Running, unschedulable-or-missing) among workers lo..hi-1 of the newest generation.
 
         A pod that has a node but is not Running yet (pulling a large Gaudi image) is
         neither: it is progressing, and must not trigger the pending rollback."""
         live = [
             p
-            for p in await self._job_pods(namespace, name)
+            for p in await self._job_pods(namespace, name, uid)
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
             and not (p.get("metadata") or {}).get("deletionTimestamp")
         ]
@@ -441,16 +471,34 @@ class Autoscaler:
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         patch: dict[str, Any] = {}
         if decision.resize:
-            if not await self._scale(ns, name, decision.current, decision.replicas):
-                return  # someone resized meanwhile: the next pass adopts their size
-            self._room_cache = None  # our own new workers change the room
-            patch["lastScale"] = LastScale(
+            # Commit before act: the resize (lastScale, cooldown, and the pending intent)
+            # is recorded first, guarded by the version this pass decided from; a crash
+            # before /scale is finished by the next pass (`_finish_resize`), never lost.
+            last = LastScale(
                 from_=decision.current,
                 to=decision.replicas,
                 reason=decision.reason.value,
                 value=decision.value,
                 time=api.to_rfc3339(now),
             ).to_dict()
+            intent = decision.state.model_copy(
+                update={
+                    "pending_resize": PendingResize(
+                        from_=decision.current, to=decision.replicas, time=api.to_rfc3339(now)
+                    )
+                }
+            )
+            before = (body.get("status") or {}).get("lastScale")
+            written = await self._commit(body, {"lastScale": last, "autoscaling": intent.to_dict()})
+            if written is None:
+                return  # the job changed since this pass read it: decide again next pass
+            body = written
+            failpoints.hit("after-scale-intent")
+            if await self._scale(ns, name, decision.current, decision.replicas):
+                self._room_cache = None  # our own new workers change the room
+                patch["lastScale"] = last
+            else:  # someone resized meanwhile: no resize of ours to record
+                patch["lastScale"] = before
         # Explicit nulls: a merge patch must remove what the new state dropped.
         patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
 
@@ -523,6 +571,50 @@ class Autoscaler:
             )
             await post_event(self.clients, body, kind, decision.reason.value, decision.message)
 
+    async def _commit(
+        self, body: Mapping[str, Any], intent: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Write `intent` into status if the job is still the version `body` is; the new
+        object, or None when it changed meanwhile (or is gone)."""
+        meta = body.get("metadata") or {}
+        old = body.get("status") or {}
+        patch = kube.merge_patch({k: old[k] for k in intent if k in old}, intent)
+        try:
+            written: dict[
+                str, Any
+            ] = await self.clients.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                meta.get("namespace", ""),
+                api.PLURAL,
+                meta.get("name", ""),
+                {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch},
+                _content_type=kube.MERGE_PATCH,
+            )
+        except Exception as err:
+            if kube.status_code(err) in (404, 409):
+                return None
+            raise
+        return written
+
+    async def _finish_resize(
+        self, body: Mapping[str, Any], spec: GaudiTrainingJobSpec, state: AutoscalingStatus
+    ) -> None:
+        """A resize recorded by a pass that did not live to apply it: apply it if the job
+        still has the size it was decided from, else drop it (someone resized since)."""
+        pending = state.pending_resize
+        assert pending is not None
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        if spec.workers.replicas == pending.from_:
+            if not await self._scale(ns, name, pending.from_, pending.to):
+                return  # the job changed meanwhile: look again next pass
+            log.info(
+                "%s/%s: finished the recorded resize %d -> %d", ns, name, pending.from_, pending.to
+            )
+        done = state.model_copy(update={"pending_resize": None})
+        await self._write_status(body, {"autoscaling": done.to_dict()}, None)
+
     async def _scale(self, namespace: str, name: str, current: int, replicas: int) -> bool:
         """Set spec.workers.replicas through /scale, as `kubectl scale` does, but only if it
         still is `current` (resourceVersion precondition): never undo a concurrent resize."""
@@ -556,6 +648,9 @@ class Autoscaler:
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         ours = {c.type: c for c in conditions or [] if c.type in OUR_CONDITIONS}
+        # Each field replaced whole: keys an earlier value had and this one lacks go null.
+        old = body.get("status") or {}
+        patch = kube.merge_patch({k: old[k] for k in patch if k in old}, patch)
         for _ in range(STATUS_WRITE_ATTEMPTS):
             full = dict(patch)
             rv = meta.get("resourceVersion")

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def gtj_autoscaled(
+async def gtj_autoscaled(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[Any, Any]:
     enabled = bool((spec.get("autoscaling") or {}).get("enabled"))
@@ -35,7 +35,8 @@ async def start(memo: kopf.Memo) -> None:
     url = getattr(cfg, "prometheus_url", "") or ""
     kubeconfig = getattr(cfg, "kubeconfig", None)
     clients = await kube.connect(kubeconfig, pool_size=16)
-    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url))
+    allowed = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
+    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url, allowed))
     autoscaler.start()
     memo["autoscaler"] = autoscaler
     log.info(
@@ -52,7 +53,7 @@ async def stop(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def bind_autoscaler(memo: kopf.Memo, gtj_autoscaled: kopf.Index[Any, Any], **_: Any) -> None:
+async def bind_autoscaler(memo: kopf.Memo, gtj_autoscaled: kopf.Index[Any, Any], **_: Any) -> None:
     autoscaler: Autoscaler | None = memo.get("autoscaler")
     if autoscaler is not None and autoscaler.jobs is None:
         autoscaler.bind(gtj_autoscaled)

@@ -58,6 +58,17 @@ def run_operator(
             help="Default Prometheus for autoscaling and stall detection.",
         ),
     ] = "",
+    prometheus_allowed_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prometheus-allowed-url",
+            envvar="GAUDI3_PROMETHEUS_ALLOWED_URLS",
+            help="Another Prometheus a job's spec.autoscaling.prometheusURL may name "
+            "(repeatable; the variable takes a space-separated list). Any other URL there "
+            "is refused: job authors must not make the operator send requests wherever it "
+            "can reach.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
 ) -> None:
     """Run the operator (Ctrl-C or SIGTERM stops it)."""
@@ -81,6 +92,7 @@ def run_operator(
         pod_concurrency=pod_concurrency,
         resync_seconds=resync_seconds,
         prometheus_url=prometheus_url,
+        prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
     )
     namespaces = list(namespace or [])
     asyncio.run(

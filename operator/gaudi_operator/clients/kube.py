@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -42,6 +44,26 @@ async def connect(kubeconfig: str | None = None, pool_size: int = 64) -> Clients
         core=client.CoreV1Api(api_client),
         custom=client.CustomObjectsApi(api_client),
     )
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`.
+
+    Nested objects are diffed, so a key the new value no longer has is sent as null: a
+    merge patch merges objects, and writing only the new object would keep the old one's
+    other keys (a NodeLost `lastFailure` would keep an earlier OOM's `exitCode`).
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if before == value:
+            continue
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = value
+    patch.update({key: None for key in old if key not in new})
+    return patch
 
 
 def status_code(err: BaseException) -> int | None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,6 +40,29 @@ class PromQLError(Exception):
         super().__init__(message)
         self.url = url
         self.query = query
+
+
+class URLNotAllowed(PromQLError):
+    """A job asked for a Prometheus the operator was not configured to query."""
+
+
+def choose_url(requested: str, default: str, allowed: Iterable[str] = ()) -> str:
+    """The Prometheus to query for a job: the operator's own unless the job names one the
+    operator allows. Anyone who may create a job must not make the operator send requests
+    wherever it can reach, so any other URL is refused, naming the field."""
+    if not requested or requested.rstrip("/") == default.rstrip("/"):
+        return default
+    field = "spec.autoscaling.prometheusURL"
+    parts = urlsplit(requested)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise URLNotAllowed(f"{field}: {requested!r} is not an http(s) URL", url=requested)
+    if requested.rstrip("/") not in {a.rstrip("/") for a in allowed}:
+        raise URLNotAllowed(
+            f"{field}: {requested!r} is not one of the Prometheus URLs this operator may "
+            f"query (--prometheus-allowed-url); leave it empty to use the operator's own",
+            url=requested,
+        )
+    return requested
 
 
 class PrometheusUnreachable(PromQLError):
@@ -149,14 +173,15 @@ class PrometheusClient:
             body.get("status") == "error" and body.get("errorType") in ("bad_data", "execution")
         ):
             raise BadQuery(
-                f"Prometheus refused the query {promql!r}: {body.get('error', resp.text[:200])}",
+                f"Prometheus refused the query {promql!r}: "
+                f"{body.get('error', f'HTTP {resp.status_code}')}",
                 url=self.base_url,
                 query=promql,
             )
         if resp.status_code >= 500 or body.get("status") != "success":
             raise PrometheusUnreachable(
                 f"Prometheus at {self.base_url} answered HTTP {resp.status_code}: "
-                f"{body.get('error', resp.text[:200])}",
+                f"{body.get('error', f'HTTP {resp.status_code}')}",
                 url=self.base_url,
                 query=promql,
             )

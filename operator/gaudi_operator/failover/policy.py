@@ -114,6 +114,8 @@ class PodFacts(Protocol):
     def finished_at(self) -> datetime | None: ...
     @property
     def started_at(self) -> datetime | None: ...
+    @property
+    def unschedulable_since(self) -> datetime | None: ...
 
 
 def _signal_name(number: int) -> str:
@@ -290,16 +292,47 @@ class Detection:
     recheck_after: float | None = None
 
 
+def placement_failure(
+    pods: Sequence[PodFacts], now: datetime, timeout_seconds: int
+) -> Failure | timedelta | None:
+    """Without gang scheduling a world can be half placed: some workers hold HPUs while
+    the rest wait for room that those very workers may be taking (two such jobs deadlock).
+    After `timeout_seconds` of that, the world is released, as a failure nobody caused,
+    and tried again; or how long until then (come back), or None when all is placed or
+    nothing is held."""
+    held = [p for p in pods if p.node and p.phase not in ("Succeeded", "Failed")]
+    waiting = [p for p in pods if p.unschedulable_since is not None and not p.deleting]
+    if timeout_seconds <= 0 or not held or not waiting:
+        return None
+    first = min(waiting, key=lambda p: p.unschedulable_since or now)
+    due = (first.unschedulable_since or now) + timedelta(seconds=timeout_seconds)
+    if now < due:
+        return due - now
+    return Failure(
+        FailureReason.PLACEMENT_TIMEOUT,
+        due,
+        first.name,
+        None,
+        first.index,
+        None,
+        f"{len(waiting)} of {len(held) + len(waiting)} workers could not be placed for "
+        f"{timeout_seconds}s while {len(held)} held HPUs; releasing them to retry "
+        f"(the scheduler says: {first.unschedulable})",
+    )
+
+
 def detect_failures(
     pods: Iterable[PodFacts],
     policy: FailurePolicy,
     now: datetime,
     signals: Signals | None = None,
     stall: Failure | None = None,
+    placement_timeout: int = 0,
 ) -> Detection:
     """Every failure among the current generation's worker pods, their nodes and the
     job's progress. One failure per pod: the pod's own state wins over its node's."""
     signals = signals or Signals()
+    pods = list(pods)
     failures: list[Failure] = []
     recheck: float | None = None
     seen: set[str] = set()
@@ -334,6 +367,13 @@ def detect_failures(
         if found is not None:
             failures.append(found)
     failures += [g for g in signals.gone if g.pod not in seen]
+    if not failures:  # a worker failure already restarts the world
+        placement = placement_failure(pods, now, placement_timeout)
+        if isinstance(placement, timedelta):
+            secs = placement.total_seconds()
+            recheck = secs if recheck is None else min(recheck, secs)
+        elif placement is not None:
+            failures.append(placement)
     if stall is not None and not failures:
         # A worker failure already explains a stall; count it once.
         failures.append(stall)
@@ -384,6 +424,8 @@ def action_for(policy: FailurePolicy, failure: Failure) -> FailureAction:
             return rule.action
         if rule.reasons and failure.reason in rule.reasons:
             return rule.action
+    if failure.reason == FailureReason.PLACEMENT_TIMEOUT:
+        return FailureAction.RESTART_IGNORE_LIMIT  # nobody's fault: never counted
     return FailureAction.RESTART
 
 
@@ -601,6 +643,7 @@ def step(
     now: datetime,
     signals: Signals | None = None,
     ready_since: datetime | None = None,
+    placement_timeout: int = 0,
 ) -> Outcome:
     """Detect, decide and record one pass of failover for the current generation's
     in-world workers. `ready_since` (when the world last became all-ready, None when it
@@ -611,7 +654,7 @@ def step(
         advanced = parse_rfc3339(progress.time)
         clock = max(advanced, ready_since) if advanced else ready_since
         stall = stall_failure(progress.step, clock, now, policy.stall_timeout_seconds)
-    found = detect_failures(pods, policy, now, signals, stall)
+    found = detect_failures(pods, policy, now, signals, stall, placement_timeout)
     decision = decide(
         policy,
         found.failures,

@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gaudi_operator.api import LABEL_JOB_NAME, FailureReason
-from gaudi_operator.clients.prometheus import PrometheusClient, PromQLError, render_query
+from gaudi_operator.clients.prometheus import (
+    PrometheusClient,
+    PromQLError,
+    URLNotAllowed,
+    choose_url,
+    render_query,
+)
 from gaudi_operator.failover import policy as failover
 from gaudi_operator.jobs.observation import Observation, observe_pod
 
@@ -37,6 +43,7 @@ DEFAULT_HPU_HEALTH_QUERY = (
     ")"
 )
 DEFAULT_HPU_HEALTH_NODE_LABEL = "node"
+DELETED_NODE_TTL = 600.0
 STEP_QUERY = 'max(gaudi3_train_step{gtj="$job",gtj_namespace="$namespace"})'
 
 
@@ -56,7 +63,9 @@ class NodeCache:
 
     def __init__(self) -> None:
         self._nodes: dict[str, failover.NodeHealth] = {}
-        self._deleted: set[str] = set()
+        # Deleted node -> when: remembered long enough for the passes of the jobs that
+        # ran there (they are woken at once), then forgotten, so it never only grows.
+        self._deleted: dict[str, float] = {}
 
     def update(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """Apply a watch event; True when the node's health changed (worth a look)."""
@@ -65,7 +74,9 @@ class NodeCache:
             return False
         if event_type == "DELETED":
             self._nodes.pop(name, None)
-            self._deleted.add(name)
+            now = time.monotonic()
+            self._deleted = {n: t for n, t in self._deleted.items() if now - t < DELETED_NODE_TTL}
+            self._deleted[name] = now
             return True
         before = self._nodes.get(name)
         health = failover.node_health(body, name)
@@ -74,7 +85,7 @@ class NodeCache:
             seen = before.hpus_missing_since if before is not None else None
             health = replace(health, hpus_missing_since=seen or utcnow())
         self._nodes[name] = health
-        self._deleted.discard(name)
+        self._deleted.pop(name, None)
         return before is None or _health_key(before) != _health_key(health)
 
     def lookup(self, names: Iterable[str]) -> dict[str, failover.NodeHealth]:
@@ -211,6 +222,7 @@ class PrometheusProbes:
     hpu_health_query: str = DEFAULT_HPU_HEALTH_QUERY
     hpu_health_node_label: str = DEFAULT_HPU_HEALTH_NODE_LABEL
     hpu_health_interval: float = 5.0
+    allowed_urls: tuple[str, ...] = ()
     _clients: dict[str, PrometheusClient] = field(default_factory=dict)
     _hpu_cache: dict[str, str] = field(default_factory=dict)
     _hpu_at: float = 0.0
@@ -251,6 +263,11 @@ class PrometheusProbes:
             return self._hpu_cache
 
     async def training_step(self, job: str, namespace: str, url: str = "") -> float | None:
+        try:
+            url = choose_url(url, self.url, self.allowed_urls)
+        except URLNotAllowed as err:  # the autoscaler reports it in the job's status
+            log.debug("%s/%s: no stall check: %s", namespace, job, err)
+            return None
         prom = self.client(url)
         if prom is None:
             return None

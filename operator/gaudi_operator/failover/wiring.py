@@ -40,6 +40,7 @@ async def start(memo: kopf.Memo) -> None:
     cfg = memo.get("config")
     probes = signals.PROBES
     probes.url = getattr(cfg, "prometheus_url", "") or os.environ.get("GAUDI3_PROMETHEUS_URL", "")
+    probes.allowed_urls = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
     # The health query is the operator's (cluster-wide hardware), not a job's.
     probes.hpu_health_query = os.environ.get(
         "GAUDI3_HPU_HEALTH_QUERY", signals.DEFAULT_HPU_HEALTH_QUERY
@@ -60,7 +61,9 @@ async def stop(memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("v1", "nodes")
-def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(
+    type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     # Only a change of health matters (Ready, allocatable HPUs, gone); heartbeats do not.
     if not signals.NODES.update(type, body):
         return
@@ -72,7 +75,7 @@ def node_event(type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-def worker_deleted(
+async def worker_deleted(
     type: str | None,
     body: kopf.Body,
     namespace: str,

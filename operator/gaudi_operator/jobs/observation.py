@@ -25,6 +25,8 @@ class WorkerPod:
 
     name: str
     uid: str = ""
+    # The controlling owner's uid: the job incarnation the pod belongs to.
+    owner_uid: str = ""
     index: int | None = None
     generation: int | None = None
     phase: str = "Pending"
@@ -40,6 +42,7 @@ class WorkerPod:
     finished_at: datetime | None = None
     started_at: datetime | None = None
     unschedulable: str | None = None
+    unschedulable_since: datetime | None = None
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +82,7 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     disruption = conds.get("DisruptionTarget") or {}
     scheduled = conds.get("PodScheduled") or {}
+    unplaced = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
     # Pod-level reasons (Evicted, Preempting, ...) say more than the container's.
     reason = status.get("reason") or reason
     message = status.get("message") or message
@@ -89,6 +93,10 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
     return WorkerPod(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
+        owner_uid=next(
+            (r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("controller")),
+            "",
+        ),
         index=_int(labels.get(api.LABEL_WORKER_INDEX)),
         generation=_int(labels.get(api.LABEL_GENERATION)),
         phase=status.get("phase") or "Pending",
@@ -101,8 +109,9 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
         disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
         finished_at=finished_at,
         started_at=api.parse_rfc3339(status.get("startTime")),
-        unschedulable=scheduled.get("message") or "unschedulable"
-        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        unschedulable=scheduled.get("message") or "unschedulable" if unplaced else None,
+        unschedulable_since=api.parse_rfc3339(scheduled.get("lastTransitionTime"))
+        if unplaced
         else None,
     )
 
@@ -139,7 +148,10 @@ class Observation:
 
     job: JobView
     now: datetime
-    pods: tuple[WorkerPod, ...] = ()
+    pods: tuple[WorkerPod, ...] = ()  # the job's own: controlled by this job's uid
+    # Pods with the job's label controlled by another uid: an earlier job of the same name,
+    # deleted and re-created before the garbage collector removed its workers.
+    foreign: tuple[WorkerPod, ...] = ()
     # The spec as a model, or why it cannot be one (each problem naming its field).
     spec: GaudiTrainingJobSpec | None = None
     spec_error: str | None = None
@@ -188,12 +200,20 @@ def observe(
         spec = GaudiTrainingJobSpec.model_validate(dict(job.spec))
     except ValidationError as err:
         error = describe_spec_error(err)
+    pods = tuple(pods)
     return Observation(
         job=job,
         now=now,
-        pods=tuple(pods),
+        pods=tuple(p for p in pods if _ours(p, job.uid)),
+        foreign=tuple(p for p in pods if not _ours(p, job.uid)),
         spec=spec,
         spec_error=error,
         status=parse_status(job.status),
         signals=signals or Signals(),
     )
+
+
+def _ours(pod: WorkerPod, job_uid: str) -> bool:
+    # The operator sets the controller reference on every worker; a body without one (or a
+    # job without a uid) is taken as the job's own, as before owner uids were checked.
+    return not pod.owner_uid or not job_uid or pod.owner_uid == job_uid

@@ -90,7 +90,18 @@ def decide(obs: Observation) -> Plan:
     out = _decide(obs)
     if not obs.job.deleting:
         _kstatus_conditions(out.status, obs.job.generation, obs.now)
+        _replace_foreign(out, obs)
     return out
+
+
+def _replace_foreign(out: Plan, obs: Observation) -> None:
+    """A predecessor's workers (same job name, another uid) are never this job's: delete
+    them, and create a worker only once its name is free again."""
+    if not obs.foreign:
+        return
+    taken = {p.name for p in obs.foreign}
+    out.create = [i for i in out.create if api.worker_pod_name(obs.job.name, i) not in taken]
+    out.delete += [p for p in obs.foreign if not p.deleting and p not in out.delete]
 
 
 def _decide(obs: Observation) -> Plan:
@@ -156,7 +167,11 @@ def _decide(obs: Observation) -> Plan:
         else None
     )
     world = sorted(in_world.values(), key=lambda p: p.index or 0)
-    fo = failover.step(spec.failure_policy, status, world, desired, now, signals, ready_since)
+    # Gang scheduling places the whole world or none of it: nothing to release then.
+    placement = 0 if spec.scheduling.gang else spec.failure_policy.placement_timeout_seconds
+    fo = failover.step(
+        spec.failure_policy, status, world, desired, now, signals, ready_since, placement
+    )
     out.failover = fo
     out.events += [Event(*e) for e in fo.events]
     if fo.condition is not None:
@@ -203,6 +218,7 @@ def _decide(obs: Observation) -> Plan:
     if restarting is not None and restarting.status == "True":
         status.phase = Phase.RESTARTING  # until the whole world runs again
     _running_conditions(status, job.generation, desired, now)
+    _scheduled_condition(status, [p for p in pods if p.generation == gen], job.generation, now)
     if status.phase != before.phase and status.phase == Phase.RUNNING:
         out.events.append(Event("Normal", "Running", f"all {desired} workers are running"))
     return out
@@ -265,7 +281,7 @@ def _count(
     status.ready_replicas = sum(1 for p in alive if p.phase == "Running" and p.ready)
     status.workers = f"{status.ready_replicas}/{desired}"
     # HPUs stay allocated until a pod is gone or finished, whatever its generation.
-    status.hpus = spec.hpus_per_worker * sum(1 for p in pods if not p.terminal)
+    status.hpus = hpus_held(spec, pods)
 
 
 def _running_phase(
@@ -287,6 +303,53 @@ def _running_phase(
     if len(alive) == desired and all(p.node for p in alive):
         return Phase.STARTING
     return Phase.PENDING
+
+
+def hpus_held(spec: GaudiTrainingJobSpec, pods: Iterable[WorkerPod]) -> int:
+    """HPUs the job holds: a worker bound to a node and not finished holds its cards,
+    whatever its generation; a worker still waiting for a node holds none."""
+    return spec.hpus_per_worker * sum(1 for p in pods if p.node and not p.terminal)
+
+
+def unschedulable_reason(message: str, excluded_nodes: list[str]) -> str:
+    """The condition reason for the scheduler's "cannot place" message (its first cause)."""
+    if f"Insufficient {api.GAUDI_RESOURCE}" in message:
+        return "InsufficientHPUs"
+    if "untolerated taint" in message:
+        return "UntoleratedTaints"
+    if "node affinity/selector" in message:
+        return "ExcludedNodes" if excluded_nodes else "NodeSelectorMismatch"
+    return "Unschedulable"
+
+
+def _scheduled_condition(
+    status: GaudiTrainingJobStatus, world: list[WorkerPod], generation: int, now: datetime
+) -> None:
+    """Scheduled: whether every worker of the current world has a node, and if not, the
+    scheduler's own reason (a job that cannot run says why instead of sitting Pending)."""
+    alive = [p for p in world if not p.deleting and not p.terminal]
+    waiting = [p for p in alive if p.unschedulable]
+    if waiting:
+        said = waiting[0].unschedulable or ""
+        status.conditions = set_condition(
+            status.conditions,
+            ConditionType.SCHEDULED,
+            False,
+            unschedulable_reason(said, status.excluded_nodes),
+            f"{len(waiting)} of {len(alive)} workers cannot be placed; the scheduler says: {said}",
+            now,
+            generation,
+        )
+    elif alive and all(p.node for p in alive):
+        status.conditions = set_condition(
+            status.conditions,
+            ConditionType.SCHEDULED,
+            True,
+            "AllWorkersScheduled",
+            f"{len(alive)} workers have a node",
+            now,
+            generation,
+        )
 
 
 def _running_conditions(
@@ -455,7 +518,7 @@ def _suspended(
     status.start_time = None  # activeDeadlineSeconds restarts on resume
     status.replicas = status.ready_replicas = 0
     status.workers = f"0/{spec.workers.replicas}"
-    status.hpus = spec.hpus_per_worker * sum(1 for p in pods if not p.terminal)
+    status.hpus = hpus_held(spec, pods)
     status.conditions = set_condition(
         status.conditions,
         ConditionType.SUSPENDED,

@@ -17,6 +17,7 @@ from typing import Any
 from gaudi_operator import api
 from gaudi_operator.api import ConditionType, GaudiTrainingJobSpec, Phase
 from gaudi_operator.clients import kube
+from gaudi_operator.failover.policy import Verdict
 from gaudi_operator.failover.recording import RECORDER
 from gaudi_operator.failover.signals import DISRUPTIONS, signals_for
 from gaudi_operator.jobs import manifests
@@ -25,6 +26,8 @@ from gaudi_operator.jobs.observation import JobView, WorkerPod, observe
 from gaudi_operator.jobs.plan import Event, Plan
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
+from gaudi_operator.runtime import failpoints
+from gaudi_operator.runtime.controller import RetrySoon
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,26 @@ class Result:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from old to new status: changed keys, and null for removed ones."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
-    return patch
+    """A JSON merge patch from old to new status: changed keys, and null for removed ones,
+    nested objects included (each status field is replaced whole, never mixed)."""
+    return kube.merge_patch(old, new)
+
+
+# What a restart decides, written before any pod is touched (see `Reconciler.reconcile`).
+INTENT_FIELDS = ("restartGeneration", "restarts", "lastFailure", "excludedNodes")
+
+
+def intent_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch of the intent fields alone; empty when the pass decided no restart."""
+    return kube.merge_patch(
+        {k: old[k] for k in INTENT_FIELDS if k in old},
+        {k: new[k] for k in INTENT_FIELDS if k in new},
+    )
+
+
+def restarts(plan: Plan) -> bool:
+    decision = plan.failover.decision if plan.failover is not None else None
+    return decision is not None and decision.verdict == Verdict.RESTART
 
 
 def merge_conditions(
@@ -117,6 +136,12 @@ class Reconciler:
         self._clock = clock
         self._gang_warned: set[tuple[str, str]] = set()
 
+    def forget(self, key: tuple[str, str]) -> None:
+        """The job is gone: what the operator remembers of it goes too."""
+        self._gang_warned.discard(key)
+        RECORDER.forget(key)
+        DISRUPTIONS.handled(*key)
+
     async def reconcile(
         self, body: Mapping[str, Any], observed: Iterable[WorkerPod], service_exists: bool
     ) -> Result:
@@ -132,6 +157,18 @@ class Reconciler:
             await self._delete_job(job)
             return Result(plan)
 
+        # Commit before act: a restart's intent (count, generation, failure, excluded nodes)
+        # is written first, guarded by the version this pass decided from. A crash after
+        # this line converges on restart (old-generation pods are surplus) and counts
+        # nothing twice; a conflict means the view was stale, and nothing was done.
+        old = body.get("status") or {}
+        written: dict[str, Any] | None = None
+        intent = intent_patch(old, plan.status.to_dict()) if restarts(plan) else {}
+        if intent:
+            written = await self._commit_intent(job, body, intent)
+            old = written.get("status") or {}
+            failpoints.hit("after-restart-intent")
+
         events = list(plan.events)
         if plan.spec is not None and plan.ensure_children:
             ref = manifests.JobRef(job.name, job.namespace, job.uid)
@@ -145,7 +182,7 @@ class Reconciler:
         if any(e.reason == "InvalidSpec" for e in events):
             metrics.INVALID_SPECS.inc()
         await self._post(body, events)
-        written = await self._write_status(job, body.get("status") or {}, plan)
+        written = await self._write_status(job, old, plan) or written
         RECORDER.after_pass(job, plan, events, now)  # failover metrics
         pending = sum(1 for p in obs.pods if p.phase == "Pending" and not p.deleting)
         return Result(plan, written, pending)
@@ -307,6 +344,28 @@ class Reconciler:
         for e in events:
             log.info("%s/%s: %s %s", _ns(body), _name(body), e.reason, e.message)
             await post_event(self.clients, body, e.type, e.reason, e.message)
+
+    async def _commit_intent(
+        self, job: JobView, body: Mapping[str, Any], intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        try:
+            written: dict[
+                str, Any
+            ] = await self.clients.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                job.namespace,
+                api.PLURAL,
+                job.name,
+                {"metadata": {"resourceVersion": rv}, "status": intent},
+                _content_type=kube.MERGE_PATCH,
+            )
+        except Exception as err:
+            if kube.status_code(err) in (404, 409):
+                raise RetrySoon(f"the job changed since this pass read it ({err})") from err
+            raise
+        return written
 
     async def _write_status(
         self, job: JobView, old: Mapping[str, Any], plan: Plan

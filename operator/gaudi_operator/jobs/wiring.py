@@ -1,5 +1,9 @@
 """kopf wiring of the job plan, thin: indices of jobs and their children, and the events
-that wake the controller. Decisions live in `plan`; effects in `reconciler`."""
+that wake the controller. Decisions live in `plan`; effects in `reconciler`.
+
+Every handler is `async`: kopf runs a plain `def` in a thread pool, and these touch the
+work queue and caches that the event loop owns (see tests/unit/test_handlers_async.py).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.P
 
 
 @kopf.on.probe(id="workqueue")
-def workqueue_depth(memo: kopf.Memo, **_: Any) -> int:
+async def workqueue_depth(memo: kopf.Memo, **_: Any) -> int:
     controller: Controller | None = memo.get("controller")
     return len(controller.queue) if controller else 0
 
@@ -25,17 +29,22 @@ def workqueue_depth(memo: kopf.Memo, **_: Any) -> int:
 
 
 @kopf.index(api.GROUP, api.VERSION, api.PLURAL)
-def gtj_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+async def gtj_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    job = copy.deepcopy(dict(body))
+    # managedFields is often the largest part of an object and no pass reads it.
+    job.get("metadata", {}).pop("managedFields", None)
+    return {(namespace, name): job}
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
-def gtj_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def gtj_pods(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, labels[api.LABEL_JOB_NAME]): observe_pod(body)}
 
 
 @kopf.index("v1", "services", labels=CHILD_LABELS)
-def gtj_services(namespace: str, labels: kopf.Labels, name: str, **_: Any) -> dict[Any, Any]:
+async def gtj_services(namespace: str, labels: kopf.Labels, name: str, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[api.LABEL_JOB_NAME]): name}
 
 
@@ -52,7 +61,9 @@ def _wake(memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any]) -> Non
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def job_event(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     if type == "DELETED":
         controller: Controller | None = memo.get("controller")
         if controller is not None:
@@ -62,10 +73,12 @@ def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kw
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
-def service_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def service_event(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)

@@ -14,3 +14,5 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     watch_timeout: int = 300
     prometheus_url: str = ""
+    # Further Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
+    prometheus_allowed_urls: tuple[str, ...] = ()

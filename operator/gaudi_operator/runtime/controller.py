@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gaudi_operator.clients import kube
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, job name)
 MAX_BACKOFF = 300.0
+RETRY_SOON_SECONDS = 0.2
 
 
 class PassResult(Protocol):
@@ -44,21 +46,46 @@ class Reconciles(Protocol):
         self, body: Mapping[str, Any], observed: Iterable[Any], service_exists: bool
     ) -> PassResult: ...
 
+    def forget(self, key: Key) -> None:
+        """The job is gone: drop everything kept about it."""
 
-def newest(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """The more recent of two copies of one object, by resourceVersion (read your writes)."""
-    if a is None or b is None:
-        return a or b
 
-    def rv(x: Mapping[str, Any]) -> int:
-        try:
-            return int((x.get("metadata") or {}).get("resourceVersion") or 0)
-        except ValueError:
-            return 0
+class RetrySoon(Exception):
+    """A pass found its view of the job stale (a guarded write conflicted) and did
+    nothing: run it again shortly, on a fresh view. Not an error."""
 
-    if (a.get("metadata") or {}).get("uid") != (b.get("metadata") or {}).get("uid"):
-        return a  # a recreated job: the index copy wins
-    return a if rv(a) >= rv(b) else b
+
+def _meta(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid") or ""), str(meta.get("resourceVersion") or "")
+
+
+@dataclass(frozen=True)
+class Written:
+    """Our last write of a job, kept until the index has seen it (read your writes).
+
+    resourceVersions are opaque strings: never ordered, only compared for equality. The
+    index lags behind our write while it still shows a version from before it (`before`);
+    any other version is ours or newer, and the index copy wins.
+    """
+
+    uid: str
+    before: frozenset[str]
+    body: Mapping[str, Any]
+
+    @classmethod
+    def after(
+        cls, read: Mapping[str, Any], body: Mapping[str, Any], earlier: Written | None
+    ) -> Written:
+        uid, rv = _meta(read)
+        lagging = earlier.before if earlier is not None and earlier.uid == uid else frozenset()
+        return cls(uid, lagging | {rv}, body)
+
+    def pick(self, indexed: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Our copy while the index lags behind it; None once the index has caught up or
+        shows another incarnation of the job (same name, new uid)."""
+        uid, rv = _meta(indexed)
+        return self.body if uid == self.uid and rv in self.before else None
 
 
 def first(store: Any) -> Any:
@@ -75,7 +102,7 @@ class Controller:
         self._workers = workers
         self._resync = resync_seconds
         self._tasks: list[asyncio.Task[None]] = []
-        self._written: dict[Key, Mapping[str, Any]] = {}
+        self._written: dict[Key, Written] = {}
         self._failures: dict[Key, int] = {}
         # kopf indices, bound by the first handler call (they are live views).
         self.jobs: Mapping[Key, Any] | None = None
@@ -105,6 +132,7 @@ class Controller:
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
     def forget(self, key: Key) -> None:
+        self.reconciler.forget(key)
         self._written.pop(key, None)
         self._failures.pop(key, None)
         self.queue.forget(key)
@@ -126,10 +154,15 @@ class Controller:
                 self.queue.done(key)
 
     async def process(self, key: Key) -> None:
-        body = newest(first((self.jobs or {}).get(key)), self._written.get(key))
-        if body is None or first((self.jobs or {}).get(key)) is None:
+        indexed = first((self.jobs or {}).get(key))
+        if indexed is None:
             self.forget(key)  # deleted
             return
+        written = self._written.get(key)
+        body = written.pick(indexed) if written is not None else None
+        if body is None:
+            self._written.pop(key, None)
+            body = indexed
         observed: list[Any] = list((self.pods or {}).get(key) or ())
         service = first((self.services or {}).get(key)) is not None
         try:
@@ -137,6 +170,11 @@ class Controller:
                 result = await self.reconciler.reconcile(body, observed, service)
         except asyncio.CancelledError:
             raise
+        except RetrySoon as why:
+            log.debug("%s/%s: %s; again shortly", *key, why)
+            self._written.pop(key, None)
+            self.queue.add_after(key, RETRY_SOON_SECONDS)
+            return
         except Exception as err:
             if kube.namespace_terminating(err):
                 log.debug("%s/%s: namespace terminating, not retrying", *key)
@@ -150,7 +188,7 @@ class Controller:
             return
         self._failures.pop(key, None)
         if result.body is not None:
-            self._written[key] = result.body
+            self._written[key] = Written.after(body, result.body, self._written.get(key))
         self.phases.set(key, result.phase, workers=result.workers, conditions=result.conditions)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after + 0.1)

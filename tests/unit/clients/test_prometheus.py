@@ -159,3 +159,29 @@ async def test_matrix_result_is_bad_query() -> None:
 def test_url_without_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         PrometheusClient("prom:9090")
+
+
+def test_a_job_may_only_name_a_prometheus_the_operator_allows() -> None:
+    from gaudi_operator.clients.prometheus import URLNotAllowed, choose_url
+
+    default = "http://prometheus.monitoring:9090"
+    assert choose_url("", default) == default
+    assert choose_url(default + "/", default) == default
+    allowed = ("http://team-prom.ml:9090",)
+    assert choose_url("http://team-prom.ml:9090/", default, allowed) == "http://team-prom.ml:9090/"
+    for bad in ("http://169.254.169.254/latest/meta-data", "file:///etc/passwd", "team-prom"):
+        with pytest.raises(URLNotAllowed, match=r"^spec\.autoscaling\.prometheusURL: "):
+            choose_url(bad, default, allowed)
+
+
+async def test_error_messages_never_carry_the_response_body() -> None:
+    # Messages end up in a job's status: a URL that is not Prometheus must not be read back.
+    secret = "instance-credentials-AKIA0000"
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"status": "nope", "token": secret})
+
+    async with client_answering(handler) as prom:
+        with pytest.raises(PrometheusUnreachable) as err:
+            await prom.query("up")
+    assert secret not in str(err.value) and "HTTP 500" in str(err.value)

@@ -48,3 +48,17 @@ def test_the_operators_own_deletions_are_not_disruptions() -> None:
     log = DisruptionLog()
     log.deleting(["p1"])
     assert log.pod_deleted(worker("train-worker-1", 1, "job-a", "p1")) is None
+
+
+def test_the_node_cache_forgets_deleted_nodes_after_a_while(monkeypatch: Any) -> None:
+    from gaudi_operator.failover import signals
+
+    clock = [1000.0]
+    monkeypatch.setattr(signals.time, "monotonic", lambda: clock[0])
+    cache = signals.NodeCache()
+    for i in range(50):
+        cache.update("DELETED", {"metadata": {"name": f"n{i}"}})
+    assert cache.lookup(["n0"])["n0"].exists is False  # known gone: its workers are lost
+    clock[0] += signals.DELETED_NODE_TTL + 1
+    cache.update("DELETED", {"metadata": {"name": "last"}})
+    assert set(cache.lookup([f"n{i}" for i in range(50)])) == set()  # bounded, not growing

@@ -430,3 +430,34 @@ def test_hpu_drop_spares_workers_placed_after_it() -> None:
     new = WorkerPod(**{**new.__dict__, "started_at": NOW - timedelta(minutes=1)})
     d = failover.detect_failures([old, new], POLICY, NOW, Signals(nodes={"n0": seen}))
     assert [f.pod for f in d.failures] == ["job-worker-0"]
+
+
+def test_a_half_placed_world_is_released_after_the_placement_timeout() -> None:
+    placed = pod(index=0)
+    waiting = WorkerPod(
+        **{
+            **pod(index=1, phase="Pending", node="").__dict__,
+            "node": None,
+            "unschedulable": "0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+            "unschedulable_since": NOW - timedelta(seconds=100),
+        }
+    )
+    early = failover.detect_failures([placed, waiting], POLICY, NOW, placement_timeout=300)
+    assert early.failures == [] and early.recheck_after == pytest.approx(200)
+    late = failover.detect_failures(
+        [placed, waiting], POLICY, NOW + timedelta(seconds=201), placement_timeout=300
+    )
+    (f,) = late.failures
+    assert f.reason == FailureReason.PLACEMENT_TIMEOUT and "1 of 2 workers" in f.message
+    # Nobody's fault: restarted without counting, unless a rule says otherwise.
+    assert failover.action_for(POLICY, f) == FailureAction.RESTART_IGNORE_LIMIT
+    # Nothing held (no worker placed), or gang scheduling (timeout 0): nothing to release.
+    assert (
+        failover.detect_failures(
+            [waiting], POLICY, NOW + timedelta(hours=1), placement_timeout=300
+        ).failures
+        == []
+    )
+    assert (
+        failover.detect_failures([placed, waiting], POLICY, NOW + timedelta(hours=1)).failures == []
+    )

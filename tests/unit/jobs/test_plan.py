@@ -307,3 +307,31 @@ def test_observe_pod_reads_a_failed_kwok_pod() -> None:
         "Error",
     )
     assert w.failed and w.terminal and not w.ready
+
+
+def test_a_predecessors_workers_are_deleted_and_never_counted() -> None:
+    # The job was deleted and re-created under the same name (uid "u" now) before the
+    # garbage collector removed the old incarnation's workers: they are not this job's.
+    old = [worker(i, owner_uid="old-uid") for i in range(3)]
+    mine = [worker(3, owner_uid="u")]
+    p = plan(job(), [*old, *mine], NOW)
+    assert sorted(x.name for x in p.delete) == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    assert p.create == []  # their names are taken until they are gone
+    assert p.status.replicas == 1 and p.status.hpus == 8  # only the job's own worker
+    # Once they are gone, the job's own workers take the names.
+    assert plan(job(), mine, NOW).create == [0, 1, 2]
+
+
+def test_a_job_that_cannot_be_placed_says_why_and_counts_only_held_hpus() -> None:
+    said = "0/4 nodes are available: 4 Insufficient habana.ai/gaudi."
+    placed = [worker(i) for i in range(2)]
+    waiting = [
+        worker(i, phase="Pending", node=None, unschedulable=said, unschedulable_since=NOW)
+        for i in range(2, 4)
+    ]
+    p = plan(job(), [*placed, *waiting], NOW)
+    assert p.status.hpus == 16  # the two placed workers; waiting ones hold nothing
+    c = cond(p, "Scheduled")
+    assert c.status == "False" and c.reason == "InsufficientHPUs"
+    assert "2 of 4 workers cannot be placed" in c.message and said in c.message
+    assert cond(plan(job(), [worker(i) for i in range(4)], NOW), "Scheduled").status == "True"

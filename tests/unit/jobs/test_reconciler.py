@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gaudi_operator.jobs.reconciler import status_patch, summarize_indices
-from gaudi_operator.runtime.controller import newest
+from gaudi_operator.runtime.controller import Written
 
 pytestmark = pytest.mark.unit
 
@@ -23,14 +23,20 @@ def test_indices_are_summarised_as_ranges() -> None:
     assert summarize_indices([]) == ""
 
 
-def test_newest_copy_of_a_job_wins_unless_it_was_recreated() -> None:
+def test_our_write_is_read_until_the_index_catches_up_without_ordering_versions() -> None:
     def job(uid: str, rv: str) -> dict:
         return {"metadata": {"uid": uid, "resourceVersion": rv}}
 
-    assert newest(job("a", "10"), job("a", "12")) == job("a", "12")
-    assert newest(job("a", "13"), job("a", "12")) == job("a", "13")
-    assert newest(job("b", "1"), job("a", "12")) == job("b", "1")
-    assert newest(None, job("a", "1")) == job("a", "1")
+    # We read version "x9" and wrote "y1" (opaque strings: "x9" > "y1" means nothing).
+    ours = Written.after(job("a", "x9"), job("a", "y1"), None)
+    assert ours.pick(job("a", "x9")) == job("a", "y1")  # the index still lags behind
+    assert ours.pick(job("a", "y1")) is None  # caught up: read the index
+    assert ours.pick(job("a", "a0")) is None  # someone else wrote after us
+    assert ours.pick(job("b", "x9")) is None  # deleted and re-created under the same name
+    # A second write before the index caught up: both earlier versions mean "lagging".
+    again = Written.after(job("a", "y1"), job("a", "z2"), ours)
+    assert again.pick(job("a", "x9")) == job("a", "z2")
+    assert again.pick(job("a", "y1")) == job("a", "z2")
 
 
 def test_condition_changes_are_rebased_onto_another_writers_conditions() -> None:
@@ -46,3 +52,27 @@ def test_condition_changes_are_rebased_onto_another_writers_conditions() -> None
         [ready_false, restarting], [ready_true], [ready_false, restarting, theirs]
     )
     assert merged == [ready_true, theirs]
+
+
+def test_a_new_last_failure_replaces_the_old_one_whole() -> None:
+    # An OOM kill, then a lost node: the merge patch must drop the OOM's exit code.
+    old = {"lastFailure": {"reason": "OOMKilled", "exitCode": 137, "pod": "j-worker-1"}}
+    new = {"lastFailure": {"reason": "NodeLost", "pod": "j-worker-0", "node": "n3"}}
+    patch = status_patch(old, new)
+    assert patch == {
+        "lastFailure": {"reason": "NodeLost", "pod": "j-worker-0", "node": "n3", "exitCode": None}
+    }
+    # Applied as the API server applies a JSON merge patch (RFC 7386), nothing mixes.
+    assert apply_merge_patch(old, patch) == new
+
+
+def apply_merge_patch(target: dict, patch: dict) -> dict:  # type: ignore[type-arg]
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
