@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -68,6 +69,14 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 
 def status_code(err: BaseException) -> int | None:
     return err.status if isinstance(err, ApiException) else None
+
+
+def transient(err: BaseException) -> bool:
+    """The API server is restarting, overloaded or unreachable for a moment: worth a retry
+    and a line in the log, not a traceback (that is kept for errors that are bugs)."""
+    if isinstance(err, ApiException):
+        return err.status == 429 or (err.status or 0) >= 500
+    return isinstance(err, aiohttp.ClientError | ConnectionError | TimeoutError)
 
 
 def namespace_terminating(err: BaseException) -> bool:

@@ -183,7 +183,10 @@ class Controller:
             self._failures[key] = n
             delay = min(MAX_BACKOFF, 0.5 * 2**n)
             metrics.RECONCILE_ERRORS.labels(kind=type(err).__name__).inc()
-            log.exception("reconciling %s/%s failed (retry in %.1fs)", *key, delay)
+            if kube.transient(err):
+                log.warning("reconciling %s/%s: %r (retry in %.1fs)", *key, err, delay)
+            else:
+                log.exception("reconciling %s/%s failed (retry in %.1fs)", *key, delay)
             self.queue.add_after(key, delay)
             return
         self._failures.pop(key, None)

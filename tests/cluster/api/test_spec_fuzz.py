@@ -25,7 +25,7 @@ from gaudi_operator.jobs.plan import plan
 pytestmark = pytest.mark.cluster
 
 SEED = int(os.environ.get("GAUDI3_FUZZ_SEED") or random.SystemRandom().randrange(2**32))
-EXAMPLES = int(os.environ.get("GAUDI3_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("GAUDI3_FUZZ_EXAMPLES", "100"))
 # Left out of generation: the pod template (Kubernetes' own PodTemplateSpec, validated by
 # the API server like any pod) and free-form resource maps.
 SKIP = {"template", "resources"}

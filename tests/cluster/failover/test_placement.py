@@ -27,12 +27,16 @@ def test_a_job_too_big_for_the_cluster_says_why(
     def says_why() -> dict[str, Any] | None:
         job = get_job(custom, namespace, "huge")
         c = condition(job, "Scheduled") if job.get("status") else {}
-        return job if c.get("status") == "False" and "46 of 50" in c.get("message", "") else None
+        placed = (job.get("status") or {}).get("hpus") == 32  # the 4 placed workers' HPUs
+        return (
+            job
+            if placed and c.get("status") == "False" and "46 of 50" in c.get("message", "")
+            else None
+        )
 
     job = wait_for(says_why, timeout=90, what="the Scheduled condition saying why")
     c = condition(job, "Scheduled")
     assert c["reason"] == "InsufficientHPUs" and "Insufficient habana.ai/gaudi" in c["message"]
-    assert job["status"]["hpus"] == 32  # the 4 placed workers: HPUs actually held
     assert job["status"]["phase"] == "Pending"
 
 
