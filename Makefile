@@ -65,13 +65,13 @@ lint: setup
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
 	bash hack/check-chart.sh
 
-# A versioned package whose crds/ holds the CRD file itself, not the repository's link.
+# A versioned package whose files/crds/ holds the CRD file itself, not the repository's link.
 chart: chart-tools
 	$(TOOLS)/helm lint --strict $(CHART)
 	@mkdir -p $(DIST)
 	$(TOOLS)/helm package $(CHART) -d $(DIST)
-	@tar -tvzf $(DIST)/gaudi-operator-$(CHART_VERSION).tgz | grep -qE '^-.* gaudi-operator/crds/gauditrainingjobs.yaml$$' \
-	  || { echo "error: the package has no crds/gauditrainingjobs.yaml"; exit 1; }
+	@tar -tvzf $(DIST)/gaudi-operator-$(CHART_VERSION).tgz | grep -qE '^-.* gaudi-operator/files/crds/gauditrainingjobs.yaml$$' \
+	  || { echo "error: the package has no files/crds/gauditrainingjobs.yaml"; exit 1; }
 
 # The chart README's values table, from the `# --` comments in values.yaml.
 chart-docs: chart-tools
