@@ -182,6 +182,9 @@ def test_one_release_owns_the_crd_and_the_others_set_crds_enabled_false(
          "--set", "crds.enabled=false")  # fmt: skip
     assert served_crd(c)["metadata"]["annotations"]["meta.helm.sh/release-name"] == "team-a"
     helm(c, "uninstall", "team-b", "-n", "team-b")
+    # Turned off later, the CRD leaves the release but stays in the cluster (it is kept).
+    helm(c, "upgrade", "team-a", str(CHART), "-n", "team-a", "--set", "crds.enabled=false")
+    assert served_crd(c)["metadata"]["name"] == NAME
     helm(c, "uninstall", "team-a", "-n", "team-a")
     # The kept CRD still names team-a: the same release installs again without a flag.
     helm(c, "install", "team-a", str(CHART), "-n", "team-a")
