@@ -12,7 +12,7 @@ CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
 DIST ?= dist
 
-.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs dashboards clean-cluster help
+.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs crd dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart"
 	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
 	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
+	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI"
 
 setup: venv toolchain
 
@@ -40,7 +41,7 @@ toolchain:
 
 # What the chart checks need, without the Kubernetes build.
 chart-tools:
-	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas
+	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas openapi
 
 demo: setup
 	$(BIN)/gaudi3 demo
@@ -64,17 +65,23 @@ lint: setup
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
 	bash hack/check-chart.sh
 
-# A versioned package whose crds/ holds the CRD file itself, not the repository's link.
+# A versioned package whose files/crds/ holds the CRD file itself, not the repository's link.
 chart: chart-tools
 	$(TOOLS)/helm lint --strict $(CHART)
 	@mkdir -p $(DIST)
 	$(TOOLS)/helm package $(CHART) -d $(DIST)
-	@tar -tvzf $(DIST)/gaudi-operator-$(CHART_VERSION).tgz | grep -qE '^-.* gaudi-operator/crds/gauditrainingjobs.yaml$$' \
-	  || { echo "error: the package has no crds/gauditrainingjobs.yaml"; exit 1; }
+	@tar -tvzf $(DIST)/gaudi-operator-$(CHART_VERSION).tgz | grep -qE '^-.* gaudi-operator/files/crds/gauditrainingjobs.yaml$$' \
+	  || { echo "error: the package has no files/crds/gauditrainingjobs.yaml"; exit 1; }
 
 # The chart README's values table, from the `# --` comments in values.yaml.
 chart-docs: chart-tools
 	$(TOOLS)/helm-docs --chart-search-root charts
+
+# spec.template of the CRD: the PodTemplateSpec schema of the pinned Kubernetes, from its
+# OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale).
+crd: venv
+	@bash hack/toolchain.sh openapi
+	$(BIN)/python hack/crdgen.py $(HOME)/.cache/gaudi3/openapi/kubernetes crds/gauditrainingjobs.yaml
 
 dashboards: venv
 	$(BIN)/python dashboards/build.py

@@ -2,8 +2,8 @@
 # Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
 # Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
 # kwok, helm, helm-docs, kubeconform and kstatus (Flux's status library) via the Go module
-# proxy, Prometheus from Debian's package, and kubeconform's JSON schemas made from the
-# pinned modules' OpenAPI documents.
+# proxy, Prometheus from Debian's package, kubeconform's JSON schemas made from the
+# pinned modules' OpenAPI documents, and Kubernetes' OpenAPI documents for `make crd`.
 # Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
 set -euo pipefail
 
@@ -191,6 +191,22 @@ build_kubeschemas() {
   ln -sfn "prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" "$CACHE/kubeconform/prometheus-operator"
 }
 
+# The pinned Kubernetes' own OpenAPI documents, for hack/crdgen.py (`make crd`): the
+# PodTemplateSpec schema of the CRD's spec.template is generated from them.
+install_openapi() {
+  local dir="$CACHE/openapi/kubernetes-$K8S_VERSION"
+  if [ ! -f "$dir/VERSION" ]; then
+    say "copying the OpenAPI documents of Kubernetes ${K8S_VERSION}"
+    local kdir; kdir=$(module_dir "k8s.io/kubernetes@${K8S_VERSION}")
+    rm -rf "$dir"; mkdir -p "$dir/v3"
+    cp "$kdir/api/openapi-spec/swagger.json" "$dir/"
+    cp "$kdir/api/openapi-spec/v3/api__v1_openapi.json" "$dir/v3/"
+    chmod -R u+w "$dir"
+    echo "$K8S_VERSION" >"$dir/VERSION"
+  fi
+  ln -sfn "kubernetes-$K8S_VERSION" "$CACHE/openapi/kubernetes"
+}
+
 # kstatus: what Flux's health checks compute (Current, InProgress, Failed) for each JSON
 # object on stdin, one line each; the GitOps tests check the operator's status with it.
 build_kstatus() {
@@ -269,7 +285,7 @@ install_prometheus() {
   link_prometheus
 }
 
-want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas kstatus prometheus}"
+want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -284,8 +300,9 @@ for t in $want; do
             "-X main.version=${KUBECONFORM_VERSION}" ;;
     kubeschemas) build_kubeschemas ;;
     kstatus) build_kstatus ;;
+    openapi) install_openapi ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas kstatus prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus prometheus)" ;;
   esac
 done
 say "ready: $BIN"

@@ -1,5 +1,7 @@
-"""The GaudiTrainingJob CRD on a real API server: explain, scale subresource shape, and
-manifests the API server refuses with a message that names the field."""
+"""The GaudiTrainingJob CRD on a real API server: explain, scale subresource shape,
+manifests the API server refuses with a message that names the field, and spec.template
+typed as the pinned Kubernetes' PodTemplateSpec (a typo refused, valid overlays reach the
+pods)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cluster.gtj import PLURAL, job_body
+from cluster.gtj import PLURAL, job_body, wait_running_workers
 
 pytestmark = pytest.mark.cluster
 
@@ -166,3 +168,89 @@ def test_defaults_are_filled_in_by_the_api_server(crd: Any, kubectl: Any, namesp
     assert spec["autoscaling"]["scaleDown"] == {"stabilizationSeconds": 300, "maxStep": 1}
     assert spec["runPolicy"]["cleanPodPolicy"] == "Running"
     assert spec["checkpoint"]["path"] == "/checkpoints"
+
+
+# --- spec.template: the PodTemplateSpec schema of the pinned Kubernetes --------------------
+TYPO = "spec.template.spec.nodeselector"
+
+
+def _typo_job() -> str:
+    return json.dumps(job_body("typo", template={"spec": {"nodeselector": {"pool": "a"}}}))
+
+
+def test_a_misspelled_template_field_is_refused_at_apply_naming_its_path(
+    crd: Any, kubectl: Any, namespace: str
+) -> None:
+    def apply(*flags: str) -> Any:
+        return kubectl("apply", *flags, "-n", namespace, "-f", "-", input=_typo_job(), check=False)
+
+    # kubectl's default, --validate=strict, asks the API server for strict field validation.
+    out = apply()
+    assert out.returncode != 0 and f'unknown field "{TYPO}"' in out.stderr, out.stderr
+    # Server-side apply checks every field against the schema, whatever --validate says.
+    out = apply("--server-side", "--validate=false")
+    assert out.returncode != 0, out.stdout
+    assert f".{TYPO}: field not declared in schema" in out.stderr, out.stderr
+    assert kubectl("get", "gtj", "-n", namespace, "-o", "name").stdout.strip() == ""
+    # Asked only to warn, the API server warns and drops the field: never kept and ignored.
+    out = apply("--validate=warn")
+    assert out.returncode == 0 and f'Warning: unknown field "{TYPO}"' in out.stderr, out.stderr
+    stored = kubectl("get", "gtj", "typo", "-n", namespace, "-o", "jsonpath={.spec.template}")
+    assert json.loads(stored.stdout) == {"spec": {}}
+
+
+def test_a_template_container_needs_a_name_as_in_a_pod(
+    crd: Any, kubectl: Any, namespace: str
+) -> None:
+    body = job_body("unnamed", template={"spec": {"containers": [{"env": []}]}})
+    out = kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert out.returncode != 0, out.stdout
+    assert "spec.template.spec.containers[0].name: Required value" in out.stderr, out.stderr
+
+
+def test_kubectl_explain_describes_the_template_like_a_pod(crd: Any, kubectl: Any) -> None:
+    out = kubectl("explain", "gtj.spec.template.spec.containers").stdout
+    assert "List of containers belonging to the pod." in out
+    for field in ("env\t<[]Object>", "image\t<string>", "volumeMounts\t<[]Object>"):
+        assert field in out, out
+    assert "name\t<string> -required-" in out
+    out = kubectl("explain", "gtj.spec.template.spec.tolerations.effect").stdout
+    assert "Effect indicates the taint effect to match." in out
+
+
+def test_a_valid_template_applies_and_reaches_the_worker_pods(
+    operator: Any, core: Any, kubectl: Any, namespace: str, hpus_free: Any
+) -> None:
+    hpus_free()
+    template = {
+        "metadata": {"labels": {"team": "llm"}, "annotations": {"example.com/owner": "ml"}},
+        "spec": {
+            "nodeSelector": {"habana.ai/device.type": "gaudi3"},
+            "tolerations": [
+                {"key": "example.com/dedicated", "operator": "Equal", "value": "training"}
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "containers": [
+                {
+                    "name": "worker",
+                    "env": [{"name": "EXTRA_SETTING", "value": "on"}],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                    "resources": {"requests": {"cpu": 1}},  # a quantity as a number
+                }
+            ],
+        },
+    }
+    body = job_body("templated", hpusPerWorker=1, template=template)
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    (pod,) = wait_running_workers(core, namespace, "templated", 1)
+    assert pod.metadata.labels["team"] == "llm"
+    assert pod.metadata.annotations["example.com/owner"] == "ml"
+    assert pod.spec.node_selector["habana.ai/device.type"] == "gaudi3"
+    assert "example.com/dedicated" in [t.key for t in pod.spec.tolerations]
+    assert "scratch" in [v.name for v in pod.spec.volumes]
+    (worker,) = pod.spec.containers
+    assert {"name": "EXTRA_SETTING", "value": "on"} in [
+        {"name": e.name, "value": e.value} for e in worker.env
+    ]
+    assert "/scratch" in [m.mount_path for m in worker.volume_mounts]
+    assert worker.resources.requests["cpu"] == "1"

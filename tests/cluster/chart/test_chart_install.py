@@ -41,8 +41,8 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def release(cluster: Any, kubectl: Any) -> Iterator[tuple[str, str]]:
-    """A release name and its own namespace, uninstalled afterwards (the CRD stays: Helm never
-    deletes one, and other tests use it)."""
+    """A release name and its own namespace, uninstalled afterwards (the CRD stays: the chart
+    keeps it, and other tests use it)."""
     name, ns = f"gaudi-{uuid.uuid4().hex[:6]}", f"chart-{uuid.uuid4().hex[:6]}"
     yield name, ns
     helm(cluster, "uninstall", name, "-n", ns, "--ignore-not-found", check=False)
@@ -53,9 +53,12 @@ def test_packaged_chart_installs_and_says_what_to_do_next(
     cluster: Any, kubectl: Any, package: Path, release: tuple[str, str]
 ) -> None:
     name, ns = release
+    # The session's CRD may be there already (the crd fixture applies it; a kept CRD names
+    # an earlier release): adopt it, as the chart README says. A fresh cluster needs no flag.
     installed = helm(
         cluster, "install", name, str(package), "-n", ns, "--create-namespace",
         "--set", f"watchNamespaces={{{ns}}}", "--set", "serviceMonitor.interval=15s",
+        "--take-ownership",
     )  # fmt: skip
     notes = installed.stdout
     assert f"kubectl -n {ns} apply -f examples/single-node-8hpu.yaml" in notes, notes

@@ -140,7 +140,7 @@ def test_unusable_object_gets_condition_and_event_while_others_keep_working(
     operator: Any, core: Any, custom: Any, namespace: str, hpus_free: Any
 ) -> None:
     hpus_free()
-    # Valid for the CRD (the template is free-form), refused by the API server as a pod.
+    # Valid for the CRD (its schema has no name pattern), refused by the API server as a pod.
     bad = job_body(
         "bad-volume",
         hpusPerWorker=1,

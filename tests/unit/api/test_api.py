@@ -163,7 +163,7 @@ def test_crd_schema_uses_only_openapi_keywords() -> None:
         "required", "x-kubernetes-validations", "format", "nullable", "minLength", "maxLength",
         "maxItems", "minItems", "pattern", "additionalProperties", "anyOf", "exclusiveMinimum",
         "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-        "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+        "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type",
     }  # fmt: skip
     bad: list[str] = []
 

@@ -1,5 +1,6 @@
 """The chart README is what helm-docs makes of values.yaml now, and `make chart` packages a
-versioned .tgz that carries the CRD file itself, not the repository's link to it."""
+versioned .tgz that carries the CRD file itself, not the repository's link to it (in
+files/crds/, which templates/crd.yaml renders; not in crds/, which Helm never upgrades)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def test_make_chart_packages_a_versioned_tgz_with_the_crd_file(tmp_path: Path) -
     assert package.name == f"gaudi-operator-{version}.tgz"
     with tarfile.open(package) as tgz:
         names = set(tgz.getnames())
-        crd = tgz.getmember("gaudi-operator/crds/gauditrainingjobs.yaml")
+        crd = tgz.getmember("gaudi-operator/files/crds/gauditrainingjobs.yaml")
         assert crd.isfile()
         data = tgz.extractfile(crd)
         assert data is not None
         assert data.read() == (ROOT / "crds" / "gauditrainingjobs.yaml").read_bytes()
     assert {"gaudi-operator/values.schema.json", "gaudi-operator/templates/NOTES.txt"} <= names
     assert not any("/ci/" in n or n.endswith(".gotmpl") for n in names), names
+    assert not any(n.startswith("gaudi-operator/crds/") for n in names), names
