@@ -9,6 +9,7 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -147,6 +148,24 @@ go_install() { # go_install NAME VERSION PKG LDFLAGS
   link "$name" "$dir"
 }
 
+# Kueue's manager, plus the CRDs and webhook manifests of the same module version: the
+# local cluster installs those from here, so nothing at run time needs the module cache.
+build_kueue() {
+  local dir="$TOOLS/kueue-$KUEUE_VERSION"
+  if have "$dir" kueue && [ -f "$dir/config/webhook/manifests.yaml" ]; then
+    link kueue "$dir"; return
+  fi
+  go_install kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
+  local src
+  src=$(cd "$dir" && go mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" | sed -nE 's/.*"Dir": "(.*)".*/\1/p')
+  [ -d "$src/config/components" ] || die "could not find sigs.k8s.io/kueue@${KUEUE_VERSION} in the Go module cache"
+  rm -rf "$dir/config"; mkdir -p "$dir/config/crd" "$dir/config/webhook"
+  cp "$src"/config/components/crd/bases/*.yaml "$dir/config/crd/"
+  cp "$src/config/components/webhook/manifests.yaml" "$dir/config/webhook/"
+  chmod -R u+w "$dir/config"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     ln -sfn "$(command -v prometheus)" "$BIN/prometheus"; return
@@ -163,7 +182,7 @@ install_prometheus() {
   ln -sfn "$(command -v prometheus)" "$BIN/prometheus"
 }
 
-want="${*:-kubernetes etcd kwok helm prometheus}"
+want="${*:-kubernetes etcd kwok helm kueue prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -172,8 +191,9 @@ for t in $want; do
             "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION}" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm \
             "-X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" ;;
+    kueue) build_kueue ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm kueue prometheus)" ;;
   esac
 done
 say "ready: $BIN"

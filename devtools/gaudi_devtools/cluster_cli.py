@@ -44,6 +44,9 @@ def up(
             min=0, help="Default not-ready/unreachable toleration (Kubernetes default 300)."
         ),
     ] = 300,
+    kueue: Annotated[
+        bool, typer.Option("--kueue", help="Also run Kueue (built by hack/toolchain.sh).")
+    ] = False,
 ) -> None:
     """Start (or keep) the cluster; `up` twice is harmless."""
     c = _cluster(name)
@@ -56,6 +59,10 @@ def up(
                 eviction_seconds=eviction_seconds,
             )
         )
+        if kueue:
+            from gaudi_devtools import kueue as kueue_process
+
+            kueue_process.start(c)
     except ClusterError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
