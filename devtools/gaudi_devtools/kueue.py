@@ -34,6 +34,7 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 # The jobs Kueue may own through an external controller (our operator): Kueue then treats
 # a GaudiTrainingJob as the owner of its Workload and of any pod it owns.
 EXTERNAL_FRAMEWORKS = ("GaudiTrainingJob.v1alpha1.gaudi.scalestarter.dev",)
+METRICS_CERTS = Path("/etc/kueue/metrics/certs")
 WEBHOOK_NAMES = {
     "MutatingWebhookConfiguration": "kueue-mutating-webhook-configuration",
     "ValidatingWebhookConfiguration": "kueue-validating-webhook-configuration",
@@ -125,6 +126,22 @@ def ready(cluster: Cluster) -> bool:
         return False
 
 
+def _metrics_cert(cluster: Cluster) -> None:
+    """With internal cert management off, Kueue v0.17 reads a metrics serving cert from a
+    fixed path and exits without one, even with its metrics server disabled (as here).
+    Any valid pair will do; one is written there once."""
+    if (METRICS_CERTS / "tls.crt").exists() and (METRICS_CERTS / "tls.key").exists():
+        return
+    try:
+        issue_serving_cert(cluster.pki, METRICS_CERTS, "kueue-metrics")
+    except PermissionError as err:
+        raise ClusterError(
+            f"Kueue needs a certificate in {METRICS_CERTS} (a path fixed in Kueue); create "
+            f"that folder writable for you (e.g. `sudo install -d -o $USER {METRICS_CERTS}`) "
+            f"and run again"
+        ) from err
+
+
 def start(cluster: Cluster) -> None:
     """Install Kueue's CRDs, start its manager and register its webhooks; a no-op when it
     already runs."""
@@ -146,6 +163,7 @@ def start(cluster: Cluster) -> None:
     here.mkdir(parents=True, exist_ok=True)
     certs = here / "certs"
     issue_serving_cert(cluster.pki, certs, "kueue-webhook")
+    _metrics_cert(cluster)
     p = {"webhook": free_port(), "health": free_port()}
     (here / "kueue.json").write_text(json.dumps(p))
     config = here / "config.yaml"

@@ -1,9 +1,10 @@
 """Kueue admission, acted out: read the job's Workload, decide (`queueing.policy.decide`),
 then write — the Workload, its status, the job's `Queued` condition and `spec.suspend`.
 
-Order matters where two writes open the door for workers: on admission the `Queued`
-condition turns False before `spec.suspend` does, and the jobs plan holds a queued job
-until both say so. Every write of a status is guarded by the resourceVersion it read.
+Order matters: the `Queued` condition is written before `spec.suspend`, because the jobs
+plan holds a queued job on the condition alone; so no worker starts before admission is
+recorded, and an evicted job is held (with Kueue's reason) before it is suspended.
+Every write of a status is guarded by the resourceVersion it read.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ class Admission:
             await self._delete_workload(job.namespace, d.delete)
         if d.create is not None:
             await self._create_workload(job.namespace, d.create)
-        if d.suspend is True:
-            await self._suspend(job, True)  # hold first, then say why
+        # The condition first: it is what holds the job in the jobs plan, so the job is
+        # held before spec.suspend says so, and released only after it.
         if d.queued is not None:
             await self._set_queued(job, body, d.queued, d.events)
-        if d.suspend is False:
-            await self._suspend(job, False)
+        if d.suspend is not None:
+            await self._suspend(job, d.suspend)
         if d.workload_status is not None and wl is not None:
             await self._patch_workload_status(job.namespace, wl, d.workload_status)
         # An evicted job waits for its workers to go before the quota is handed back:

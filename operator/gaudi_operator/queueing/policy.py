@@ -43,6 +43,8 @@ WORKLOAD_API_VERSION = f"{KUEUE_GROUP}/{WORKLOAD_VERSION}"
 POD_SET = "workers"
 # Kueue's label for a WorkloadPriorityClass, set on the job as on any Kueue-managed job.
 PRIORITY_CLASS_LABEL = f"{KUEUE_GROUP}/priority-class"
+# On the Workload, as Kueue's own integrations set it: Kueue names the job in its messages.
+JOB_UID_LABEL = f"{KUEUE_GROUP}/job-uid"
 
 QUEUED = "Queued"  # the job's condition: True while it waits for (re-)admission
 ADMITTED = "Admitted"
@@ -123,7 +125,7 @@ def workload_manifest(
         "metadata": {
             "name": workload_name(job.name, job.uid),
             "namespace": job.namespace,
-            "labels": manifests.child_labels(job.name),
+            "labels": {**manifests.child_labels(job.name), JOB_UID_LABEL: job.uid},
             "ownerReferences": [manifests.owner_reference(job)],
         },
         "spec": wl_spec,
