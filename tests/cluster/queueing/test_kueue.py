@@ -9,7 +9,11 @@ is the launcher's part, proven with real torch in tests/training/test_elastic_tr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
 
 from chaos import complete_pod
 from cluster.gtj import (
@@ -73,6 +77,13 @@ def checkpoint_claim(core: Any, ns: str, name: str) -> str:
         what=f"claim {name} bound",
     )
     return name
+
+
+@pytest.fixture
+def claims(core: Any, namespace: str) -> Iterator[Callable[[str], str]]:
+    yield lambda name: checkpoint_claim(core, namespace, name)
+    with contextlib.suppress(Exception):
+        core.delete_collection_persistent_volume(label_selector=f"gaudi3-test={namespace}")
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -172,9 +183,10 @@ def test_a_higher_priority_job_preempts_a_running_one_which_resumes_after_it(
     custom: Any,
     namespace: str,
     hpus_free: Any,
+    claims: Callable[[str], str],
 ) -> None:
     hpus_free()
-    claim = checkpoint_claim(core, namespace, "low-ckpt")
+    claim = claims("low-ckpt")
     create_job(custom, namespace, queued_job("low", queue["local"], priority_classes["low"], claim))
     wait_admitted(custom, namespace, "low")
     before = wait_running_workers(core, namespace, "low", 2)
