@@ -104,6 +104,12 @@ def status(name: NameOpt = "gaudi3") -> None:
     for comp, pid in c.running().items():
         port = str(s.ports.get(comp, "")) if s else ""
         table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
+    from gaudi_devtools import kueue as kueue_process
+
+    kueue_pid = c.procs.pid(kueue_process.PROCESS)
+    if kueue_pid is not None:  # started on demand (`up --kueue`)
+        port = str(kueue_process.ports(c).get("webhook", ""))
+        table.add_row("kueue", str(kueue_pid), port)
     Console().print(table)
     if c.healthy():
         out = c.kubectl(
