@@ -93,9 +93,55 @@ class Admission:
             await self._suspend(job, d.suspend)
         if d.workload_status is not None and wl is not None:
             await self._patch_workload_status(job.namespace, wl, d.workload_status)
+        if wl is not None and wl.deleting:
+            await self.release(job.namespace, [wl], job.live_workers)
         # An evicted job waits for its workers to go before the quota is handed back:
         # pod events wake us, and this is the safety net.
         return 5.0 if wl is not None and wl.evicted is not None else None
+
+    async def release_orphans(self, namespace: str, job: str, live_workers: int) -> bool:
+        """The job is gone: let its deleted Workloads go once its last worker has.
+        True when none is left waiting."""
+        try:
+            found = await self.clients.custom.list_namespaced_custom_object(
+                policy.KUEUE_GROUP,
+                policy.WORKLOAD_VERSION,
+                namespace,
+                policy.WORKLOAD_PLURAL,
+                label_selector=f"{api.LABEL_JOB_NAME}={job},{api.LABEL_MANAGED_BY}={api.MANAGED_BY}",
+            )
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                return True
+            raise
+        waiting = [
+            w
+            for w in (policy.read_workload(o) for o in found.get("items") or [])
+            if w.deleting and policy.FINALIZER in w.finalizers
+        ]
+        await self.release(namespace, waiting, live_workers)
+        return live_workers == 0
+
+    async def release(
+        self, namespace: str, workloads: Iterable[policy.WorkloadView], live_workers: int
+    ) -> None:
+        for wl in workloads:
+            keep = policy.releasable(wl, live_workers)
+            if keep is None:
+                continue
+            try:
+                await self.clients.custom.patch_namespaced_custom_object(
+                    policy.KUEUE_GROUP,
+                    policy.WORKLOAD_VERSION,
+                    namespace,
+                    policy.WORKLOAD_PLURAL,
+                    wl.name,
+                    {"metadata": {"finalizers": keep, "resourceVersion": wl.resource_version}},
+                    _content_type=kube.MERGE_PATCH,
+                )
+            except Exception as err:
+                if kube.status_code(err) != 404:
+                    raise
 
     # --- reads ------------------------------------------------------------------------
 
@@ -256,6 +302,8 @@ class AdmissionController:
         self._workers = workers
         self._failures: dict[Key, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Jobs with a Workload being deleted: looked up even after the job itself is gone.
+        self._deleting: set[Key] = set()
 
     def bind(self, jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
         self.jobs, self.pods = jobs, pods
@@ -272,7 +320,9 @@ class AdmissionController:
                 await t
         self.queue.close()
 
-    def enqueue(self, key: Key) -> None:
+    def enqueue(self, key: Key, workload_deleting: bool = False) -> None:
+        if workload_deleting:
+            self._deleting.add(key)
         self.queue.add(key)
 
     async def _work(self) -> None:
@@ -285,13 +335,18 @@ class AdmissionController:
 
     async def _process(self, key: Key) -> None:
         body = next(iter((self.jobs or {}).get(key) or ()), None)
-        if body is None:
-            self._failures.pop(key, None)
-            self.queue.forget(key)
-            return
         pods = list((self.pods or {}).get(key) or ())
         try:
-            again = await self.admission.sync(body, pods)
+            if body is None:  # deleted: its Workloads wait for its workers, then go
+                again = None
+                if key in self._deleting:
+                    live = sum(1 for p in pods if not p.terminal)
+                    if await self.admission.release_orphans(key[0], key[1], live):
+                        self._deleting.discard(key)
+                else:
+                    self.queue.forget(key)
+            else:
+                again = await self.admission.sync(body, pods)
         except asyncio.CancelledError:
             raise
         except Exception as err:

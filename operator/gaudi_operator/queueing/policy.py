@@ -45,6 +45,9 @@ POD_SET = "workers"
 PRIORITY_CLASS_LABEL = f"{KUEUE_GROUP}/priority-class"
 # On the Workload, as Kueue's own integrations set it: Kueue names the job in its messages.
 JOB_UID_LABEL = f"{KUEUE_GROUP}/job-uid"
+# Kueue's finalizer, as its own integrations use it: a deleted Workload keeps its quota
+# until the operator has seen the last worker go (they may checkpoint for minutes).
+FINALIZER = f"{KUEUE_GROUP}/resource-in-use"
 
 QUEUED = "Queued"  # the job's condition: True while it waits for (re-)admission
 ADMITTED = "Admitted"
@@ -127,6 +130,7 @@ def workload_manifest(
             "namespace": job.namespace,
             "labels": {**manifests.child_labels(job.name), JOB_UID_LABEL: job.uid},
             "ownerReferences": [manifests.owner_reference(job)],
+            "finalizers": [FINALIZER],
         },
         "spec": wl_spec,
     }
@@ -148,6 +152,7 @@ class WorkloadView:
     cluster_queue: str | None
     resource_version: str = ""
     deleting: bool = False
+    finalizers: tuple[str, ...] = ()
 
     def _true(self, type_: str) -> Mapping[str, Any] | None:
         c = self.conditions.get(type_)
@@ -209,6 +214,7 @@ def read_workload(obj: Mapping[str, Any]) -> WorkloadView:
         cluster_queue=admission.get("clusterQueue") if admission else None,
         resource_version=meta.get("resourceVersion", ""),
         deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
     )
 
 
@@ -297,6 +303,14 @@ def finish(wl: WorkloadView, succeeded: bool, message: str, now: datetime) -> di
             list(wl.conditions.values()), [_condition("Finished", True, reason, message, now, 0)]
         )
     }
+
+
+def releasable(wl: WorkloadView, live_workers: int) -> list[str] | None:
+    """The finalizers to keep on a Workload being deleted once its quota may go (no worker
+    of its job is left), or None while it must hold on."""
+    if not wl.deleting or FINALIZER not in wl.finalizers or live_workers:
+        return None
+    return [f for f in wl.finalizers if f != FINALIZER]
 
 
 def _queued_now(job: JobFacts) -> Condition | None:

@@ -27,13 +27,15 @@ async def stop(memo: kopf.Memo) -> None:
         await controller.stop()
 
 
-def _wake(memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any]) -> None:
+def _wake(
+    memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any], workload_deleting: bool = False
+) -> None:
     controller: AdmissionController | None = memo.get("queueing")
     if controller is None:
         return
     if controller.jobs is None:
         controller.bind(indices["gtj_jobs"], indices["gtj_pods"])
-    controller.enqueue(key)
+    controller.enqueue(key, workload_deleting)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="queueing")
@@ -45,8 +47,11 @@ def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kw
 @kopf.on.event(
     policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, policy.WORKLOAD_PLURAL, labels=CHILD_LABELS
 )
-def workload_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+def workload_event(
+    namespace: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    deleting = bool(meta.get("deletionTimestamp"))
+    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs, deleting)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="queueing")

@@ -22,6 +22,7 @@ QUEUEING_REQUESTS = [
     ("watch", "workloads.kueue.x-k8s.io", ""),
     ("create", "workloads.kueue.x-k8s.io", ""),
     ("delete", "workloads.kueue.x-k8s.io", ""),
+    ("patch", "workloads.kueue.x-k8s.io", ""),
     ("patch", "workloads.kueue.x-k8s.io", "status"),
     ("get", "workloadpriorityclasses.kueue.x-k8s.io", ""),
     ("get", "priorityclasses.scheduling.k8s.io", ""),

@@ -10,6 +10,7 @@ is the launcher's part, proven with real torch in tests/training/test_elastic_tr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -242,3 +243,48 @@ def test_a_higher_priority_job_preempts_a_running_one_which_resumes_after_it(
     )
     reasons = [e.reason for e in events_for(core, namespace, "low")]
     assert "Preempted" in reasons and "Resumed" in reasons
+
+
+def test_a_deleted_job_keeps_its_quota_until_its_last_worker_is_gone(
+    queue: dict[str, str],
+    operator: Any,
+    core: Any,
+    custom: Any,
+    kubectl: Any,
+    namespace: str,
+    hpus_free: Any,
+) -> None:
+    hpus_free()
+    create_job(custom, namespace, queued_job("first", queue["local"]))
+    wait_admitted(custom, namespace, "first")
+    wait_running_workers(core, namespace, "first", 2)
+    create_job(custom, namespace, queued_job("second", queue["local"]))
+    wait_queued(custom, namespace, "second", reason="Pending")
+    # A worker that takes its time to go (as one writing a checkpoint would).
+    hold = {"metadata": {"finalizers": ["gaudi3.test/hold"]}}
+    core.patch_namespaced_pod("first-worker-0", namespace, hold)
+    try:
+        kubectl("delete", "gtj", "first", "-n", namespace, "--wait=false")
+
+        def deleting() -> dict[str, Any] | None:
+            wl = workload_of(custom, namespace, "first")
+            return wl if wl is not None and wl["metadata"].get("deletionTimestamp") else None
+
+        wl = wait_for(deleting, timeout=30, what="first's Workload being deleted")
+        assert "kueue.x-k8s.io/resource-in-use" in wl["metadata"]["finalizers"]  # type: ignore[index]
+        time.sleep(3)  # Kueue admits within a second once quota is free; it must not be.
+        assert workload_of(custom, namespace, "first") is not None
+        queued = condition(get_job(custom, namespace, "second"), "Queued")
+        assert queued is not None and queued["status"] == "True", queued
+        assert worker_pods(core, namespace, "second") == []
+    finally:  # never leave a pod the namespace cannot delete
+        release = {"metadata": {"finalizers": None}}
+        with contextlib.suppress(Exception):
+            core.patch_namespaced_pod("first-worker-0", namespace, release)
+    wait_for(
+        lambda: workload_of(custom, namespace, "first") is None,
+        timeout=30,
+        what="first's Workload gone with its last worker",
+    )
+    wait_admitted(custom, namespace, "second")
+    wait_running_workers(core, namespace, "second", 2)

@@ -94,6 +94,8 @@ def test_workload_is_one_pod_set_of_every_worker_with_the_worker_requests() -> N
     assert "hugepages-2Mi" in c["resources"]["requests"]
     assert "env" not in c
     assert "priority" not in wl["spec"]
+    assert wl["metadata"]["finalizers"] == [policy.FINALIZER]
+    assert wl["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == UID
 
 
 def test_workload_carries_the_resolved_priority() -> None:
@@ -260,3 +262,19 @@ def test_clearing_the_queue_drops_the_workload_and_the_hold() -> None:
     d = decide(facts(spec(scheduling={}), status(("True", "Pending", "x"))), wl, NOW)
     assert d.delete == WL
     assert d.queued is not None and d.queued[0] is False
+
+
+def test_a_deleted_workload_keeps_its_quota_until_the_last_worker_is_gone() -> None:
+    obj = policy.workload_manifest(spec(), JobRef("train", "ns", UID))
+    obj["metadata"]["finalizers"] = ["other.example.com/keep", policy.FINALIZER]
+    assert policy.releasable(read_workload(obj), live_workers=0) is None  # not deleted
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    assert policy.releasable(read_workload(obj), live_workers=1) is None
+    assert policy.releasable(read_workload(obj), live_workers=0) == ["other.example.com/keep"]
+
+
+def test_a_job_whose_workload_is_being_deleted_is_held_and_gets_no_second_one() -> None:
+    obj = policy.workload_manifest(spec(), JobRef("train", "ns", UID))
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    d = decide(facts(spec(), status(("False", "Admitted", "x")), live=2), read_workload(obj), NOW)
+    assert d.create is None and d.suspend is True
