@@ -248,17 +248,23 @@ class Admission:
         events: list[tuple[str, str, str]],
     ) -> None:
         waiting, reason, message = queued
+
+        def same(conditions: list[api.Condition]) -> bool:
+            old = api.get_condition(conditions, policy.QUEUED)
+            return (
+                old is not None
+                and (old.status == "True") == waiting
+                and old.reason == reason
+                and old.message == message
+            )
+
+        if same(job.status.conditions):
+            return  # as the watch last saw it: no read needed
         current = await self.clients.custom.get_namespaced_custom_object(
             api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
         )
         status = parse_status(current.get("status") or {})
-        old = api.get_condition(status.conditions, policy.QUEUED)
-        if (
-            old is not None
-            and (old.status == "True") == waiting
-            and old.reason == reason
-            and old.message == message
-        ):
+        if same(status.conditions):
             return
         conditions = api.set_condition(
             status.conditions,
