@@ -16,6 +16,7 @@ KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.8.0}"
 # Only its CRDs are used: the ServiceMonitor and PrometheusRule schemas the chart renders.
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 FLUX_KSTATUS_VERSION="${FLUX_KSTATUS_VERSION:-v1.3.0}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -269,6 +270,24 @@ link_prometheus() {
   if command -v promtool >/dev/null 2>&1; then ln -sfn "$(command -v promtool)" "$BIN/promtool"; fi
 }
 
+# Kueue's manager, plus the CRDs and webhook manifests of the same module version: the
+# local cluster installs those from here, so nothing at run time needs the module cache.
+build_kueue() {
+  local dir="$TOOLS/kueue-$KUEUE_VERSION"
+  if have "$dir" kueue && [ -f "$dir/config/webhook/manifests.yaml" ]; then
+    link kueue "$dir"; return
+  fi
+  go_install kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
+  local src
+  src=$(cd "$dir" && go mod download -json "sigs.k8s.io/kueue@${KUEUE_VERSION}" | sed -nE 's/.*"Dir": "(.*)".*/\1/p')
+  [ -d "$src/config/components" ] || die "could not find sigs.k8s.io/kueue@${KUEUE_VERSION} in the Go module cache"
+  rm -rf "$dir/config"; mkdir -p "$dir/config/crd" "$dir/config/webhook"
+  cp "$src"/config/components/crd/bases/*.yaml "$dir/config/crd/"
+  cp "$src/config/components/webhook/manifests.yaml" "$dir/config/webhook/"
+  chmod -R u+w "$dir/config"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     link_prometheus; return
@@ -285,7 +304,7 @@ install_prometheus() {
   link_prometheus
 }
 
-want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus prometheus}"
+want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -301,8 +320,9 @@ for t in $want; do
     kubeschemas) build_kubeschemas ;;
     kstatus) build_kstatus ;;
     openapi) install_openapi ;;
+    kueue) build_kueue ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus prometheus)" ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus)" ;;
   esac
 done
 say "ready: $BIN"

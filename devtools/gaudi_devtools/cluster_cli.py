@@ -44,6 +44,9 @@ def up(
             min=0, help="Default not-ready/unreachable toleration (Kubernetes default 300)."
         ),
     ] = 300,
+    kueue: Annotated[
+        bool, typer.Option("--kueue", help="Also run Kueue (built by hack/toolchain.sh).")
+    ] = False,
 ) -> None:
     """Start (or keep) the cluster; `up` twice is harmless."""
     c = _cluster(name)
@@ -56,6 +59,10 @@ def up(
                 eviction_seconds=eviction_seconds,
             )
         )
+        if kueue:
+            from gaudi_devtools import kueue as kueue_process
+
+            kueue_process.start(c)
     except ClusterError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
@@ -97,6 +104,12 @@ def status(name: NameOpt = "gaudi3") -> None:
     for comp, pid in c.running().items():
         port = str(s.ports.get(comp, "")) if s else ""
         table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
+    from gaudi_devtools import kueue as kueue_process
+
+    kueue_pid = c.procs.pid(kueue_process.PROCESS)
+    if kueue_pid is not None:  # started on demand (`up --kueue`)
+        port = str(kueue_process.ports(c).get("webhook", ""))
+        table.add_row("kueue", str(kueue_pid), port)
     Console().print(table)
     if c.healthy():
         out = c.kubectl(

@@ -15,6 +15,7 @@ from gaudi_operator.failover import wiring as failover_wiring
 from gaudi_operator.jobs import wiring as jobs_wiring  # noqa: F401  (registers its handlers)
 from gaudi_operator.jobs.reconciler import Reconciler
 from gaudi_operator.observability import metrics
+from gaudi_operator.queueing import wiring as queueing_wiring
 from gaudi_operator.runtime import settings as kopf_settings
 from gaudi_operator.runtime.config import OperatorConfig
 from gaudi_operator.runtime.controller import Controller
@@ -30,6 +31,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = Reconciler(clients, pod_concurrency=cfg.pod_concurrency)
     controller = Controller(reconciler, workers=cfg.workers, resync_seconds=cfg.resync_seconds)
     controller.start()
+    await queueing_wiring.start(memo, clients)
     memo["clients"] = clients
     memo["controller"] = controller
     metrics.serve(cfg.metrics_port)
@@ -39,6 +41,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await autoscaling_wiring.stop(memo)
     await failover_wiring.stop(memo)
+    await queueing_wiring.stop(memo)
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()

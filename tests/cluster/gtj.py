@@ -42,9 +42,11 @@ class OperatorProcess:
         self.env: dict[str, str] = {}  # extra environment, e.g. GAUDI3_FAILPOINTS
 
     def command(self, extra: list[str]) -> list[str]:
-        exe = Path(sys.executable).parent / "gaudi3"
+        # This tree's operator (PYTHONPATH below), not whichever one the venv installed.
         return [
-            str(exe),
+            sys.executable,
+            "-m",
+            "gaudi_operator.cli.main",
             "operator",
             "--metrics-port",
             str(self.metrics_port),
@@ -58,7 +60,9 @@ class OperatorProcess:
     def start(self, *extra: str) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        tree = os.pathsep.join(str(ROOT / d) for d in ("operator", "devtools", "training-image"))
+        path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": path, **self.env}
         with self.log.open("ab") as out:
             out.write(f"\n===== start {' '.join(extra)} =====\n".encode())
             self.proc = subprocess.Popen(

@@ -138,3 +138,22 @@ def ensure_pki(pki: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+
+
+def issue_serving_cert(pki: Path, out: Path, cn: str) -> None:
+    """A serving cert for 127.0.0.1 signed by the cluster CA, as ``out/tls.crt`` and
+    ``out/tls.key`` (controller-runtime's webhook file names): the API server trusts it
+    through the CA bundle of a webhook configuration that calls a loopback URL."""
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki / 'ca.key'}: expected the EC key ensure_pki writes")
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    cert = _issue(_name(cn), key, ca_cert, ca_key, [ExtendedKeyUsageOID.SERVER_AUTH], sans)
+    _write_key(out / "tls.key", key)
+    (out / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -27,7 +27,6 @@ SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"  # scheduler-plugins coscheduling
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # Pod-spec fields the operator owns: the template cannot change them, because the
 # rendezvous DNS name and the restart semantics depend on them.
@@ -226,8 +225,6 @@ def worker_pod_manifest(
         pod_spec["schedulerName"] = sched.scheduler_name
     if sched.priority_class_name:
         pod_spec["priorityClassName"] = sched.priority_class_name
-    if sched.queue:
-        labels[KUEUE_QUEUE_LABEL] = sched.queue
     if sched.gang and sched.scheduler_name:
         if is_volcano(spec):
             annotations[VOLCANO_GROUP_ANNOTATION] = job.name

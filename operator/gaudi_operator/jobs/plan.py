@@ -7,7 +7,8 @@ duplicate one. The order of decisions, first match wins:
 
 1. spec unusable          -> InvalidSpec condition + event, nothing touched
 2. already finished       -> cleanPodPolicy, then ttlSecondsAfterFinished deletes the job
-3. suspend: true          -> delete every worker, phase Suspended (resume recreates them)
+3. suspend: true, or      -> delete every worker, phase Suspended (resume recreates them)
+   held by Kueue             (`queueing.policy.suspension`: queued and not admitted)
 4. activeDeadlineSeconds  -> Failed (DeadlineExceeded)
 5. success policy met     -> Succeeded
 6. a worker failed        -> `failover.step`: failurePolicy rules, restart strategy, backoff,
@@ -39,6 +40,7 @@ from gaudi_operator.api import (
 )
 from gaudi_operator.failover import policy as failover
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
+from gaudi_operator.queueing import policy as queueing
 
 POD_REJECTED = "PodRejected"  # InvalidSpec reason when the API server refused a worker pod
 
@@ -121,8 +123,9 @@ def _decide(obs: Observation) -> Plan:
     status.conditions = _settle_invalid_spec(status, job.generation, now)
     if status.phase.finished:
         return _finished(job, spec, status, before, pods, now)
-    if spec.suspend:
-        return _suspended(job, spec, status, before, pods, now)
+    held = queueing.suspension(spec, status)
+    if held is not None:
+        return _suspended(job, spec, status, before, pods, now, held)
     out = Plan(status=status, spec=spec, ensure_children=True)
     if before.phase == Phase.SUSPENDED:
         out.events.append(Event("Normal", "Resumed", "job resumed: recreating workers"))
@@ -511,9 +514,11 @@ def _suspended(
     before: GaudiTrainingJobStatus,
     pods: list[WorkerPod],
     now: datetime,
+    why: tuple[str, str],
 ) -> Plan:
     out = Plan(status=status, spec=spec, ensure_children=True)
     out.delete = _cleanup(CleanPodPolicy.ALL, pods)
+    reason, message = why
     status.phase = Phase.SUSPENDED
     status.start_time = None  # activeDeadlineSeconds restarts on resume
     status.replicas = status.ready_replicas = 0
@@ -523,8 +528,8 @@ def _suspended(
         status.conditions,
         ConditionType.SUSPENDED,
         True,
-        "Suspended",
-        "spec.suspend is true: workers deleted, the job is kept",
+        reason,
+        message,
         now,
         job.generation,
     )
@@ -533,5 +538,5 @@ def _suspended(
     # True would end a `kubectl wait --for=condition=Ready` before any worker runs.
     status.conditions = [c for c in status.conditions if c.type != ConditionType.READY]
     if before.phase != Phase.SUSPENDED:
-        out.events.append(Event("Normal", "Suspended", "spec.suspend is true: deleting workers"))
+        out.events.append(Event("Normal", "Suspended", f"{message}: deleting workers"))
     return out

@@ -1,0 +1,370 @@
+"""Kueue admission, acted out: read the job's Workload, decide (`queueing.policy.decide`),
+then write — the Workload, its status, the job's `Queued` condition and `spec.suspend`.
+
+Order matters: the `Queued` condition is written before `spec.suspend`, because the jobs
+plan holds a queued job on the condition alone; so no worker starts before admission is
+recorded, and an evicted job is held (with Kueue's reason) before it is suspended.
+Every write of a status is guarded by the resourceVersion it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from gaudi_operator import api
+from gaudi_operator.api import GaudiTrainingJobSpec
+from gaudi_operator.clients import kube
+from gaudi_operator.jobs.observation import WorkerPod, parse_status
+from gaudi_operator.observability.events import post_event
+from gaudi_operator.queueing import policy
+from gaudi_operator.runtime.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+KUEUE_MISSING = "KueueNotInstalled"
+
+
+class Admission:
+    """One pass for one job: its Workload in step with it, and it in step with Kueue."""
+
+    def __init__(
+        self, clients: kube.Clients, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.clients = clients
+        self._clock = clock
+
+    async def sync(self, body: Mapping[str, Any], pods: Iterable[WorkerPod]) -> float | None:
+        """Returns when to look again (None: the next event will do)."""
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return None  # the Workload goes with the job (owner reference)
+        try:
+            spec = GaudiTrainingJobSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError:
+            return None  # the jobs plan reports InvalidSpec
+        status = parse_status(body.get("status") or {})
+        if not policy.managed(spec) and api.get_condition(status.conditions, policy.QUEUED) is None:
+            return None  # never queued: nothing to look up
+        job = policy.JobFacts(
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            spec=spec,
+            status=status,
+            live_workers=sum(1 for p in pods if not p.terminal),
+        )
+        now = self._clock()
+        try:
+            wl = await self._workload(job)
+        except Exception as err:
+            if kube.status_code(err) != 404:
+                raise
+            # 404 on the collection itself: Kueue's CRDs are not installed.
+            await self._set_queued(
+                job,
+                body,
+                (True, KUEUE_MISSING, "Kueue is not installed (no Workload API in the cluster)"),
+                [],
+            )
+            if not spec.suspend:
+                await self._suspend(job, True)
+            return 30.0
+        priority = await self._priority(meta, spec) if wl is None else None
+        d = policy.decide(job, wl, now, priority)
+
+        if d.delete is not None:
+            await self._delete_workload(job.namespace, d.delete)
+        if d.create is not None:
+            await self._create_workload(job.namespace, d.create)
+        # The condition first: it is what holds the job in the jobs plan, so the job is
+        # held before spec.suspend says so, and released only after it.
+        if d.queued is not None:
+            await self._set_queued(job, body, d.queued, d.events)
+        if d.suspend is not None:
+            await self._suspend(job, d.suspend)
+        if d.workload_status is not None and wl is not None:
+            await self._patch_workload_status(job.namespace, wl, d.workload_status)
+        if wl is not None and wl.deleting:
+            await self.release(job.namespace, [wl], job.live_workers)
+        # An evicted job waits for its workers to go before the quota is handed back:
+        # pod events wake us, and this is the safety net.
+        return 5.0 if wl is not None and wl.evicted is not None else None
+
+    async def release_orphans(self, namespace: str, job: str, live_workers: int) -> bool:
+        """The job is gone: let its deleted Workloads go once its last worker has.
+        True when none is left waiting."""
+        try:
+            found = await self.clients.custom.list_namespaced_custom_object(
+                policy.KUEUE_GROUP,
+                policy.WORKLOAD_VERSION,
+                namespace,
+                policy.WORKLOAD_PLURAL,
+                label_selector=f"{api.LABEL_JOB_NAME}={job},{api.LABEL_MANAGED_BY}={api.MANAGED_BY}",
+            )
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                return True
+            raise
+        waiting = [
+            w
+            for w in (policy.read_workload(o) for o in found.get("items") or [])
+            if w.deleting and policy.FINALIZER in w.finalizers
+        ]
+        await self.release(namespace, waiting, live_workers)
+        return live_workers == 0
+
+    async def release(
+        self, namespace: str, workloads: Iterable[policy.WorkloadView], live_workers: int
+    ) -> None:
+        for wl in workloads:
+            keep = policy.releasable(wl, live_workers)
+            if keep is None:
+                continue
+            try:
+                await self.clients.custom.patch_namespaced_custom_object(
+                    policy.KUEUE_GROUP,
+                    policy.WORKLOAD_VERSION,
+                    namespace,
+                    policy.WORKLOAD_PLURAL,
+                    wl.name,
+                    {"metadata": {"finalizers": keep, "resourceVersion": wl.resource_version}},
+                    _content_type=kube.MERGE_PATCH,
+                )
+            except Exception as err:
+                if kube.status_code(err) != 404:
+                    raise
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def _workload(self, job: policy.JobFacts) -> policy.WorkloadView | None:
+        name = policy.workload_name(job.name, job.uid)
+        try:
+            obj = await self.clients.custom.get_namespaced_custom_object(
+                policy.KUEUE_GROUP,
+                policy.WORKLOAD_VERSION,
+                job.namespace,
+                policy.WORKLOAD_PLURAL,
+                name,
+            )
+        except Exception as err:
+            # A missing Workload is `workloads.kueue.x-k8s.io "<name>" not found`; a missing
+            # Workload API is a bare 404, which the caller reports as Kueue not installed.
+            if kube.status_code(err) != 404 or f'"{name}"' not in kube.api_message(err):
+                raise
+            return None
+        return policy.read_workload(obj)
+
+    async def _priority(
+        self, meta: Mapping[str, Any], spec: GaudiTrainingJobSpec
+    ) -> policy.Priority | None:
+        """Kueue's WorkloadPriorityClass label wins, as for Kueue's own integrations; else
+        the workers' PriorityClass."""
+        wpc = (meta.get("labels") or {}).get(policy.PRIORITY_CLASS_LABEL)
+        try:
+            if wpc:
+                obj = await self.clients.custom.get_cluster_custom_object(
+                    policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, "workloadpriorityclasses", wpc
+                )
+                return policy.Priority("WorkloadPriorityClass", wpc, int(obj["value"]))
+            if spec.scheduling.priority_class_name:
+                name = spec.scheduling.priority_class_name
+                obj = await self.clients.custom.get_cluster_custom_object(
+                    "scheduling.k8s.io", "v1", "priorityclasses", name
+                )
+                return policy.Priority("PriorityClass", name, int(obj["value"]))
+        except Exception as err:
+            if kube.status_code(err) != 404:
+                raise
+            log.warning("%s/%s: priority class not found", meta.get("namespace"), meta.get("name"))
+        return None
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def _create_workload(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            await self.clients.custom.create_namespaced_custom_object(
+                policy.KUEUE_GROUP,
+                policy.WORKLOAD_VERSION,
+                namespace,
+                policy.WORKLOAD_PLURAL,
+                manifest,
+            )
+        except Exception as err:
+            if kube.status_code(err) != 409:
+                raise
+
+    async def _delete_workload(self, namespace: str, name: str) -> None:
+        try:
+            await self.clients.custom.delete_namespaced_custom_object(
+                policy.KUEUE_GROUP,
+                policy.WORKLOAD_VERSION,
+                namespace,
+                policy.WORKLOAD_PLURAL,
+                name,
+            )
+        except Exception as err:
+            if kube.status_code(err) != 404:
+                raise
+
+    async def _patch_workload_status(
+        self, namespace: str, wl: policy.WorkloadView, patch: dict[str, Any]
+    ) -> None:
+        # A conflict means Kueue wrote meanwhile: the caller's retry decides again.
+        await self.clients.custom.patch_namespaced_custom_object_status(
+            policy.KUEUE_GROUP,
+            policy.WORKLOAD_VERSION,
+            namespace,
+            policy.WORKLOAD_PLURAL,
+            wl.name,
+            {"metadata": {"resourceVersion": wl.resource_version}, "status": patch},
+            _content_type=kube.MERGE_PATCH,
+        )
+
+    async def _suspend(self, job: policy.JobFacts, value: bool) -> None:
+        await self.clients.custom.patch_namespaced_custom_object(
+            api.GROUP,
+            api.VERSION,
+            job.namespace,
+            api.PLURAL,
+            job.name,
+            {"metadata": {"uid": job.uid}, "spec": {"suspend": value}},
+            _content_type=kube.MERGE_PATCH,
+        )
+
+    async def _set_queued(
+        self,
+        job: policy.JobFacts,
+        body: Mapping[str, Any],
+        queued: tuple[bool, str, str],
+        events: list[tuple[str, str, str]],
+    ) -> None:
+        waiting, reason, message = queued
+
+        def same(conditions: list[api.Condition]) -> bool:
+            old = api.get_condition(conditions, policy.QUEUED)
+            return (
+                old is not None
+                and (old.status == "True") == waiting
+                and old.reason == reason
+                and old.message == message
+            )
+
+        if same(job.status.conditions):
+            return  # as the watch last saw it: no read needed
+        current = await self.clients.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
+        )
+        status = parse_status(current.get("status") or {})
+        if same(status.conditions):
+            return
+        conditions = api.set_condition(
+            status.conditions,
+            policy.QUEUED,
+            waiting,
+            reason,
+            message,
+            self._clock(),
+            job.generation,
+        )
+        await self.clients.custom.patch_namespaced_custom_object_status(
+            api.GROUP,
+            api.VERSION,
+            job.namespace,
+            api.PLURAL,
+            job.name,
+            {
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "status": {"conditions": [c.to_dict() for c in conditions]},
+            },
+            _content_type=kube.MERGE_PATCH,
+        )
+        for type_, why, text in events:
+            await post_event(self.clients, body, type_, why, text)
+
+
+class AdmissionController:
+    """Passes of `Admission` over a keyed work queue: one at a time per job, retried with
+    back-off on errors (a conflict with Kueue's own writes is the usual one)."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        jobs: Mapping[Key, Any] | None = None,
+        pods: Mapping[Key, Any] | None = None,
+        workers: int = 2,
+    ) -> None:
+        self.admission = admission
+        self.jobs, self.pods = jobs, pods
+        self.queue = WorkQueue()
+        self._workers = workers
+        self._failures: dict[Key, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        # Jobs with a Workload being deleted: looked up even after the job itself is gone.
+        self._deleting: set[Key] = set()
+
+    def bind(self, jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+        self.jobs, self.pods = jobs, pods
+
+    def start(self) -> None:
+        for i in range(self._workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"queueing-{i}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.queue.close()
+
+    def enqueue(self, key: Key, workload_deleting: bool = False) -> None:
+        if workload_deleting:
+            self._deleting.add(key)
+        self.queue.add(key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._process(key)  # type: ignore[arg-type]
+            finally:
+                self.queue.done(key)
+
+    async def _process(self, key: Key) -> None:
+        body = next(iter((self.jobs or {}).get(key) or ()), None)
+        pods = list((self.pods or {}).get(key) or ())
+        try:
+            if body is None:  # deleted: its Workloads wait for its workers, then go
+                again = None
+                if key in self._deleting:
+                    live = sum(1 for p in pods if not p.terminal)
+                    if await self.admission.release_orphans(key[0], key[1], live):
+                        self._deleting.discard(key)
+                else:
+                    self.queue.forget(key)
+            else:
+                again = await self.admission.sync(body, pods)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            n = self._failures.get(key, 0) + 1
+            self._failures[key] = n
+            delay = min(60.0, 0.25 * 2**n)
+            if kube.status_code(err) == 409:
+                log.debug("%s/%s: conflict, retry in %.1fs", *key, delay)
+            else:
+                log.exception("queueing %s/%s failed (retry in %.1fs)", *key, delay)
+            self.queue.add_after(key, delay)
+            return
+        self._failures.pop(key, None)
+        if again is not None:
+            self.queue.add_after(key, again)
