@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -22,4 +23,12 @@ def crd_path() -> Path:
 
 def install_crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_path()))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    # Polled: `kubectl wait` fails outright while a new CRD has no conditions at all yet.
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = cluster.kubectl("get", f"crd/{PLURAL}.{GROUP}", "-o", f"jsonpath={established}")
+        if out.stdout.strip() == "True":
+            return
+        time.sleep(0.5)
+    raise ClusterError(f"crd/{PLURAL}.{GROUP} was not established within 60 s")

@@ -17,8 +17,18 @@ from conftest import wait_for
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> Path:
     kubectl_run(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl_run(
-        cluster, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}"
+    # Polled: `kubectl wait` fails outright while a new CRD has no conditions at all yet.
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    wait_for(
+        lambda: (
+            kubectl_run(
+                cluster, "get", f"crd/{PLURAL}.{GROUP}", "-o", f"jsonpath={established}"
+            ).strip()
+            == "True"
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the CRD established",
     )
 
     # The OpenAPI document (kubectl explain, field validation) lags Established a little.

@@ -39,7 +39,9 @@ def _wake(
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="queueing")
-def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def job_event(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     if type != "DELETED":
         _wake(memo, (namespace, name), kwargs)
 
@@ -47,7 +49,7 @@ def job_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kw
 @kopf.on.event(
     policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, policy.WORKLOAD_PLURAL, labels=CHILD_LABELS
 )
-def workload_event(
+async def workload_event(
     namespace: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     deleting = bool(meta.get("deletionTimestamp"))
@@ -55,6 +57,6 @@ def workload_event(
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="queueing")
-def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     # An evicted job hands its quota back once its last worker is gone.
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
