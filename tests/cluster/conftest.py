@@ -4,6 +4,7 @@ real `gaudi3 operator` process that a test can SIGKILL and start again."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,24 +13,19 @@ import pytest
 
 from cluster.gtj import CRD, GROUP, MANAGED, PLURAL, OperatorProcess, kubectl_run
 from conftest import wait_for
+from gaudi_devtools.crd import established
 
 
 @pytest.fixture(scope="session")
 def crd(cluster: Any) -> Path:
     kubectl_run(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+
     # Polled: `kubectl wait` fails outright while a new CRD has no conditions at all yet.
-    established = '{.status.conditions[?(@.type=="Established")].status}'
-    wait_for(
-        lambda: (
-            kubectl_run(
-                cluster, "get", f"crd/{PLURAL}.{GROUP}", "-o", f"jsonpath={established}"
-            ).strip()
-            == "True"
-        ),
-        timeout=60,
-        interval=0.5,
-        what="the CRD established",
-    )
+    def is_established() -> bool:
+        got = kubectl_run(cluster, "get", f"crd/{PLURAL}.{GROUP}", "-o", "json")
+        return established(json.loads(got))
+
+    wait_for(is_established, timeout=60, interval=0.5, what="the CRD established")
 
     # The OpenAPI document (kubectl explain, field validation) lags Established a little.
     def explained() -> bool:

@@ -133,10 +133,9 @@ def bare_pod_runs(core: Any, ns: str) -> bool:
         return False
 
 
-def test_jobs_converge_after_overlapping_faults(
-    cluster: Any, operator: Any, core: Any, custom: Any, namespace: str, hpus_free: Any
-) -> None:
-    hpus_free()
+def test_jobs_converge_after_overlapping_faults(chaos: Any) -> None:
+    cluster, operator, core, custom = chaos.cluster, chaos.operator, chaos.core, chaos.custom
+    namespace = chaos.namespace
     rng = random.Random(SEED)
     print(f"chaos: GAUDI3_CHAOS_SEED={SEED} GAUDI3_CHAOS_SECONDS={SECONDS:g}")
     log_start = operator.log.stat().st_size if operator.log.exists() else 0
