@@ -44,6 +44,15 @@ def up(
             min=0, help="Default not-ready/unreachable toleration (Kubernetes default 300)."
         ),
     ] = 300,
+    real_nodes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="Real nodes (kubelet + containerd, host network on 127.0.20.x) beside the "
+            "simulated ones.",
+        ),
+    ] = 0,
 ) -> None:
     """Start (or keep) the cluster; `up` twice is harmless."""
     c = _cluster(name)
@@ -54,6 +63,7 @@ def up(
                 hpus_per_node=hpus_per_node,
                 node_monitor_grace_seconds=node_monitor_grace,
                 eviction_seconds=eviction_seconds,
+                real_nodes=real_nodes,
             )
         )
     except ClusterError as e:
@@ -97,6 +107,15 @@ def status(name: NameOpt = "gaudi3") -> None:
     for comp, pid in c.running().items():
         port = str(s.ports.get(comp, "")) if s else ""
         table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
+    rows = c.real_nodes.rows()
+    if rows and s:
+        dns = s.addresses.get("coredns", "")
+        pid = c.procs.pid("coredns")
+        table.add_row("coredns", str(pid) if pid else "[red]not running[/]", f"{dns}:53")
+    for node, ip, kubelet, containerd in rows:
+        for comp, pid in ((f"kubelet {node}", kubelet), (f"containerd {node}", containerd)):
+            port = f"{ip}:10250" if comp.startswith("kubelet") else ip
+            table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
     Console().print(table)
     if c.healthy():
         out = c.kubectl(
@@ -105,7 +124,9 @@ def status(name: NameOpt = "gaudi3") -> None:
             "-o",
             "custom-columns=NODE:.metadata.name,"
             "READY:.status.conditions[?(@.type=='Ready')].status,"
-            "HPUS:.status.allocatable.habana\\.ai/gaudi",
+            "HPUS:.status.allocatable.habana\\.ai/gaudi,"
+            "REAL:.metadata.labels.gaudi3\\.scalestarter\\.dev/real-node,"
+            "ADDRESS:.status.addresses[0].address",
             check=False,
         )
         print(out.stdout, end="")

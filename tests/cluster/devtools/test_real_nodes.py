@@ -1,0 +1,272 @@
+"""Real nodes: a kubelet on containerd + runc beside the kwok nodes, CoreDNS, and a `down`
+that leaves nothing behind. Runs its own small cluster (the session's stays kwok-only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import wait_for
+
+REAL = "gaudi3.scalestarter.dev/real-node"
+IMAGE = "gaudi3.local/busybox:1"
+
+
+def _iptables() -> str:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    # Counters and the generation comment change on their own.
+    return "\n".join(
+        line.split(" [")[0] for line in out.stdout.splitlines() if not line.startswith("#")
+    )
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[Any]:
+    from gaudi_devtools.cluster import Cluster
+    from gaudi_devtools.cluster.cluster import Settings
+
+    before = _iptables()
+    c = Cluster(f"pytest-{os.getpid()}-real", say=lambda m: print(f"[real] {m}", flush=True))
+    c.iptables_before = before  # type: ignore[attr-defined]
+    c.up(Settings(gaudi_nodes=2, real_nodes=2, node_monitor_grace_seconds=20))
+    try:
+        yield c
+    finally:
+        c.delete()
+
+
+def _nodes(c: Any, selector: str) -> list[dict[str, Any]]:
+    out = c.kubectl("get", "nodes", "-l", selector, "-o", "json")
+    return list(json.loads(out.stdout)["items"])
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    return any(
+        x["type"] == "Ready" and x["status"] == "True" for x in node["status"].get("conditions", [])
+    )
+
+
+def _dns_a(server: str, name: str) -> list[str]:
+    """One A query over UDP, answered records' addresses (stdlib only)."""
+    qid = 0x4242
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    q += struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(q, (server, 53))
+        data, _ = s.recvfrom(4096)
+    rid, flags, _qd, an = struct.unpack(">HHHH", data[:8])
+    assert rid == qid
+    if flags & 0xF:  # rcode
+        return []
+    off = len(q)
+    found = []
+    for _ in range(an):
+        off += 2 if data[off] & 0xC0 == 0xC0 else data.index(b"\0", off) - off + 1
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[off : off + 10])
+        off += 10
+        if rtype == 1:
+            found.append(socket.inet_ntoa(data[off : off + rdlen]))
+        off += rdlen
+    return found
+
+
+def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) -> None:
+    reals = _nodes(real, f"{REAL}=true")
+    kwoks = _nodes(real, f"gaudi3.scalestarter.dev/local-cluster=true,!{REAL}")
+    assert len(reals) == 2 and len(kwoks) == 2
+    for n in reals:
+        assert _ready(n), n["metadata"]["name"]
+        assert n["status"]["allocatable"]["habana.ai/gaudi"] == "8"
+        assert n["metadata"]["labels"]["habana.ai/device.type"] == "gaudi3"
+        assert {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"} in n["spec"][
+            "taints"
+        ]
+        # A real kubelet, not kwok: it reports its own version and runtime.
+        assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+        [addr] = n["status"]["addresses"]
+        assert addr["type"] == "InternalIP" and addr["address"].startswith("127.")
+
+
+def _pod(name: str, node: str, command: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": True,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", command],
+                }
+            ],
+            **extra,
+        },
+    }
+
+
+@pytest.fixture
+def ns(real: Any) -> Iterator[str]:
+    name = f"real-{uuid.uuid4().hex[:6]}"
+    real.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: real.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+        what="the default service account",
+    )
+    yield name
+    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: Any, ns: str) -> None:
+    node = _nodes(real, f"{REAL}=true")[0]
+    ip = node["status"]["addresses"][0]["address"]
+    real.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps(
+            _pod("hello", node["metadata"]["name"], "echo hello from $(hostname) pid $$; exit 7")
+        ),
+    )
+
+    def finished() -> dict[str, Any] | None:
+        pod = json.loads(real.kubectl("get", "pod", "hello", "-n", ns, "-o", "json").stdout)
+        return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    pod: Any = wait_for(finished, timeout=90, interval=0.5, what="the pod to finish")
+    assert pod["status"]["phase"] == "Failed"
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 7
+    # Host network on the node's loopback address: the pod IP is the node's.
+    assert pod["status"]["podIP"] == ip
+    logs = real.kubectl("logs", "hello", "-n", ns).stdout
+    assert logs.startswith(f"hello from {node['metadata']['name']} pid ")
+
+
+def test_pod_dns_name_of_a_headless_service_resolves_to_the_node_address(
+    real: Any, ns: str
+) -> None:
+    node = _nodes(real, f"{REAL}=true")[1]
+    name, ip = node["metadata"]["name"], node["status"]["addresses"][0]["address"]
+    fqdn = f"w-0.train.{ns}.svc.cluster.local"
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "train"},
+        "spec": {"clusterIP": "None", "selector": {"app": "w-0"}, "ports": [{"port": 29500}]},
+    }
+    # The pod looks its own name up through the resolv.conf the kubelet wrote (CoreDNS).
+    pod = _pod(
+        "w-0",
+        name,
+        f"until nslookup {fqdn}; do sleep 0.5; done; sleep 3600",
+        hostname="w-0",
+        subdomain="train",
+    )
+    real.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": [svc, pod]}),
+    )
+    dns = real.settings.addresses["coredns"]
+    wait_for(lambda: _dns_a(dns, fqdn) == [ip], timeout=60, interval=0.5, what=f"{fqdn} -> {ip}")
+
+    def pod_resolved() -> bool:
+        out = real.kubectl("logs", "w-0", "-n", ns, check=False).stdout
+        return "Address" in out and ip in out
+
+    wait_for(pod_resolved, timeout=60, interval=1, what="nslookup inside the pod")
+    # Nothing outside the cluster is answered.
+    assert _dns_a(dns, "example.com") == []
+
+
+def _mounts_under(root: Path) -> list[str]:
+    return [
+        line.split()[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1].startswith(f"{root}/")
+    ]
+
+
+def _processes_naming(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in args and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns: str) -> None:
+    # Something running on each real node, so down has containers to clean up.
+    for n in _nodes(real, f"{REAL}=true"):
+        real.kubectl(
+            "apply",
+            "-n",
+            ns,
+            "-f",
+            "-",
+            input=json.dumps(
+                _pod(f"busy-{n['metadata']['name']}", n["metadata"]["name"], "sleep 3600")
+            ),
+        )
+
+    def running() -> bool:
+        pods = json.loads(real.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+        return len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
+
+    wait_for(running, timeout=90, interval=0.5, what="a running pod on each real node")
+    cgroups = [
+        Path("/sys/fs/cgroup/pids") / f"gaudi3-{real.name}-{n}"
+        for n in ("gaudi3-real-0", "gaudi3-real-1")
+    ]
+    assert all(d.is_dir() for d in cgroups)
+    assert _mounts_under(real.dir / "nodes")
+    pids_before = _processes_naming(str(real.dir / "nodes"))
+    assert pids_before
+
+    # `gaudi3 cluster down` takes the real nodes down first, while the API server can
+    # still delete their Node objects; do that step alone to see the API afterwards.
+    real.real_nodes.down(api_up=True)
+    assert _nodes(real, f"{REAL}=true") == []
+    assert len(_nodes(real, "gaudi3.scalestarter.dev/local-cluster=true")) == 2  # kwok's stay
+    real.down()
+
+    assert _processes_naming(str(real.dir)) == []
+    assert _mounts_under(real.dir) == []
+    assert [
+        str(h / f"gaudi3-{real.name}-{n}")
+        for h in Path("/sys/fs/cgroup").iterdir()
+        for n in ("gaudi3-real-0", "gaudi3-real-1")
+        if (h / f"gaudi3-{real.name}-{n}").exists()
+    ] == []
+    assert _iptables() == real.iptables_before
