@@ -149,7 +149,7 @@ class Cluster:
     def healthy(self) -> bool:
         if self.settings is None or any(p is None for p in self.running().values()):
             return False
-        if any(k is None or c is None for _, _, k, c in self.real_nodes.rows()):
+        if self.settings.real_nodes and not self.real_nodes.healthy():
             return False
         try:
             return self._get("/readyz").status_code == 200

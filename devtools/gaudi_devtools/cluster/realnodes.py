@@ -15,6 +15,10 @@ plugin restricts oom_score_adj (no CAP_SYS_RESOURCE); the kubelet needs
 ``failCgroupV1: false`` and the cgroupfs driver; it refuses a loopback ``--node-ip`` and
 then reports no address, so the InternalIP (and the ``habana.ai/gaudi`` capacity, which no
 device plugin advertises here) are patched into the Node's status after it registers.
+The API server refuses loopback addresses in EndpointSlices, so CoreDNS cannot learn the
+real nodes' pods from them: ``realnodes-sync`` (a small loop, also re-applying the status
+patch after a kubelet re-registers) writes the headless-Service records of those pods to
+a hosts file that CoreDNS serves before its kubernetes plugin.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,8 @@ KUBELET_HEALTHZ_PORT = 10248
 COREDNS_READY_PORT = 8181
 CGROUP_FS = Path("/sys/fs/cgroup")
 COREDNS = "coredns"
+SYNC = "realnodes-sync"
+SYNC_INTERVAL = 1.0
 
 
 def real_node_name(index: int) -> str:
@@ -124,6 +131,43 @@ def _cgroup_pids(d: Path) -> set[int]:
     return pids
 
 
+def dns_records(
+    services: list[dict[str, Any]], pods: list[dict[str, Any]], domain: str = "cluster.local"
+) -> list[tuple[str, str]]:
+    """(address, name) pairs a cluster DNS gives for these pods through headless Services:
+    ``<svc>.<ns>.svc`` for every selected ready pod, and ``<hostname>.<svc>.<ns>.svc`` for a
+    pod whose subdomain is that Service, as the EndpointSlice path would."""
+    records: set[tuple[str, str]] = set()
+    for svc in services:
+        spec, meta = svc.get("spec", {}), svc["metadata"]
+        selector = spec.get("selector") or {}
+        if spec.get("clusterIP") != "None" or not selector:
+            continue
+        ns, name = meta["namespace"], meta["name"]
+        for pod in pods:
+            pmeta, pspec, st = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+            labels = pmeta.get("labels") or {}
+            ip = st.get("podIP")
+            if (
+                pmeta.get("namespace") != ns
+                or pmeta.get("deletionTimestamp")
+                or not ip
+                or any(labels.get(k) != v for k, v in selector.items())
+            ):
+                continue
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in st.get("conditions", [])
+            )
+            if not ready and not spec.get("publishNotReadyAddresses"):
+                continue
+            base = f"{name}.{ns}.svc.{domain}"
+            records.add((ip, base))
+            if pspec.get("hostname") and pspec.get("subdomain") == name:
+                records.add((ip, f"{pspec['hostname']}.{base}"))
+    return sorted(records)
+
+
 @dataclass
 class RealNode:
     name: str
@@ -152,6 +196,10 @@ class RealNodes:
         self.root = cluster.dir / "nodes"
 
     # -- layout -----------------------------------------------------------------------
+    @property
+    def hosts_file(self) -> Path:
+        return self.root / "coredns" / "hosts"
+
     def nodes(self, s: Settings) -> list[RealNode]:
         return [
             RealNode(
@@ -194,6 +242,18 @@ class RealNodes:
         for node in todo:
             self._wait_registered_and_patch(node, s)
         self._wait_ready([n.name for n in todo])
+        # The same code as this process, wherever it was imported from.
+        package_root = str(Path(__file__).resolve().parents[2])
+        self.c.procs.start(
+            SYNC,
+            [
+                sys.executable,
+                "-c",
+                "from gaudi_devtools.cluster.realnodes import main; main()",
+                str(self.c.dir),
+            ],
+            env={"PYTHONPATH": package_root},
+        )
 
     def _write_node_kubeconfig(self, node: RealNode, crt: Path, key: Path) -> Path:
         cfg = {
@@ -412,6 +472,45 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _api(self) -> httpx.Client:
         return httpx.Client(base_url=self.c.apiserver_url, verify=self.c._ssl(), timeout=5)
 
+    def sync_once(self, s: Settings, api: httpx.Client) -> None:
+        """Re-apply the status patch where a kubelet re-registered, and rewrite the hosts
+        file CoreDNS serves when the real nodes' pods or the headless Services changed."""
+        real = {n.name: n for n in self.nodes(s)}
+        listed = api.get("/api/v1/nodes", params={"labelSelector": f"{REAL_LABEL}=true"})
+        listed.raise_for_status()
+        hpus = str(s.hpus_per_node)
+        for item in listed.json()["items"]:
+            node = real.get(item["metadata"]["name"])
+            st = item.get("status", {})
+            if node and (
+                st.get("addresses") != [{"type": "InternalIP", "address": node.ip}]
+                or st.get("allocatable", {}).get(nodes.GAUDI_RESOURCE) != hpus
+            ):
+                self.patch_status(node, s)
+        pods = []
+        for name in real:
+            r = api.get("/api/v1/pods", params={"fieldSelector": f"spec.nodeName={name}"})
+            r.raise_for_status()
+            pods += r.json()["items"]
+        services = api.get("/api/v1/services")
+        services.raise_for_status()
+        text = "".join(f"{ip} {name}\n" for ip, name in dns_records(services.json()["items"], pods))
+        if not self.hosts_file.exists() or self.hosts_file.read_text() != text:
+            tmp = self.hosts_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.hosts_file)
+
+    def sync_forever(self) -> None:
+        while True:
+            s = self.c.settings
+            if s is not None:
+                try:
+                    with self._api() as api:
+                        self.sync_once(s, api)
+                except (httpx.HTTPError, OSError, ValueError) as e:
+                    print(f"sync failed, retrying: {e}", flush=True)
+            time.sleep(SYNC_INTERVAL)
+
     def patch_status(self, node: RealNode, s: Settings) -> None:
         """One InternalIP (a Hostname address would send the API server to the machine's
         resolver) and the Gaudi capacity; re-applied after every registration."""
@@ -459,11 +558,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         root = self.root / "coredns"
         root.mkdir(parents=True, exist_ok=True)
         corefile = root / "Corefile"
+        self.hosts_file.write_text("")
         corefile.write_text(
             f"""cluster.local:53 in-addr.arpa:53 {{
     bind {ip}
     errors
     ready {ip}:{COREDNS_READY_PORT}
+    # Pods on real nodes (loopback IPs have no EndpointSlice): written by {SYNC}.
+    hosts {self.hosts_file} cluster.local {{
+        reload 1s
+        fallthrough
+    }}
     kubernetes cluster.local in-addr.arpa {{
         kubeconfig {self.c.kubeconfig} gaudi3-{self.c.name}
     }}
@@ -484,6 +589,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """Stop every node and leave nothing behind: processes (kubelet, containerd, the
         shims, the pods' processes), mounts, cgroups and the Node objects."""
         stopped = []
+        self.c.procs.stop(SYNC)  # it would re-patch the nodes being taken down
         for node in self._known_nodes():
             if self.c.procs.pid(node.kubelet) or self.c.procs.pid(node.containerd):
                 stopped.append(node.name)
@@ -497,9 +603,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if api_up:
                 with contextlib.suppress(httpx.HTTPError, OSError), self._api() as api:
                     api.delete(f"/api/v1/nodes/{node.name}")
-        if self.c.procs.pid(COREDNS) is not None:
-            stopped.append(COREDNS)
-        self.c.procs.stop(COREDNS)
+        for name in (SYNC, COREDNS):
+            if self.c.procs.pid(name) is not None:
+                stopped.append(name)
+            self.c.procs.stop(name)
         return stopped
 
     def _kill_cgroup(self, node: RealNode) -> None:
@@ -557,6 +664,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 top.rmdir()
 
     # -- status -----------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """Every process of every real node, CoreDNS and the sync loop run."""
+        rows = self.rows()
+        return (
+            bool(rows)
+            and all(k and c for _, _, k, c in rows)
+            and all(self.c.procs.pid(n) for n in (COREDNS, SYNC))
+        )
+
     def rows(self) -> list[tuple[str, str, int | None, int | None]]:
         """(node, address, kubelet pid, containerd pid) per real node."""
         s = self.c.settings
@@ -566,3 +682,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             (n.name, n.ip, self.c.procs.pid(n.kubelet), self.c.procs.pid(n.containerd))
             for n in self.nodes(s)
         ]
+
+
+def main() -> None:
+    """The sync loop; argv[1] is the cluster's folder."""
+    from gaudi_devtools.cluster.cluster import Cluster
+
+    cluster_dir = Path(sys.argv[1])
+    cluster = Cluster(cluster_dir.name)
+    if cluster.dir.resolve() != cluster_dir.resolve():
+        raise SystemExit(f"{cluster_dir} is not a local cluster folder")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    RealNodes(cluster).sync_forever()

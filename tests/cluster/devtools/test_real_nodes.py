@@ -98,7 +98,9 @@ def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) 
         assert addr["type"] == "InternalIP" and addr["address"].startswith("127.")
 
 
-def _pod(name: str, node: str, command: str, **extra: Any) -> dict[str, Any]:
+def _pod(
+    name: str, node: str, command: str, env: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -117,6 +119,7 @@ def _pod(name: str, node: str, command: str, **extra: Any) -> dict[str, Any]:
                     "image": IMAGE,
                     "imagePullPolicy": "Never",
                     "command": ["sh", "-c", command],
+                    "env": env or [],
                 }
             ],
             **extra,
@@ -147,7 +150,14 @@ def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: An
         "-f",
         "-",
         input=json.dumps(
-            _pod("hello", node["metadata"]["name"], "echo hello from $(hostname) pid $$; exit 7")
+            # The process reports the node it was scheduled to and the cgroup it runs in.
+            _pod(
+                "hello",
+                node["metadata"]["name"],
+                "echo hello from $NODE; grep -om1 'gaudi3-real-[0-9]*/kubepods' "
+                "/proc/self/cgroup; exit 7",
+                env=[{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+            )
         ),
     )
 
@@ -162,7 +172,8 @@ def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: An
     # Host network on the node's loopback address: the pod IP is the node's.
     assert pod["status"]["podIP"] == ip
     logs = real.kubectl("logs", "hello", "-n", ns).stdout
-    assert logs.startswith(f"hello from {node['metadata']['name']} pid ")
+    name = node["metadata"]["name"]
+    assert logs == f"hello from {name}\n{name}/kubepods\n"
 
 
 def test_pod_dns_name_of_a_headless_service_resolves_to_the_node_address(
