@@ -125,9 +125,11 @@ def cgroup_dirs(cgroup_root: str) -> list[Path]:
 
 def _cgroup_pids(d: Path) -> set[int]:
     pids: set[int] = set()
-    for procs in d.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError, ValueError):
-            pids |= {int(p) for p in procs.read_text().split()}
+    # os.walk skips what vanishes under it (the kubelet and runc remove cgroups meanwhile).
+    for top, _dirs, files in os.walk(d):
+        if "cgroup.procs" in files:
+            with contextlib.suppress(OSError, ValueError):
+                pids |= {int(p) for p in Path(top, "cgroup.procs").read_text().split()}
     return pids
 
 
@@ -657,11 +659,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     @staticmethod
     def _remove_cgroups(node: RealNode) -> None:
         for top in cgroup_dirs(node.cgroup_root):
-            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            for d, _dirs, _files in os.walk(top, topdown=False):  # children first
                 with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+                    os.rmdir(d)
 
     # -- status -----------------------------------------------------------------------
     def healthy(self) -> bool:
