@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import wait_for
@@ -96,6 +98,14 @@ def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) 
         assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
         [addr] = n["status"]["addresses"]
         assert addr["type"] == "InternalIP" and addr["address"].startswith("127.")
+        # The kubelet serves with a cert from the cluster CA and refuses anonymous clients.
+        port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        r = httpx.get(
+            f"https://{addr['address']}:{port}/pods",
+            verify=ssl.create_default_context(cafile=str(real.pki / "ca.crt")),
+            timeout=5,
+        )
+        assert r.status_code == 401
 
 
 def _pod(
@@ -256,6 +266,9 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
         return len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
 
     wait_for(running, timeout=90, interval=0.5, what="a running pod on each real node")
+    # exec goes API server -> kubelet (client cert, webhook authz) -> containerd's stream.
+    pod = f"busy-{_nodes(real, f'{REAL}=true')[0]['metadata']['name']}"
+    assert real.kubectl("exec", "-n", ns, pod, "--", "echo", "exec ok").stdout == "exec ok\n"
     cgroups = [
         Path("/sys/fs/cgroup/pids") / f"gaudi3-{real.name}-{n}"
         for n in ("gaudi3-real-0", "gaudi3-real-1")
