@@ -205,6 +205,14 @@ install_node_runtime() {
   for n in containerd ctr runc; do ln -sfn "$(command -v $n)" "$BIN/$n"; done
 }
 
+# Daemonless image builds (hack/build-images.sh): buildah and mmdebstrap from Debian.
+install_image_tools() {
+  local want=()
+  command -v buildah >/dev/null 2>&1 || want+=(buildah)
+  command -v mmdebstrap >/dev/null 2>&1 || want+=(mmdebstrap)
+  [ ${#want[@]} -eq 0 ] || apt_install "${want[@]}"
+}
+
 want="${*:-kubernetes etcd kwok helm prometheus kubelet coredns node-runtime}"
 for t in $want; do
   case $t in
@@ -219,7 +227,8 @@ for t in $want; do
     coredns) go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns \
                "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" ;;
     node-runtime) install_node_runtime ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus kubelet coredns node-runtime)" ;;
+    image-tools) install_image_tools ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm prometheus kubelet coredns node-runtime image-tools)" ;;
   esac
 done
 say "ready: $BIN"

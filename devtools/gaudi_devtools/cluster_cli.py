@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -133,6 +134,24 @@ def status(name: NameOpt = "gaudi3") -> None:
     else:
         console.print("API server: [red]not healthy[/]")
         raise typer.Exit(1)
+
+
+@cluster_app.command("import-image")
+def import_image(
+    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Image archive.")],
+    name: NameOpt = "gaudi3",
+) -> None:
+    """Load an image archive (from hack/build-images.sh) into every real node."""
+    c = _cluster(name)
+    try:
+        done = c.real_nodes.import_image(archive)
+    except (RuntimeError, ClusterError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    if not done:
+        console.print(f"[red]error:[/] cluster {name!r} has no running real nodes")
+        raise typer.Exit(1)
+    console.print(f"imported {archive.name} into {', '.join(done)}")
 
 
 @cluster_app.command()

@@ -471,6 +471,32 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             ],
         )
 
+    def import_image(self, archive: Path) -> list[str]:
+        """Load an image archive (docker-archive or OCI) into every real node's containerd;
+        returns the nodes it went into."""
+        s = self.c.settings
+        done = []
+        for node in self.nodes(s) if s else []:
+            out = subprocess.run(
+                [
+                    self.c.tool("ctr"),
+                    "--address",
+                    str(node.socket),
+                    "--namespace",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    str(archive),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"importing {archive} into {node.name} failed: {out.stderr}")
+            done.append(node.name)
+        return done
+
     def _api(self) -> httpx.Client:
         return httpx.Client(base_url=self.c.apiserver_url, verify=self.c._ssl(), timeout=5)
 
