@@ -213,7 +213,7 @@ install_image_tools() {
   [ ${#want[@]} -eq 0 ] || apt_install "${want[@]}"
 }
 
-want="${*:-kubernetes etcd kwok helm prometheus kubelet coredns node-runtime}"
+want="${*:-kubernetes etcd kwok helm prometheus kubelet coredns node-runtime image-tools}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
