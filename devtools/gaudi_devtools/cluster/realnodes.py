@@ -635,7 +635,35 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if self.c.procs.pid(name) is not None:
                 stopped.append(name)
             self.c.procs.stop(name)
+        self._clean_host_paths()
         return stopped
+
+    def _clean_host_paths(self) -> None:
+        """The few paths a kubelet or containerd writes outside its own folders: the
+        /var/log/containers links into our pods' logs, and (once no kubelet or containerd
+        runs on the machine) the device-plugin socket and containerd's shim-socket folder."""
+        logs = Path("/var/log/containers")
+        if logs.is_dir():
+            for link in logs.iterdir():
+                with contextlib.suppress(OSError):
+                    if link.is_symlink() and os.readlink(link).startswith(f"{self.root}/"):
+                        link.unlink()
+        running = set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                    running.add(os.path.basename(argv0.decode(errors="replace")))
+        if "kubelet" not in running:
+            with contextlib.suppress(OSError):
+                Path("/var/lib/kubelet/device-plugins/kubelet.sock").unlink()
+            for d in ("/var/lib/kubelet/device-plugins", "/var/lib/kubelet", str(logs)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only when empty: nothing else's is touched
+        if "containerd" not in running:
+            for d in ("/run/containerd/s", "/run/containerd"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
 
     def _kill_cgroup(self, node: RealNode) -> None:
         """SIGKILL every process in the node's pods (containers and sandboxes)."""

@@ -330,3 +330,6 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
         if (h / f"gaudi3-{real.name}-{n}").exists()
     ] == []
     assert _iptables() == real.iptables_before
+    logs = Path("/var/log/containers")
+    links = [str(p) for p in logs.iterdir()] if logs.is_dir() else []
+    assert [p for p in links if os.readlink(p).startswith(str(real.dir))] == []
