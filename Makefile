@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup toolchain venv demo test test-unit test-cluster test-training lint clean-cluster help
+.PHONY: setup toolchain images venv demo test test-unit test-cluster test-training lint clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
 	@echo "make test     run the whole test suite (unit, training, real-cluster)"
 	@echo "make setup    create .venv and build the cached toolchain (called by both)"
 	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint"
+	@echo "make images   build the operator and CPU training images without Docker"
 
 setup: venv toolchain
 
@@ -31,6 +32,9 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 
 toolchain:
 	@bash hack/toolchain.sh
+
+images: toolchain
+	@bash hack/build-images.sh
 
 demo: setup
 	$(BIN)/gaudi3 demo

@@ -203,7 +203,7 @@ class Cluster:
                 self.real_nodes.down(api_up=True)
                 current.real_nodes = wanted.real_nodes
                 self._allocate_addresses(current)
-                self.real_nodes.up(current)
+                self._start_real_nodes(current)
             elif same:
                 self.say(f"cluster {self.name!r} is already up")
             return
@@ -244,7 +244,7 @@ class Cluster:
             self._apply_nodes(wanted)
             self._wait_nodes_ready(wanted.gaudi_nodes)
             self._wait_default_service_account()
-            self.real_nodes.up(wanted)
+            self._start_real_nodes(wanted)
         except BaseException:
             self.say(f"start failed; component logs are in {self.dir / 'logs'}")
             self._down(quiet=True)
@@ -290,6 +290,14 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- components ------------------------------------------------------------------
+    def _start_real_nodes(self, s: Settings) -> None:
+        try:
+            self.real_nodes.up(s)
+        except ClusterError:
+            raise
+        except (RuntimeError, OSError, httpx.HTTPError) as e:
+            raise ClusterError(f"starting the real nodes failed: {e}") from e
+
     def _allocate_addresses(self, s: Settings) -> None:
         """Give the real nodes and CoreDNS loopback addresses no other cluster uses, and
         save the settings under the same lock so two `up`s never pick the same ones."""

@@ -234,6 +234,11 @@ class RealNodes:
     def up(self, s: Settings) -> None:
         if not s.real_nodes:
             return
+        if os.geteuid() != 0:
+            raise PermissionError(
+                "real nodes need root (their own cgroups, containerd's mounts): run as root, "
+                "or use only simulated nodes (--real-nodes 0)"
+            )
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         archive = oci.node_images(self.c.dir.parent.parent / "images" / "node-images.tar")
