@@ -199,7 +199,7 @@ class Cluster:
                 self._save(current)
                 self._wait_nodes_ready(wanted.gaudi_nodes)
             if current.real_nodes != wanted.real_nodes:
-                self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes})")
+                self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes} wanted)")
                 self.real_nodes.down(api_up=True)
                 current.real_nodes = wanted.real_nodes
                 self._allocate_addresses(current)

@@ -76,6 +76,8 @@ def _bindable(ip: str) -> bool:
 def allocate_addresses(clusters: Path, own: str, count: int) -> list[str]:
     """``count`` loopback addresses no other local cluster has taken (their cluster.json
     keeps theirs even while stopped) and nothing listens on. Callers hold the lock."""
+    if count == 0:
+        return []
     used: set[str] = set()
     for f in clusters.glob("*/cluster.json"):
         if f.parent.name == own:

@@ -1,10 +1,12 @@
-"""Which names the real nodes' DNS records give (the EndpointSlice path, rebuilt)."""
+"""Real nodes' pure parts: their DNS records (the EndpointSlice path, rebuilt) and addresses."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from gaudi_devtools.cluster.realnodes import dns_records
+from gaudi_devtools.cluster.realnodes import allocate_addresses, dns_records
 
 
 def _svc(name: str, ns: str = "a", selector: dict[str, str] | None = None, **spec: Any) -> Any:
@@ -57,3 +59,21 @@ def test_publish_not_ready_addresses_names_unready_pods() -> None:
     pods = [_pod("job", "127.0.20.2", ready=False, hostname="w", subdomain="job")]
     records = dns_records([_svc("job", publishNotReadyAddresses=True)], pods)
     assert ("127.0.20.2", "w.job.a.svc.cluster.local") in records
+
+
+def test_no_addresses_are_taken_for_no_real_nodes(tmp_path: Path) -> None:
+    assert allocate_addresses(tmp_path, "c", 0) == []
+
+
+def test_addresses_skip_those_other_clusters_keep(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "cluster.json").write_text(
+        json.dumps({"addresses": {"gaudi3-real-0": "127.0.20.2", "coredns": "127.0.20.3"}})
+    )
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "cluster.json").write_text(
+        json.dumps({"addresses": {"gaudi3-real-0": "127.0.20.4"}})
+    )
+    got = allocate_addresses(tmp_path, "mine", 2)
+    assert len(got) == 2 and not {"127.0.20.2", "127.0.20.3"} & set(got)
+    assert all(ip.startswith("127.0.20.") for ip in got)
