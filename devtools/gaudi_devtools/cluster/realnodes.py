@@ -96,8 +96,9 @@ def allocate_addresses(clusters: Path, own: str, count: int) -> list[str]:
 
 @contextlib.contextmanager
 def address_lock(clusters: Path):  # type: ignore[no-untyped-def]
+    # Beside the clusters' folders, not among them: `down --all` lists every entry there.
     clusters.mkdir(parents=True, exist_ok=True)
-    with (clusters / ".addresses.lock").open("w") as f:
+    with (clusters.parent / "real-node-addresses.lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
