@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -63,7 +64,7 @@ def write_archive(path: Path, images: dict[str, dict[str, Any]], layer: bytes) -
     """Write an OCI image-layout tar holding one image per tag, all sharing ``layer``;
     each value is the image's OCI ``config`` section (Entrypoint, Cmd, Env...)."""
     diff_id = f"sha256:{hashlib.sha256(layer).hexdigest()}"
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two clusters may start at once
     with tarfile.open(tmp, "w") as out:
         layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
         info = tarfile.TarInfo("oci-layout")

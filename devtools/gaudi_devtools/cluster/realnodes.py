@@ -223,7 +223,7 @@ class RealNodes:
         found = {n.name: n for n in self.nodes(s)} if s else {}
         if self.root.exists():
             for d in sorted(self.root.iterdir()):
-                if d.is_dir() and d.name not in found:
+                if (d / "containerd").is_dir() and d.name not in found:
                     found[d.name] = RealNode(d.name, "", d, f"/gaudi3-{self.c.name}-{d.name}")
         return list(found.values())
 
