@@ -12,7 +12,7 @@ CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
 DIST ?= dist
 
-.PHONY: setup toolchain chart-tools venv demo test test-unit test-cluster test-training lint chart chart-docs crd dashboards clean-cluster help
+.PHONY: setup toolchain chart-tools images venv demo test test-unit test-cluster test-training lint chart chart-docs crd dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
@@ -22,6 +22,7 @@ help:
 	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
 	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
 	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI"
+	@echo "make images   build the operator and CPU training images without Docker"
 
 setup: venv toolchain
 
@@ -42,6 +43,9 @@ toolchain:
 # What the chart checks need, without the Kubernetes build.
 chart-tools:
 	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas openapi
+
+images: toolchain
+	@bash hack/build-images.sh
 
 demo: setup
 	$(BIN)/gaudi3 demo

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the local cluster's toolchain under ~/.cache/gaudi3:
 # Kubernetes control-plane binaries and kubectl from the official Go modules, etcd,
-# kwok, helm, helm-docs, kubeconform and kstatus (Flux's status library) via the Go module
-# proxy, Prometheus from Debian's package, kubeconform's JSON schemas made from the
-# pinned modules' OpenAPI documents, and Kubernetes' OpenAPI documents for `make crd`.
+# kwok, helm, helm-docs, kubeconform, kstatus (Flux's status library), Kueue and CoreDNS via
+# the Go module proxy, kubelet for the real nodes from the same Kubernetes modules,
+# Prometheus, containerd, runc, the CNI plugins and the image tools from Debian,
+# kubeconform's JSON schemas from the pinned modules' OpenAPI documents, and
+# Kubernetes' OpenAPI documents for `make crd`.
 # Every tool lives in a versioned folder; changing a pin rebuilds only that tool.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ KUBECONFORM_VERSION="${KUBECONFORM_VERSION:-v0.8.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 FLUX_KSTATUS_VERSION="${FLUX_KSTATUS_VERSION:-v1.3.0}"
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -47,15 +50,10 @@ have() { # have DIR NAME...: all binaries present in DIR
   for n in "$@"; do [ -x "$d/$n" ] || return 1; done
 }
 
-build_kubernetes() {
-  local dir="$TOOLS/kubernetes-$K8S_VERSION"
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-  if have "$dir" "${names[@]}"; then
-    for n in "${names[@]}"; do link "$n" "$dir"; done
-    return
-  fi
-  need_go
-  say "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the Go modules; this takes several minutes on 2 cores"
+# k8s_build DIR PKG...: build Kubernetes commands into DIR/out from a wrapper module that
+# requires the pinned k8s.io/kubernetes, with the same version ldflags for every binary.
+k8s_build() {
+  local dir=$1; shift
   local src="$dir/src"
   rm -rf "$src"; mkdir -p "$src"
   local staging_v="v0.${K8S_VERSION#v1.}"
@@ -77,18 +75,11 @@ build_kubernetes() {
     done
     echo ")"
   } >"$src/go.mod"
-  cat >"$src/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for p in "$@"; do printf '\t_ "%s"\n' "$p"; done
+    printf ')\n'
+  } >"$src/tools.go"
   (cd "$src" && go mod tidy) || die "resolving Kubernetes ${K8S_VERSION} modules failed (see above)"
   local major minor
   major=$(echo "$K8S_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')
@@ -100,10 +91,21 @@ GO
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=${date}"
   done
   mkdir -p "$dir/out"
-  (cd "$src" && go build -trimpath -ldflags "-s -w $ld" -o "$dir/out/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) \
+  (cd "$src" && go build -trimpath -ldflags "-s -w $ld" -o "$dir/out/" "$@") \
     || die "building Kubernetes ${K8S_VERSION} failed (see above)"
+}
+
+build_kubernetes() {
+  local dir="$TOOLS/kubernetes-$K8S_VERSION"
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  if have "$dir" "${names[@]}"; then
+    for n in "${names[@]}"; do link "$n" "$dir"; done
+    return
+  fi
+  need_go
+  say "building Kubernetes ${K8S_VERSION} (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the Go modules; this takes several minutes on 2 cores"
+  k8s_build "$dir" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   for n in "${names[@]}"; do mv "$dir/out/$n" "$dir/$n"; link "$n" "$dir"; done
   rmdir "$dir/out"
   say "Kubernetes: $("$dir/kubectl" version --client 2>/dev/null | head -1)"
@@ -304,7 +306,56 @@ install_prometheus() {
   link_prometheus
 }
 
-want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus}"
+# The real nodes' kubelet, from the same pinned module and ldflags as the control plane.
+build_kubelet() {
+  local dir="$TOOLS/kubelet-$K8S_VERSION"
+  if have "$dir" kubelet; then link kubelet "$dir"; return; fi
+  need_go
+  say "building kubelet ${K8S_VERSION} from the Go modules; this takes a few minutes on 2 cores"
+  k8s_build "$dir" k8s.io/kubernetes/cmd/kubelet
+  mv "$dir/out/kubelet" "$dir/kubelet"; rmdir "$dir/out"
+  link kubelet "$dir"
+}
+
+# apt_install PKG...: install Debian packages (one apt-get update per run).
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 \
+    || die "$* missing and there is no apt-get: install $* by hand"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ -z "${_apt_updated:-}" ]; then
+    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+    _apt_updated=1
+  fi
+  say "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+# Real nodes: containerd + runc, the CNI loopback plugin and a static busybox (the
+# locally built sandbox and test images are made from it). Each node runs its own
+# containerd, so the package's service is stopped.
+install_node_runtime() {
+  local want=()
+  command -v containerd >/dev/null 2>&1 || want+=(containerd)
+  command -v runc >/dev/null 2>&1 || want+=(runc)
+  [ -x /usr/lib/cni/loopback ] || want+=(containernetworking-plugins)
+  [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || want+=(busybox-static)
+  if [ ${#want[@]} -gt 0 ]; then
+    apt_install "${want[@]}"
+    if command -v service >/dev/null 2>&1; then service containerd stop >/dev/null 2>&1 || true; fi
+  fi
+  for n in containerd ctr runc; do ln -sfn "$(command -v $n)" "$BIN/$n"; done
+}
+
+# Daemonless image builds (hack/build-images.sh): buildah and mmdebstrap from Debian.
+install_image_tools() {
+  local want=()
+  command -v buildah >/dev/null 2>&1 || want+=(buildah)
+  command -v mmdebstrap >/dev/null 2>&1 || want+=(mmdebstrap)
+  [ ${#want[@]} -eq 0 ] || apt_install "${want[@]}"
+}
+
+want="${*:-kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus kubelet coredns node-runtime image-tools}"
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
@@ -322,7 +373,12 @@ for t in $want; do
     openapi) install_openapi ;;
     kueue) build_kueue ;;
     prometheus) install_prometheus ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus)" ;;
+    kubelet) build_kubelet ;;
+    coredns) go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+               "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" ;;
+    node-runtime) install_node_runtime ;;
+    image-tools) install_image_tools ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus kubelet coredns node-runtime image-tools)" ;;
   esac
 done
 say "ready: $BIN"

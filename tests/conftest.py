@@ -41,7 +41,7 @@ def _sweep_abandoned_test_clusters() -> None:
     from gaudi_devtools.cluster.cluster import CLUSTERS
 
     for d in CLUSTERS.glob("pytest-*") if CLUSTERS.exists() else []:
-        owner = d.name.removeprefix("pytest-")
+        owner = d.name.removeprefix("pytest-").split("-")[0]  # pytest-<pid>[-<what>]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             Cluster(d.name).delete()
 
@@ -71,12 +71,16 @@ def cluster() -> Iterator[object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     rep = outcome.get_result()
-    if rep.failed and "cluster" in getattr(item, "fixturenames", ()):
-        c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    # "real": the real-node cluster of tests/cluster/devtools/test_real_nodes.py.
+    for fixture in ("cluster", "real"):
+        if not rep.failed or fixture not in getattr(item, "fixturenames", ()):
+            continue
+        c = item.funcargs.get(fixture) if hasattr(item, "funcargs") else None
         if c is not None:
             from gaudi_devtools.cluster.cluster import COMPONENTS
 
-            for comp in COMPONENTS:
+            extra = [n for n in c.procs.names() if n not in COMPONENTS]  # real nodes, CoreDNS
+            for comp in (*COMPONENTS, *extra):
                 rep.sections.append((f"{comp} log (tail)", c._tail(comp, 25)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,6 +48,15 @@ def up(
     kueue: Annotated[
         bool, typer.Option("--kueue", help="Also run Kueue (built by hack/toolchain.sh).")
     ] = False,
+    real_nodes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            help="Real nodes (kubelet + containerd, host network on 127.0.20.x) beside the "
+            "simulated ones.",
+        ),
+    ] = 0,
 ) -> None:
     """Start (or keep) the cluster; `up` twice is harmless."""
     c = _cluster(name)
@@ -57,6 +67,7 @@ def up(
                 hpus_per_node=hpus_per_node,
                 node_monitor_grace_seconds=node_monitor_grace,
                 eviction_seconds=eviction_seconds,
+                real_nodes=real_nodes,
             )
         )
         if kueue:
@@ -110,6 +121,15 @@ def status(name: NameOpt = "gaudi3") -> None:
     if kueue_pid is not None:  # started on demand (`up --kueue`)
         port = str(kueue_process.ports(c).get("webhook", ""))
         table.add_row("kueue", str(kueue_pid), port)
+    rows = c.real_nodes.rows()
+    if rows and s:
+        dns = s.addresses.get("coredns", "")
+        pid = c.procs.pid("coredns")
+        table.add_row("coredns", str(pid) if pid else "[red]not running[/]", f"{dns}:53")
+    for node, ip, kubelet, containerd in rows:
+        for comp, pid in ((f"kubelet {node}", kubelet), (f"containerd {node}", containerd)):
+            port = f"{ip}:10250" if comp.startswith("kubelet") else ip
+            table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
     Console().print(table)
     if c.healthy():
         out = c.kubectl(
@@ -118,13 +138,33 @@ def status(name: NameOpt = "gaudi3") -> None:
             "-o",
             "custom-columns=NODE:.metadata.name,"
             "READY:.status.conditions[?(@.type=='Ready')].status,"
-            "HPUS:.status.allocatable.habana\\.ai/gaudi",
+            "HPUS:.status.allocatable.habana\\.ai/gaudi,"
+            "REAL:.metadata.labels.gaudi3\\.scalestarter\\.dev/real-node,"
+            "ADDRESS:.status.addresses[0].address",
             check=False,
         )
         print(out.stdout, end="")
     else:
         console.print("API server: [red]not healthy[/]")
         raise typer.Exit(1)
+
+
+@cluster_app.command("import-image")
+def import_image(
+    archive: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Image archive.")],
+    name: NameOpt = "gaudi3",
+) -> None:
+    """Load an image archive (from hack/build-images.sh) into every real node."""
+    c = _cluster(name)
+    try:
+        done = c.real_nodes.import_image(archive)
+    except (RuntimeError, ClusterError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    if not done:
+        console.print(f"[red]error:[/] cluster {name!r} has no running real nodes")
+        raise typer.Exit(1)
+    console.print(f"imported {archive.name} into {', '.join(done)}")
 
 
 @cluster_app.command()

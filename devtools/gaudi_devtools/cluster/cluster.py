@@ -25,8 +25,14 @@ import httpx
 import yaml
 
 from gaudi_devtools.cluster import nodes
-from gaudi_devtools.cluster.pki import ensure_pki
+from gaudi_devtools.cluster.pki import ensure_pki, issue_cert
 from gaudi_devtools.cluster.processes import Processes, free_port
+from gaudi_devtools.cluster.realnodes import (
+    REAL_LABEL,
+    RealNodes,
+    address_lock,
+    allocate_addresses,
+)
 
 CACHE = Path(os.environ.get("GAUDI3_CACHE", Path.home() / ".cache" / "gaudi3"))
 BIN = CACHE / "bin"
@@ -50,6 +56,7 @@ TOOLS = (
     "kubectl",
     "prometheus",
 )
+REAL_NODE_TOOLS = ("kubelet", "containerd", "ctr", "runc", "coredns")
 
 
 class ClusterError(RuntimeError):
@@ -68,7 +75,11 @@ class Settings:
     # 300 s is Kubernetes' default; the operator's failover must not depend on it.
     eviction_seconds: int = 300
     scrape_interval_seconds: int = 1
+    # Nodes run by a real kubelet on containerd (see realnodes.py), beside the kwok ones.
+    real_nodes: int = 0
     ports: dict[str, int] = field(default_factory=dict)
+    # Loopback addresses of the real nodes and CoreDNS.
+    addresses: dict[str, str] = field(default_factory=dict)
 
 
 class Cluster:
@@ -81,6 +92,10 @@ class Cluster:
         self.say = say or (lambda _msg: None)
 
     # -- paths -----------------------------------------------------------------------
+    @property
+    def real_nodes(self) -> RealNodes:
+        return RealNodes(self)
+
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
@@ -134,6 +149,8 @@ class Cluster:
     def healthy(self) -> bool:
         if self.settings is None or any(p is None for p in self.running().values()):
             return False
+        if self.settings.real_nodes and not self.real_nodes.healthy():
+            return False
         try:
             return self._get("/readyz").status_code == 200
         except (httpx.HTTPError, OSError):
@@ -169,9 +186,10 @@ class Cluster:
     def _up(self, wanted: Settings) -> None:
         current = self.settings
         if self.healthy() and current is not None:
-            if current.gaudi_nodes != wanted.gaudi_nodes or (
-                current.hpus_per_node != wanted.hpus_per_node
-            ):
+            same = current.gaudi_nodes == wanted.gaudi_nodes and (
+                current.hpus_per_node == wanted.hpus_per_node
+            )
+            if not same:
                 self.say("cluster is up; adjusting its Gaudi nodes")
                 self._apply_nodes(wanted)
                 current.gaudi_nodes, current.hpus_per_node = (
@@ -180,10 +198,17 @@ class Cluster:
                 )
                 self._save(current)
                 self._wait_nodes_ready(wanted.gaudi_nodes)
-            else:
+            if current.real_nodes != wanted.real_nodes:
+                self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes} wanted)")
+                self.real_nodes.down(api_up=True)
+                current.real_nodes = wanted.real_nodes
+                self._allocate_addresses(current)
+                self._start_real_nodes(current)
+            elif same:
                 self.say(f"cluster {self.name!r} is already up")
             return
-        missing = [t for t in TOOLS if not (BIN / t).exists() and not shutil.which(t)]
+        needed = TOOLS + (REAL_NODE_TOOLS if wanted.real_nodes else ())
+        missing = [t for t in needed if not (BIN / t).exists() and not shutil.which(t)]
         if missing:
             raise ClusterError(
                 f"missing tools: {', '.join(missing)}: run `make setup` "
@@ -207,7 +232,7 @@ class Cluster:
                 "prometheus",
             )
         }
-        self._save(wanted)
+        self._allocate_addresses(wanted)
         self._write_kubeconfig(wanted.ports["kube-apiserver"])
         try:
             self._start_etcd(wanted)
@@ -219,6 +244,7 @@ class Cluster:
             self._apply_nodes(wanted)
             self._wait_nodes_ready(wanted.gaudi_nodes)
             self._wait_default_service_account()
+            self._start_real_nodes(wanted)
         except BaseException:
             self.say(f"start failed; component logs are in {self.dir / 'logs'}")
             self._down(quiet=True)
@@ -231,7 +257,10 @@ class Cluster:
             return self._down(quiet)
 
     def _down(self, quiet: bool) -> list[str]:
-        stopped = []
+        # Real nodes first, while the API server can still delete their Node objects.
+        if not quiet and self.real_nodes.rows():
+            self.say("stopping the real nodes")
+        stopped = self.real_nodes.down(api_up=self.procs.pid("kube-apiserver") is not None)
         for name in reversed(COMPONENTS):
             if self.procs.pid(name) is not None:
                 if not quiet:
@@ -261,6 +290,24 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- components ------------------------------------------------------------------
+    def _start_real_nodes(self, s: Settings) -> None:
+        try:
+            self.real_nodes.up(s)
+        except ClusterError:
+            raise
+        except (RuntimeError, OSError, httpx.HTTPError) as e:
+            raise ClusterError(f"starting the real nodes failed: {e}") from e
+
+    def _allocate_addresses(self, s: Settings) -> None:
+        """Give the real nodes and CoreDNS loopback addresses no other cluster uses, and
+        save the settings under the same lock so two `up`s never pick the same ones."""
+        with address_lock(CLUSTERS):
+            names = RealNodes.wanted_addresses(s)
+            if sorted(s.addresses) != sorted(names):
+                ips = allocate_addresses(CLUSTERS, self.name, len(names))
+                s.addresses = dict(zip(names, ips, strict=True))
+            self._save(s)
+
     def _save(self, s: Settings) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "cluster.json").write_text(json.dumps(asdict(s), indent=2))
@@ -366,6 +413,9 @@ class Cluster:
     def _start_apiserver(self, s: Settings) -> None:
         self.say("starting kube-apiserver")
         pki = self.pki
+        kubelet_client = issue_cert(
+            pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"
+        )
         self.procs.start(
             "kube-apiserver",
             [
@@ -389,6 +439,12 @@ class Cluster:
                 f"--default-unreachable-toleration-seconds={s.eviction_seconds}",
                 "--profiling=false",
                 f"--cert-dir={self.dir / 'apiserver-certs'}",
+                # logs/exec on real nodes: the API server authenticates to their kubelets,
+                # checks their serving certs and reaches them on their loopback InternalIP.
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
             ],
         )
         self._wait(
@@ -545,7 +601,12 @@ class Cluster:
         )
         # Shrinking removes the highest-numbered nodes.
         out = self.kubectl(
-            "get", "nodes", "-l", f"{nodes.POOL_LABEL}", "-o", "jsonpath={.items[*].metadata.name}"
+            "get",
+            "nodes",
+            "-l",
+            f"{nodes.POOL_LABEL},!{REAL_LABEL}",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
         )
         keep = {d["metadata"]["name"] for d in docs}
         extra = [n for n in out.stdout.split() if n not in keep]

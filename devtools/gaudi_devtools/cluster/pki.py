@@ -157,3 +157,35 @@ def issue_serving_cert(pki: Path, out: Path, cn: str) -> None:
     cert = _issue(_name(cn), key, ca_cert, ca_key, [ExtendedKeyUsageOID.SERVER_AUTH], sans)
     _write_key(out / "tls.key", key)
     (out / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue_cert(
+    pki: Path,
+    name: str,
+    cn: str,
+    org: str | None = None,
+    *,
+    client: bool = True,
+    server_ips: tuple[str, ...] = (),
+    server_dns: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """Issue ``name.crt``/``name.key`` from the cluster's CA unless they exist: a client
+    cert (CN/O are the user and group the API server sees) and/or a serving cert for the
+    given addresses. Returns (cert, key)."""
+    crt, key_path = pki / f"{name}.crt", pki / f"{name}.key"
+    if crt.exists() and key_path.exists():
+        return crt, key_path
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    usage = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    sans: list[x509.GeneralName] = []
+    if server_ips or server_dns:
+        usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
+        sans += [x509.DNSName(d) for d in server_dns]
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(_name(cn, org), key, ca_cert, ca_key, usage, sans or None)
+    _write_key(key_path, key)
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return crt, key_path
