@@ -70,6 +70,7 @@ from gaudi_operator.clients.prometheus import (
 from gaudi_operator.jobs import manifests
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
+from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Autoscaler:
         self.jobs = jobs
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gtj-autoscaler")
+        self._task = supervise("autoscaler", self._loop)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._passes) if t is not None]

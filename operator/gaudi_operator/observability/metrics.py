@@ -154,3 +154,10 @@ JOB_RESTARTS = Counter(
     "maxRestarts or not)",
     ["gtj_namespace", "gtj"],
 )
+
+LOOP_RESTARTS = Counter(
+    "gaudi_operator_loop_restarts",
+    "Restarts of a background loop (controller workers, resync, autoscaler, stall clock) "
+    "after it raised",
+    ["loop"],
+)
