@@ -33,37 +33,48 @@ def free_port() -> int:
 class OperatorProcess:
     """`gaudi3 operator` as a child process, with its log in a file."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *, leader_elect: bool = False) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
+        # One operator per test: no Lease to wait for after a SIGKILL unless a test asks.
+        self.leader_elect = leader_elect
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.health_port = 0
 
     def command(self, extra: list[str]) -> list[str]:
-        exe = Path(sys.executable).parent / "gaudi3"
+        # The checked-out code (PYTHONPATH in start), not whichever tree is installed.
         return [
-            str(exe),
+            sys.executable,
+            "-m",
+            "gaudi_operator.cli.main",
             "operator",
             "--metrics-port",
             str(self.metrics_port),
             "--health-port",
             str(self.health_port),
+            "--health-address",
+            "127.0.0.1",
             "--resync-seconds",
             "5",
+            "--leader-elect" if self.leader_elect else "--no-leader-elect",
             *extra,
         ]
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, wait: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        path = os.pathsep.join(
+            [str(ROOT / "operator"), str(ROOT / "training-image"), os.environ.get("PYTHONPATH", "")]
+        )
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": path}
         with self.log.open("ab") as out:
             out.write(f"\n===== start {' '.join(extra)} =====\n".encode())
             self.proc = subprocess.Popen(
                 self.command(list(extra)), env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        wait_for(self.healthy, timeout=60, what="the operator's /healthz")
+        if wait:
+            wait_for(self.healthy, timeout=60, what="the operator's /healthz")
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
