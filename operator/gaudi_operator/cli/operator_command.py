@@ -52,8 +52,8 @@ def run_operator(
         str, typer.Option(help="Name of the Lease; replicas with the same name share one leader.")
     ] = "gaudi-operator",
     lease_duration: Annotated[
-        float, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
-    ] = 10.0,
+        int, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
+    ] = 10,
     renew_deadline: Annotated[
         float, typer.Option(help="Seconds the leader keeps retrying a renewal before it exits.")
     ] = 7.0,

@@ -68,7 +68,7 @@ class LeaderElectionSettings:
     namespace: str = field(default_factory=default_namespace)
     name: str = DEFAULT_LEASE_NAME
     identity: str = field(default_factory=default_identity)
-    lease_duration: float = 10.0
+    lease_duration: int = 10  # whole seconds: the Lease's leaseDurationSeconds
     renew_deadline: float = 7.0
     retry_period: float = 2.0
 
