@@ -125,7 +125,8 @@ def test_two_replicas_with_the_charts_rbac_elect_one_leader_that_runs_a_job(
     )
     # Nothing it may not do: the chart's account is no cluster admin.
     assert can_i(c, "delete", "nodes") == "no"
-    assert can_i(c, "update", "gauditrainingjobs/finalizers", "-n", job_ns) == "yes"
+    finalizers = ("gauditrainingjobs.gaudi.scalestarter.dev", "--subresource=finalizers")
+    assert can_i(c, "update", *finalizers, "-n", job_ns) == "yes"
     assert can_i(c, "update", "leases", "-n", NS) == "yes"
     assert can_i(c, "update", "leases", "-n", job_ns) == "no"
     # Namespaced: pods of the watched namespace only, none cluster-wide.
