@@ -87,6 +87,7 @@ def run_operator(
 
     # Registers every handler in kopf's default registry.
     from gaudi_operator import app  # noqa: F401
+    from gaudi_operator.observability import metrics
     from gaudi_operator.runtime.config import OperatorConfig
 
     if kubeconfig:
@@ -117,7 +118,10 @@ def run_operator(
             memo=kopf.Memo(config=config),
         )
 
+    # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
+    metrics.serve(metrics_port)
     if not leader_elect:
+        metrics.LEADER.set(1)
         asyncio.run(operator())
         return
     from gaudi_operator.runtime.leader import LeaderElectionSettings, run_as_leader

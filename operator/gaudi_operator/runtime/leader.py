@@ -40,6 +40,7 @@ from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from gaudi_operator.clients import kube
+from gaudi_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ async def run_as_leader(
     """Campaign, then run `operator()` while leading; returns the process's exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    metrics.LEADER.set(0)
     # Until kopf runs (it installs its own handlers), a signal ends the campaign.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -187,6 +189,7 @@ async def run_as_leader(
             await release(client.CoordinationV1Api(clients.api_client), le)
             return 0
         log.info("leading: the lease %s/%s is held by %s", le.namespace, le.name, le.identity)
+        metrics.LEADER.set(1)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         running = asyncio.create_task(_run(operator), name="operator")
@@ -201,6 +204,7 @@ async def run_as_leader(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(running, timeout=5)
             return EXIT_LOST_LEADERSHIP
+        metrics.LEADER.set(0)
         election.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await election

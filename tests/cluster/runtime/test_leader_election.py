@@ -103,6 +103,9 @@ def test_only_the_leader_acts_and_a_standby_takes_over_after_a_sigkill(
     wait_for(lambda: a.reconciled(namespace, "first"), timeout=30, what="the leader's pass")
     assert not b.leading() and not b.reconciled(namespace, "first"), b.tail()
     assert b.proc is not None and b.proc.poll() is None  # the standby lives on
+    # Both are healthy scrape targets; the gauge says which one leads.
+    assert "gaudi_operator_leader 1.0" in a.metrics()
+    assert "gaudi_operator_leader 0.0" in b.metrics()
 
     a.kill()
     create_job(custom, namespace, job_body("second", hpusPerWorker=1))
@@ -110,6 +113,7 @@ def test_only_the_leader_acts_and_a_standby_takes_over_after_a_sigkill(
     wait_for(lambda: has_status(custom, namespace, "second"), timeout=60, what="status of second")
     wait_for(lambda: b.reconciled(namespace, "second"), timeout=30, what="the new leader's pass")
     assert holder(leases, namespace, lease_name(b)) == b.identity()
+    assert "gaudi_operator_leader 1.0" in b.metrics()
 
 
 def test_a_clean_stop_releases_the_lease_for_the_standby(
