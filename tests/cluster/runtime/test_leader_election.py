@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cluster.gtj import OperatorProcess, create_job, get_job, job_body
@@ -114,6 +115,9 @@ def test_only_the_leader_acts_and_a_standby_takes_over_after_a_sigkill(
     wait_for(lambda: b.reconciled(namespace, "second"), timeout=30, what="the new leader's pass")
     assert holder(leases, namespace, lease_name(b)) == b.identity()
     assert "gaudi_operator_leader 1.0" in b.metrics()
+    # kopf's /healthz replaced the standby's on the same port, with the loops' probe.
+    health = httpx.get(f"http://127.0.0.1:{b.health_port}/healthz", timeout=15).json()
+    assert "resync" in health["loops"]
 
 
 def test_a_clean_stop_releases_the_lease_for_the_standby(
