@@ -118,12 +118,6 @@ def run_operator(
             memo=kopf.Memo(config=config),
         )
 
-    # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
-    metrics.serve(metrics_port)
-    if not leader_elect:
-        metrics.LEADER.set(1)
-        asyncio.run(operator())
-        return
     from gaudi_operator.runtime.leader import LeaderElectionSettings, run_as_leader
 
     election = LeaderElectionSettings(
@@ -134,10 +128,18 @@ def run_operator(
     )
     if leader_election_namespace:
         election.namespace = leader_election_namespace
-    try:
-        election.validate()
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--lease-duration/--renew-deadline") from err
+    if leader_elect:
+        try:
+            election.validate()
+        except ValueError as err:
+            hint = "--lease-duration/--renew-deadline/--retry-period"
+            raise typer.BadParameter(str(err), param_hint=hint) from err
+    # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
+    metrics.serve(metrics_port)
+    if not leader_elect:
+        metrics.LEADER.set(1)
+        asyncio.run(operator())
+        return
     code = asyncio.run(
         run_as_leader(
             operator,
