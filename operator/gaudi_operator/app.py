@@ -17,8 +17,12 @@ from gaudi_operator.jobs.reconciler import Reconciler
 from gaudi_operator.observability import metrics
 from gaudi_operator.queueing import wiring as queueing_wiring
 from gaudi_operator.runtime import settings as kopf_settings
+from gaudi_operator.runtime import supervision
 from gaudi_operator.runtime.config import OperatorConfig
 from gaudi_operator.runtime.controller import Controller
+
+# /healthz turns red while a background loop keeps failing (runtime/supervision.py).
+kopf.on.probe(id="loops")(supervision.probe)
 
 
 @kopf.on.startup()

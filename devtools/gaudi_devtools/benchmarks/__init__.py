@@ -1,5 +1,5 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile); `support` holds what they share. Loaded only when `gaudi3 benchmark` runs."""
+reconcile, takeover); `support` holds what they share. Loaded only when `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from gaudi_devtools.benchmarks import failover
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
+from gaudi_devtools.benchmarks.takeover import takeover
 from gaudi_devtools.benchmarks.train import benchmark_train
 
 benchmark_app = typer.Typer(
@@ -16,4 +17,5 @@ benchmark_app = typer.Typer(
 benchmark_app.command("autoscale")(benchmark_autoscale)
 benchmark_app.command("train")(benchmark_train)
 benchmark_app.command("reconcile")(benchmark_reconcile)
+benchmark_app.command("takeover")(takeover)
 failover.register(benchmark_app)

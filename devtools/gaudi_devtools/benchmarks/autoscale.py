@@ -125,6 +125,7 @@ class OperatorRunner:
                     "0",
                     "--resync-seconds",
                     "5",
+                    "--no-leader-elect",
                 ],
                 env=env,
                 stdout=out,

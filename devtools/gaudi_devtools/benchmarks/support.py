@@ -24,7 +24,9 @@ def start_operator(
 
     port = free_port()
     exe = Path(sys.executable).parent / "gaudi3"
-    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *args]
+    # One operator acts at once unless asked to campaign (no stale Lease to wait out).
+    elect = [] if "--leader-elect" in args else ["--no-leader-elect"]
+    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *elect, *args]
     full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)

@@ -432,6 +432,9 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=Node,RBAC",
+                # As on hardened clusters: setting blockOwnerDeletion needs update on the
+                # owner's finalizers, which the operator's RBAC must grant.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--allow-privileged=true",
                 # The "kubernetes" Service would point at 127.0.0.1, which Endpoints reject.
                 "--endpoint-reconciler-type=none",

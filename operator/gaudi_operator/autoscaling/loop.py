@@ -75,6 +75,7 @@ from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.runtime import failpoints
+from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class Autoscaler:
         self.jobs = jobs
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gtj-autoscaler")
+        self._task = supervise("autoscaler", self._loop)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._passes) if t is not None]
@@ -401,12 +402,21 @@ class Autoscaler:
         if cached is not None and time.monotonic() - cached[0] < ROOM_CACHE_SECONDS:
             return cached[1], cached[2]
         nodes = await self.clients.core.list_node()
-        bound = await self.clients.core.list_pod_for_all_namespaces(
-            field_selector="status.phase!=Succeeded,status.phase!=Failed"
-        )
+        live = "status.phase!=Succeeded,status.phase!=Failed"
+        try:
+            items = (await self.clients.core.list_pod_for_all_namespaces(field_selector=live)).items
+        except Exception as err:
+            if kube.status_code(err) != 403:
+                raise
+            # Namespaced RBAC (chart `watchNamespaces`): only the watched namespaces' pods
+            # count, so the room is optimistic; a worker that cannot fit stays Pending.
+            items = []
+            for ns in sorted({key[0] for key in (self.jobs or {})}):
+                listed = await self.clients.core.list_namespaced_pod(ns, field_selector=live)
+                items += listed.items
         ser = self.clients.api_client.sanitize_for_serialization
         node_objs = [ser(n) for n in nodes.items]
-        pod_objs = [ser(p) for p in bound.items]
+        pod_objs = [ser(p) for p in items]
         self._room_cache = (time.monotonic(), node_objs, pod_objs)
         return node_objs, pod_objs
 

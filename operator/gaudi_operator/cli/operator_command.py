@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,13 +32,34 @@ def run_operator(
         int, typer.Option(help="Port of the liveness endpoint /healthz (0: off).")
     ] = 8080,
     log_format: Annotated[LogFormat, typer.Option(help="Log format.")] = LogFormat.PLAIN,
-    standalone: Annotated[
+    health_address: Annotated[
+        str,
+        typer.Option(help="Address /healthz listens on (0.0.0.0: every interface, for kubelet)."),
+    ] = "0.0.0.0",
+    leader_elect: Annotated[
         bool,
         typer.Option(
-            "--standalone/--peering",
-            help="Standalone (default) or coordinate with other replicas through kopf peering.",
+            "--leader-elect/--no-leader-elect",
+            help="Run kopf's handlers only while holding the leader Lease (replicas wait as "
+            "standbys). Off: this process acts at once; never run two that way.",
         ),
     ] = True,
+    leader_election_namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace of the Lease (default: the pod's own, else default)."),
+    ] = None,
+    leader_election_id: Annotated[
+        str, typer.Option(help="Name of the Lease; replicas with the same name share one leader.")
+    ] = "gaudi-operator",
+    lease_duration: Annotated[
+        int, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
+    ] = 10,
+    renew_deadline: Annotated[
+        float, typer.Option(help="Seconds the leader keeps retrying a renewal before it exits.")
+    ] = 7.0,
+    retry_period: Annotated[
+        float, typer.Option(help="Seconds between two attempts to acquire or renew the Lease.")
+    ] = 2.0,
     workers: Annotated[int, typer.Option(help="Jobs reconciled at the same time.")] = 8,
     pod_concurrency: Annotated[
         int, typer.Option(help="Pod create/delete requests in flight, for all jobs together.")
@@ -76,6 +98,7 @@ def run_operator(
 
     # Registers every handler in kopf's default registry.
     from gaudi_operator import app  # noqa: F401
+    from gaudi_operator.observability import metrics
     from gaudi_operator.runtime.config import OperatorConfig
 
     if kubeconfig:
@@ -95,12 +118,47 @@ def run_operator(
         prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
     )
     namespaces = list(namespace or [])
-    asyncio.run(
-        kopf.operator(
-            standalone=standalone,
+    health = f"http://{health_address}:{health_port}/healthz" if health_port else None
+
+    def operator() -> Coroutine[Any, Any, None]:
+        # Standalone: the Lease, not kopf's peering, decides which replica acts.
+        return kopf.operator(
+            standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+            liveness_endpoint=health,
             memo=kopf.Memo(config=config),
         )
+
+    from gaudi_operator.runtime.leader import LeaderElectionSettings, run_as_leader
+
+    election = LeaderElectionSettings(
+        name=leader_election_id,
+        lease_duration=lease_duration,
+        renew_deadline=renew_deadline,
+        retry_period=retry_period,
     )
+    if leader_election_namespace:
+        election.namespace = leader_election_namespace
+    if leader_elect:
+        try:
+            election.validate()
+        except ValueError as err:
+            hint = "--lease-duration/--renew-deadline/--retry-period"
+            raise typer.BadParameter(str(err), param_hint=hint) from err
+    # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
+    metrics.serve(metrics_port)
+    if not leader_elect:
+        metrics.LEADER.set(1)
+        asyncio.run(operator())
+        return
+    code = asyncio.run(
+        run_as_leader(
+            operator,
+            election,
+            kubeconfig=kubeconfig,
+            health_host=health_address,
+            health_port=health_port,
+        )
+    )
+    raise typer.Exit(code)

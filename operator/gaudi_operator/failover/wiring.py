@@ -17,6 +17,7 @@ import kopf
 from gaudi_operator import api
 from gaudi_operator.failover import signals
 from gaudi_operator.failover.stall import stall_loop
+from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ async def start(memo: kopf.Memo) -> None:
     probes.hpu_health_node_label = os.environ.get(
         "GAUDI3_HPU_HEALTH_NODE_LABEL", signals.DEFAULT_HPU_HEALTH_NODE_LABEL
     )
-    memo["stall_task"] = asyncio.create_task(stall_loop(memo), name="gtj-stall-clock")
+    memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo))
 
 
 async def stop(memo: kopf.Memo) -> None:

@@ -81,10 +81,15 @@ class PhaseTracker:
             JOBS.labels(phase=phase.value).set(counts.get(phase.value, 0))
 
 
+_serving: set[int] = set()
+
+
 def serve(port: int) -> None:
-    """Serve /metrics from a daemon thread (prometheus-client's own; never the event loop)."""
-    if port:
+    """Serve /metrics from a daemon thread (prometheus-client's own; never the event loop).
+    Once per port: a standby starts serving before kopf's start-up asks again."""
+    if port and port not in _serving:
         start_http_server(port)
+        _serving.add(port)
 
 
 # --- autoscaling (autoscaler.py) --------------------------------------------------------
@@ -153,4 +158,16 @@ JOB_RESTARTS = Counter(
     "Restarts of the job by failover seen by this operator process (counted against "
     "maxRestarts or not)",
     ["gtj_namespace", "gtj"],
+)
+
+LOOP_RESTARTS = Counter(
+    "gaudi_operator_loop_restarts",
+    "Restarts of a background loop (controller workers, resync, autoscaler, stall clock) "
+    "after it raised",
+    ["loop"],
+)
+
+LEADER = Gauge(
+    "gaudi_operator_leader",
+    "1 while this process holds the leader Lease (or runs without leader election), 0 as a standby",
 )

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from gaudi_operator.clients import kube
 from gaudi_operator.observability import metrics
+from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ class Controller:
 
     def start(self) -> None:
         for i in range(self._workers):
-            self._tasks.append(asyncio.create_task(self._work(), name=f"gtj-worker-{i}"))
-        self._tasks.append(asyncio.create_task(self._resync_loop(), name="gtj-resync"))
+            self._tasks.append(supervise(f"worker-{i}", self._work))
+        self._tasks.append(supervise("resync", self._resync_loop))
 
     async def stop(self) -> None:
         for t in self._tasks:

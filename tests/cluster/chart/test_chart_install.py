@@ -75,11 +75,15 @@ def test_packaged_chart_installs_and_says_what_to_do_next(
         f"deployment/{full}",
         f"serviceaccount/{full}",
         f"service/{full}-metrics",
+        f"role/{full}-jobs",
         f"rolebinding/{full}-jobs",
+        f"role/{full}-leader-election",
+        f"rolebinding/{full}-leader-election",
     ):
         kubectl("get", "-n", ns, obj)
-    for obj in (f"clusterrole/{full}-cluster", f"clusterrole/{full}-jobs"):
-        kubectl("get", obj)
+    kubectl("get", f"clusterrole/{full}-cluster")
+    # Namespaced: no cluster-wide role for the jobs and their pods.
+    assert kubectl("get", f"clusterrole/{full}-jobs", check=False).returncode != 0
     # Namespaced watch: the job permissions are granted in that namespace only.
     can = f"--as=system:serviceaccount:{ns}:{full}"
     here = kubectl("auth", "can-i", "create", "pods", "-n", ns, can, check=False)

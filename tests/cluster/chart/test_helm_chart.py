@@ -82,11 +82,36 @@ def test_chart_lints_and_renders_the_crd_from_crds(helm_cluster: Cluster) -> Non
     assert crd_in_chart == yaml.safe_load((ROOT / "crds" / "gauditrainingjobs.yaml").read_text())
 
 
-def test_operator_with_the_charts_rbac_runs_a_job(helm_cluster: Cluster, tmp_path: Path) -> None:
+def chart_operator_args(c: Cluster) -> tuple[int, list[str]]:
+    """The Deployment's replicas and container args, as the release rendered them (the
+    ports and log format are the test's own)."""
+    docs = yaml.safe_load_all(helm(c, "get", "manifest", RELEASE, "-n", NS))
+    deployment = next(d for d in docs if d and d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    own = ("--metrics-port=", "--health-port=", "--log-format=")
+    return deployment["spec"]["replicas"], [a for a in args if not a.startswith(own)]
+
+
+def can_i(c: Cluster, *args: str) -> str:
+    account = f"--as=system:serviceaccount:{NS}:{SERVICE_ACCOUNT}"
+    return c.kubectl("auth", "can-i", *args, account, check=False).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("mode", "job_ns"),
+    [("cluster-wide", "default"), ("namespaced", "team-a")],
+)
+def test_two_replicas_with_the_charts_rbac_elect_one_leader_that_runs_a_job(
+    helm_cluster: Cluster, tmp_path: Path, mode: str, job_ns: str
+) -> None:
     c = helm_cluster
+    c.kubectl("create", "namespace", job_ns, check=False)
+    watch = [] if mode == "cluster-wide" else ["--set", f"watchNamespaces={{{job_ns}}}"]
     helm(
         c,
-        "install",
+        "upgrade",
+        "--install",
+        "--reset-values",
         RELEASE,
         str(CHART),
         "-n",
@@ -94,6 +119,7 @@ def test_operator_with_the_charts_rbac_runs_a_job(helm_cluster: Cluster, tmp_pat
         "--create-namespace",
         "--set",
         "prometheusURL=" + c.prometheus_url,
+        *watch,
     )
     c.kubectl(
         "wait",
@@ -102,27 +128,39 @@ def test_operator_with_the_charts_rbac_runs_a_job(helm_cluster: Cluster, tmp_pat
         "crd/gauditrainingjobs.gaudi.scalestarter.dev",
     )
     # Nothing it may not do: the chart's account is no cluster admin.
-    denied = c.kubectl(
-        "auth",
-        "can-i",
-        "delete",
-        "nodes",
-        f"--as=system:serviceaccount:{NS}:{SERVICE_ACCOUNT}",
-        check=False,
-    )
-    assert denied.stdout.strip() == "no"
+    assert can_i(c, "delete", "nodes") == "no"
+    finalizers = ("gauditrainingjobs.gaudi.scalestarter.dev", "--subresource=finalizers")
+    assert can_i(c, "update", *finalizers, "-n", job_ns) == "yes"
+    assert can_i(c, "update", "leases", "-n", NS) == "yes"
+    assert can_i(c, "update", "leases", "-n", job_ns) == "no"
+    # Namespaced: pods of the watched namespace only, none cluster-wide.
+    everywhere = "yes" if mode == "cluster-wide" else "no"
+    assert can_i(c, "list", "pods", "--all-namespaces") == everywhere
+    assert can_i(c, "create", "pods", "-n", job_ns) == "yes"
 
-    op = OperatorProcess(token_kubeconfig(c, tmp_path / "sa.kubeconfig"), tmp_path / "op.log")
-    op.start("--prometheus-url", c.prometheus_url)
+    replicas, args = chart_operator_args(c)
+    assert replicas == 2 and "--leader-elect" in args
+    kubeconfig = token_kubeconfig(c, tmp_path / "sa.kubeconfig")
+    ops = [
+        OperatorProcess(kubeconfig, tmp_path / f"op-{i}.log", leader_elect=True)
+        for i in range(replicas)
+    ]
     try:
-        c.kubectl("apply", "-n", "default", "-f", str(EXAMPLES / "single-node-8hpu.yaml"))
+        for op in ops:
+            op.start(*args)
+        c.kubectl("apply", "-n", job_ns, "-f", str(EXAMPLES / "single-node-8hpu.yaml"))
 
         def running() -> bool:
-            out = c.kubectl("get", "gtj", "single-node", "-n", "default", "-o", "json")
+            out = c.kubectl("get", "gtj", "single-node", "-n", job_ns, "-o", "json")
             return json.loads(out.stdout).get("status", {}).get("phase") == "Running"
 
-        wait_for(running, timeout=60, what="the job to run under the chart's RBAC")
-        log = op.log.read_text(errors="replace")
-        assert "Forbidden" not in log and " 403" not in log, op.tail(60)
+        wait_for(running, timeout=90, what="the job to run under the chart's RBAC")
+        logs = [op.log.read_text(errors="replace") for op in ops]
+        leaders = [op for op, log in zip(ops, logs, strict=True) if "leading: the lease" in log]
+        assert len(leaders) == 1, "\n".join(op.tail(30) for op in ops)
+        for op, log in zip(ops, logs, strict=True):
+            assert "Forbidden" not in log and " 403" not in log, op.tail(60)
     finally:
-        op.stop()
+        for op in ops:
+            op.stop()
+        c.kubectl("delete", "gtj", "single-node", "-n", job_ns, "--ignore-not-found")

@@ -91,13 +91,11 @@ def checkout_operator(operator: Any, cluster: Any) -> Iterator[Any]:
         filter(None, [str(ROOT / "operator"), saved["PYTHONPATH"]])
     )
     os.environ["GAUDI3_AUTOSCALE_INTERVAL_SECONDS"] = "1"
-    installed = operator.command
-    operator.command = lambda extra: [*entry_point("gaudi3"), *installed(extra)[1:]]
+    # OperatorProcess runs the checkout's gaudi_operator (PYTHONPATH) already.
     try:
         operator.restart("--prometheus-url", cluster.prometheus_url)
         yield operator
     finally:
-        del operator.command
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -22,7 +22,7 @@ def test_chart_readme_is_generated_from_the_values_comments(tmp_path: Path) -> N
     fresh = (copy / "README.md").read_text()
     assert (CHART / "README.md").read_text() == fresh, "stale chart README: run `make chart-docs`"
     # Every documented value made it into the table.
-    for line in ("| replicaCount | int | `1` |", "| grafanaDashboards.enabled | bool | `false` |"):
+    for line in ("| replicaCount | int | `2` |", "| grafanaDashboards.enabled | bool | `false` |"):
         assert line in fresh
 
 

@@ -63,11 +63,27 @@ def test_chart_lints_strict_with_the_defaults_and_every_values_set() -> None:
         helm("lint", "--strict", str(CHART), "-f", str(values))
 
 
+def test_several_replicas_without_leader_election_fail_rendering() -> None:
+    out = helm(
+        "template",
+        "gaudi",
+        str(CHART),
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "leaderElection.enabled=false",
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in out.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
         ("replicaCount=abc", "'/replicaCount': got string, want integer"),
-        ("replicaCount=2", "'/replicaCount': maximum: got 2, want 1"),
+        ("replicaCount=-1", "'/replicaCount': minimum: got -1, want 0"),
+        ("leaderElection.retryPeriod=0", "'/leaderElection/retryPeriod': minimum: got 0, want 1"),
         ("replicaCont=1", "additional properties 'replicaCont' not allowed"),
         ("serviceMonitor.enabeld=true", "'/serviceMonitor': additional properties 'enabeld'"),
         ("logFormat=xml", "'/logFormat': value must be one of 'json', 'plain'"),
