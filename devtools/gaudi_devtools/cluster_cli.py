@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaudi_devtools.cluster import Cluster, ClusterError
+from gaudi_devtools.cluster import Cluster, ClusterError, nodes
 from gaudi_devtools.cluster.cluster import CLUSTERS, Settings
 
 console = Console(stderr=True)
@@ -30,7 +30,9 @@ def _cluster(name: str) -> Cluster:
 @cluster_app.command()
 def up(
     name: NameOpt = "gaudi3",
-    gaudi_nodes: Annotated[int, typer.Option(min=1, max=256, help="Simulated Gaudi 3 nodes.")] = 4,
+    gaudi_nodes: Annotated[
+        int, typer.Option(min=1, max=nodes.MAX_NODES, help="Simulated Gaudi 3 nodes.")
+    ] = 4,
     hpus_per_node: Annotated[int, typer.Option(min=1, max=8, help="habana.ai/gaudi per node.")] = 8,
     node_monitor_grace: Annotated[
         int,
@@ -87,18 +89,35 @@ def down(
 
 @cluster_app.command()
 def status(name: NameOpt = "gaudi3") -> None:
-    """What runs, on which port."""
+    """What runs, on which port, and how often the supervisor restarted it."""
     c = _cluster(name)
     s = c.settings
+    restarts = c.restarts()
+    last = {r["component"]: r for r in c.procs.restarts()}
     table = Table(title=f"cluster {name!r}")
     table.add_column("component")
     table.add_column("pid")
     table.add_column("port")
-    for comp, pid in c.running().items():
+    table.add_column("restarts", justify="right")
+    table.add_column("last exit")
+    sup = c.procs.supervisor_pid()
+    table.add_row("supervisor", str(sup) if sup else "[red]not running[/]", "", "", "")
+    for comp, pid in c.processes().items():
         port = str(s.ports.get(comp, "")) if s else ""
-        table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
-    Console().print(table)
-    if c.healthy():
+        r = last.get(comp)
+        exit_text = f"{r['exit_code']} at {r['time']}" if r else ""
+        table.add_row(
+            comp,
+            str(pid) if pid else "[red]not running[/]",
+            port,
+            str(restarts.get(comp, 0)),
+            exit_text,
+        )
+    Console(width=200).print(table)
+    if c.healthy() and s is not None and s.gaudi_nodes > 32:
+        ready, total = c.ready_nodes()
+        print(f"{total} Gaudi nodes, {ready} Ready, {s.hpus_per_node} HPUs each")
+    elif c.healthy():
         out = c.kubectl(
             "get",
             "nodes",

@@ -2,8 +2,11 @@
 with simulated Gaudi 3 nodes, and Prometheus, each a process on a free loopback port.
 
 State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and settings),
-``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/`` and ``prometheus/targets/``
-(a file_sd folder: drop a JSON target list there and Prometheus scrapes it within seconds).
+``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/``, ``specs/`` (what the
+supervisor restarts), ``restarts.jsonl`` and ``prometheus/targets/`` (a file_sd folder:
+drop a JSON target list there and Prometheus scrapes it within seconds).
+
+A supervisor process per cluster (``supervisor.py``) restarts any component that exits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +28,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gaudi_devtools.cluster import nodes
+import gaudi_devtools
+from gaudi_devtools.cluster import node_pool, nodes
 from gaudi_devtools.cluster.pki import ensure_pki
 from gaudi_devtools.cluster.processes import Processes, free_port
 
@@ -131,6 +136,21 @@ class Cluster:
     def running(self) -> dict[str, int | None]:
         return {c: self.procs.pid(c) for c in COMPONENTS}
 
+    def processes(self) -> dict[str, int | None]:
+        """Every process the cluster tracks: the control plane, then anything else started
+        through ``Processes.start`` (real nodes, the demo's operator)."""
+        names = [*COMPONENTS]
+        others = {*self.procs.names(), *self.procs.supervised()}
+        names += [n for n in sorted(others) if n not in names]
+        return {n: self.procs.pid(n) for n in names}
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts the supervisor made, per component, since this cluster came up."""
+        counts: dict[str, int] = {}
+        for r in self.procs.restarts():
+            counts[r["component"]] = counts.get(r["component"], 0) + 1
+        return counts
+
     def healthy(self) -> bool:
         if self.settings is None or any(p is None for p in self.running().values()):
             return False
@@ -168,7 +188,15 @@ class Cluster:
 
     def _up(self, wanted: Settings) -> None:
         current = self.settings
+        if current is not None and self.procs.supervisor_pid() is not None:
+            # A component may be between exit and restart: give the supervisor its time
+            # rather than starting the whole cluster afresh.
+            with contextlib.suppress(ClusterError):
+                self._wait("the supervised cluster to be healthy", self.healthy, 60)
         if self.healthy() and current is not None:
+            if self.procs.supervisor_pid() is None:  # it was killed: a new one adopts
+                self.say("starting the cluster supervisor (it adopts the running components)")
+                self._start_supervisor()
             if current.gaudi_nodes != wanted.gaudi_nodes or (
                 current.hpus_per_node != wanted.hpus_per_node
             ):
@@ -191,9 +219,11 @@ class Cluster:
             )
         self._down(quiet=True)
         # A fresh etcd every time: a dev cluster that restarts clean is easier to trust.
-        for sub in ("etcd", "logs", "prometheus", "pids"):
+        for sub in ("etcd", "logs", "prometheus", "pids", "specs"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
+        self.procs.restart_log.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_supervisor()
         ensure_pki(self.pki)
         wanted.ports = {
             name: free_port()
@@ -232,13 +262,18 @@ class Cluster:
 
     def _down(self, quiet: bool) -> list[str]:
         stopped = []
+        # The supervisor first, or it would restart what we stop.
+        if self.procs.stop_supervisor():
+            stopped.append("supervisor")
         for name in reversed(COMPONENTS):
             if self.procs.pid(name) is not None:
                 if not quiet:
                     self.say(f"stopping {name}")
                 stopped.append(name)
             self.procs.stop(name)
-        for name in self.procs.names():  # anything else we once started
+        for name in sorted({*self.procs.names(), *self.procs.supervised()}):  # anything else
+            if self.procs.pid(name) is not None:
+                stopped.append(name)
             self.procs.stop(name)
         if self.procs.kill_strays():
             stopped.append("untracked leftovers")
@@ -261,6 +296,16 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- components ------------------------------------------------------------------
+    def _start_supervisor(self) -> None:
+        # The same gaudi_devtools as ours, wherever it was imported from (a worktree
+        # under test, or the installed package).
+        root = str(Path(gaudi_devtools.__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        self.procs.start_supervisor(
+            [sys.executable, "-m", "gaudi_devtools.cluster.supervisor", f"{self.dir}/"],
+            env={"PYTHONPATH": path},
+        )
+
     def _save(self, s: Settings) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "cluster.json").write_text(json.dumps(asdict(s), indent=2))
@@ -537,36 +582,26 @@ class Cluster:
 
     def _apply_nodes(self, s: Settings) -> None:
         self.say(f"registering {s.gaudi_nodes} Gaudi 3 nodes ({s.hpus_per_node} HPUs each)")
-        docs = [
-            nodes.gaudi_node(nodes.node_name(i), s.hpus_per_node, i) for i in range(s.gaudi_nodes)
-        ]
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(docs)
-        )
-        # Shrinking removes the highest-numbered nodes.
-        out = self.kubectl(
-            "get", "nodes", "-l", f"{nodes.POOL_LABEL}", "-o", "jsonpath={.items[*].metadata.name}"
-        )
-        keep = {d["metadata"]["name"] for d in docs}
-        extra = [n for n in out.stdout.split() if n not in keep]
-        if extra:
-            self.kubectl("delete", "node", *extra)
+        try:
+            removed = node_pool.sync_nodes(
+                self.apiserver_url, self._ssl(), s.gaudi_nodes, s.hpus_per_node
+            )
+        except (node_pool.NodePoolError, httpx.HTTPError) as e:
+            raise ClusterError(f"registering the Gaudi nodes failed: {e}") from e
+        if removed:
+            self.say(f"removed {removed} Gaudi nodes")
+
+    def ready_nodes(self) -> tuple[int, int]:
+        """(Ready, all) simulated Gaudi nodes."""
+        return node_pool.ready_nodes(self.apiserver_url, self._ssl())
 
     def _wait_nodes_ready(self, count: int) -> None:
         def ok() -> bool:
-            out = self.kubectl("get", "nodes", "-l", nodes.POOL_LABEL, "-o", "json")
-            items = json.loads(out.stdout)["items"]
-            ready = [
-                n
-                for n in items
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in n.get("status", {}).get("conditions", [])
-                )
-            ]
-            return len(ready) >= count
+            ready, total = self.ready_nodes()
+            return ready >= count and total == count
 
-        self._wait(f"{count} Ready Gaudi nodes", ok, 60, "kwok")
+        # kwok initialises a few nodes in parallel: allow for thousands.
+        self._wait(f"{count} Ready Gaudi nodes", ok, 60 + count / 10, "kwok")
 
     def _wait_default_service_account(self) -> None:
         # Pods are refused until the token controller has made "default" accounts.

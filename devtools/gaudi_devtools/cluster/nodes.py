@@ -9,10 +9,20 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 POOL_LABEL = "gaudi3.scalestarter.dev/local-cluster"
 GAUDI_RESOURCE = "habana.ai/gaudi"
 GAUDI_TAINT = {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
+# What `gaudi3 cluster up --gaudi-nodes` accepts; node_ip has room for 64,000.
+MAX_NODES = 10_000
 
 
 def node_name(index: int) -> str:
     return f"gaudi3-node-{index}"
+
+
+def node_ip(index: int) -> str:
+    """A unique loopback address per node (never used to connect: kwok plays the node),
+    so nothing in the cluster ever points outside 127.0.0.0/8."""
+    if not 0 <= index < 256 * 250:
+        raise ValueError(f"node index {index} out of range")
+    return f"127.100.{index // 250}.{index % 250 + 2}"
 
 
 def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
             "capacity": capacity,
             "allocatable": dict(capacity),
             "addresses": [
-                {"type": "InternalIP", "address": f"10.100.{index // 250}.{index % 250 + 2}"},
+                {"type": "InternalIP", "address": node_ip(index)},
                 {"type": "Hostname", "address": name},
             ],
         },
