@@ -201,13 +201,19 @@ class Cluster:
                 current.hpus_per_node != wanted.hpus_per_node
             ):
                 self.say("cluster is up; adjusting its Gaudi nodes")
-                self._apply_nodes(wanted)
+                before = self._node_flags(current)
                 current.gaudi_nodes, current.hpus_per_node = (
                     wanted.gaudi_nodes,
                     wanted.hpus_per_node,
                 )
                 self._save(current)
-                self._wait_nodes_ready(wanted.gaudi_nodes)
+                if self._node_flags(current) != before:  # leases and node monitor rescale
+                    self.say("restarting kwok and kube-controller-manager for the new size")
+                    for name in ("kwok", "kube-controller-manager"):
+                        self.procs.stop(name)
+                    self._start_controller_manager(current)
+                    self._start_kwok(current)
+                self._register_nodes(current)
             else:
                 self.say(f"cluster {self.name!r} is already up")
             return
@@ -246,8 +252,7 @@ class Cluster:
             self._start_scheduler(wanted)
             self._start_kwok(wanted)
             self._start_prometheus(wanted)
-            self._apply_nodes(wanted)
-            self._wait_nodes_ready(wanted.gaudi_nodes)
+            self._register_nodes(wanted)
             self._wait_default_service_account()
         except BaseException:
             self.say(f"start failed; component logs are in {self.dir / 'logs'}")
@@ -465,8 +470,9 @@ class Cluster:
                 f"--root-ca-file={self.pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
                 "--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving",
-                "--node-monitor-period=1s",
-                f"--node-monitor-grace-period={s.node_monitor_grace_seconds}s",
+                f"--node-monitor-period={nodes.monitor_period_seconds(s.gaudi_nodes)}s",
+                "--node-monitor-grace-period="
+                f"{nodes.monitor_grace_seconds(s.gaudi_nodes, s.node_monitor_grace_seconds)}s",
                 "--kube-api-qps=500",
                 "--kube-api-burst=1000",
                 f"--cert-dir={self.dir / 'kcm-certs'}",
@@ -523,6 +529,9 @@ class Cluster:
                 f"--server-address=127.0.0.1:{s.ports['kwok']}",
                 "--node-ip=10.244.0.1",
                 "--cidr=10.244.0.1/16",
+                f"--node-lease-duration-seconds={nodes.lease_seconds(s.gaudi_nodes)}",
+                # INFO logs a line per Lease renewal: gigabytes a day at thousands of nodes.
+                "--v=WARN",
             ],
             env={"HOME": str(self.dir)},
         )  # kwok reads ~/.kwok; keep it inside the cluster
@@ -580,16 +589,32 @@ class Cluster:
 
         self._wait("Prometheus /-/ready", ok, 60, "prometheus")
 
-    def _apply_nodes(self, s: Settings) -> None:
+    @staticmethod
+    def _node_flags(s: Settings) -> tuple[int, int, int]:
+        n = s.gaudi_nodes
+        return (
+            nodes.lease_seconds(n),
+            nodes.monitor_period_seconds(n),
+            nodes.monitor_grace_seconds(n, s.node_monitor_grace_seconds),
+        )
+
+    def _register_nodes(self, s: Settings) -> None:
         self.say(f"registering {s.gaudi_nodes} Gaudi 3 nodes ({s.hpus_per_node} HPUs each)")
+        t0 = time.monotonic()
         try:
             removed = node_pool.sync_nodes(
                 self.apiserver_url, self._ssl(), s.gaudi_nodes, s.hpus_per_node
             )
         except (node_pool.NodePoolError, httpx.HTTPError) as e:
             raise ClusterError(f"registering the Gaudi nodes failed: {e}") from e
-        if removed:
-            self.say(f"removed {removed} Gaudi nodes")
+        t1 = time.monotonic()
+        self.say(
+            f"registered in {t1 - t0:.1f}s"
+            + (f" (removed {removed} nodes)" if removed else "")
+            + "; waiting for kwok to make them Ready"
+        )
+        self._wait_nodes_ready(s.gaudi_nodes)
+        self.say(f"{s.gaudi_nodes} nodes Ready {time.monotonic() - t0:.1f}s after the first POST")
 
     def ready_nodes(self) -> tuple[int, int]:
         """(Ready, all) simulated Gaudi nodes."""
