@@ -41,7 +41,7 @@ def _sweep_abandoned_test_clusters() -> None:
     from gaudi_devtools.cluster.cluster import CLUSTERS
 
     for d in CLUSTERS.glob("pytest-*") if CLUSTERS.exists() else []:
-        owner = d.name.removeprefix("pytest-")
+        owner = d.name.removeprefix("pytest-").split("-")[0]  # pytest-<pid>[-purpose]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             Cluster(d.name).delete()
 

@@ -28,7 +28,7 @@ def lease_seconds(count: int) -> int:
 def monitor_grace_seconds(count: int, wanted: int) -> int:
     """kube-controller-manager's node-monitor grace: what was asked for, but never less
     than two Lease renewals, or healthy nodes would turn Unknown between renewals."""
-    return max(wanted, lease_seconds(count) // 2)
+    return max(wanted, math.ceil(lease_seconds(count) / 2))
 
 
 def monitor_period_seconds(count: int) -> int:
