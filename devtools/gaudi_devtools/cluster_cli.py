@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gaudi_devtools.cluster import Cluster, ClusterError, nodes
 from gaudi_devtools.cluster.cluster import CLUSTERS, Settings
+from gaudi_devtools.cluster.processes import rss_bytes
 
 console = Console(stderr=True)
 cluster_app = typer.Typer(
@@ -89,7 +90,7 @@ def down(
 
 @cluster_app.command()
 def status(name: NameOpt = "gaudi3") -> None:
-    """What runs, on which port, and how often the supervisor restarted it."""
+    """What runs, on which port, how often the supervisor restarted it, its memory."""
     c = _cluster(name)
     s = c.settings
     restarts = c.restarts()
@@ -100,8 +101,14 @@ def status(name: NameOpt = "gaudi3") -> None:
     table.add_column("port")
     table.add_column("restarts", justify="right")
     table.add_column("last exit")
+    table.add_column("RSS", justify="right")
+
+    def rss(pid: int | None) -> str:
+        size = rss_bytes(pid) if pid else None
+        return f"{size / 2**20:.0f} MiB" if size is not None else ""
+
     sup = c.procs.supervisor_pid()
-    table.add_row("supervisor", str(sup) if sup else "[red]not running[/]", "", "", "")
+    table.add_row("supervisor", str(sup) if sup else "[red]not running[/]", "", "", "", rss(sup))
     for comp, pid in c.processes().items():
         port = str(s.ports.get(comp, "")) if s else ""
         r = last.get(comp)
@@ -112,6 +119,7 @@ def status(name: NameOpt = "gaudi3") -> None:
             port,
             str(restarts.get(comp, 0)),
             exit_text,
+            rss(pid),
         )
     Console(width=200).print(table)
     if c.healthy() and s is not None and s.gaudi_nodes > 32:

@@ -350,7 +350,12 @@ class Cluster:
         self.kubeconfig.chmod(0o600)
 
     def _wait(
-        self, what: str, check: Callable[[], bool], timeout: float, component: str | None = None
+        self,
+        what: str,
+        check: Callable[[], bool],
+        timeout: float,
+        component: str | None = None,
+        interval: float = 0.25,
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -364,7 +369,7 @@ class Cluster:
                     return
             except (httpx.HTTPError, OSError, subprocess.SubprocessError, ClusterError):
                 pass
-            time.sleep(0.25)
+            time.sleep(interval)
         raise ClusterError(
             f"timed out after {timeout:.0f}s waiting for {what}"
             + (f"; last log lines of {component}:\n{self._tail(component)}" if component else "")
@@ -626,7 +631,9 @@ class Cluster:
             return ready >= count and total == count
 
         # kwok initialises a few nodes in parallel: allow for thousands.
-        self._wait(f"{count} Ready Gaudi nodes", ok, 60 + count / 10, "kwok")
+        # Each check lists every node (a table row each): poll big pools less often.
+        interval = 0.25 if count <= 100 else 1.0
+        self._wait(f"{count} Ready Gaudi nodes", ok, 60 + count / 10, "kwok", interval)
 
     def _wait_default_service_account(self) -> None:
         # Pods are refused until the token controller has made "default" accounts.

@@ -140,11 +140,12 @@ def test_status_shows_restarts_per_component(own: Cluster) -> None:
     rows: dict[str, list[str]] = {}
     for line in out.output.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 5:
+        if len(cells) == 6:
             rows[cells[0]] = cells
     assert int(rows["kube-scheduler"][3]) >= 1 and rows["kube-scheduler"][4].startswith("-9 at ")
     assert int(rows["kube-apiserver"][3]) >= 1
     assert rows["etcd"][3] == "0"
+    assert rows["kube-apiserver"][5].endswith(" MiB")
     assert rows["supervisor"][1].isdigit()
     assert f"{NODES} Gaudi nodes, {NODES} Ready" in out.output
 
