@@ -306,10 +306,13 @@ class Cluster:
         # under test, or the installed package).
         root = str(Path(gaudi_devtools.__file__).resolve().parent.parent)
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        self.procs.start_supervisor(
-            [sys.executable, "-m", "gaudi_devtools.cluster.supervisor", f"{self.dir}/"],
-            env={"PYTHONPATH": path},
-        )
+        try:
+            self.procs.start_supervisor(
+                [sys.executable, "-m", "gaudi_devtools.cluster.supervisor", f"{self.dir}/"],
+                env={"PYTHONPATH": path},
+            )
+        except RuntimeError as e:
+            raise ClusterError(str(e)) from e
 
     def _save(self, s: Settings) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

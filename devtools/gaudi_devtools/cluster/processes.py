@@ -132,6 +132,7 @@ class Processes:
         self.logs = cluster_dir / "logs"
         self.specs = cluster_dir / "specs"
         self.supervisor_pid_file = cluster_dir / "supervisor.pid"
+        self.supervisor_ready_file = cluster_dir / "supervisor.ready"
         self.restart_log = cluster_dir / "restarts.jsonl"
 
     # -- specs, shared with the supervisor ----------------------------------------------
@@ -208,6 +209,21 @@ class Processes:
         found = live_pid(self.pids / f"{name}.pid")
         return found[1] if found else None
 
+    def _pid_file_lines(self, name: str) -> list[str]:
+        try:
+            return (self.pids / f"{name}.pid").read_text().splitlines()
+        except OSError:
+            return []
+
+    def recorded_start_id(self, name: str) -> str | None:
+        """The spec id in the pid file, whether or not that process still runs."""
+        lines = self._pid_file_lines(name)
+        return lines[2] if len(lines) > 2 else None
+
+    def recorded_pid(self, name: str) -> int | None:
+        lines = self._pid_file_lines(name)
+        return int(lines[0]) if lines and lines[0].isdigit() else None
+
     def supervised(self) -> list[str]:
         return sorted(self.read_specs())
 
@@ -216,8 +232,13 @@ class Processes:
         found = live_pid(self.supervisor_pid_file)
         return found[0] if found else None
 
-    def start_supervisor(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+    def start_supervisor(
+        self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 30
+    ) -> int:
+        """Start the supervisor; return once it has looked at every spec (adopting what
+        runs), so nothing started or killed after this goes unseen."""
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.supervisor_ready_file.unlink(missing_ok=True)
         with (self.logs / "supervisor.log").open("ab") as log:
             proc = subprocess.Popen(
                 argv,
@@ -229,7 +250,18 @@ class Processes:
                 start_new_session=True,
             )
         self.supervisor_pid_file.write_text(f"{proc.pid}\n{argv[0]}\n")
-        return proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self.supervisor_ready_file.read_text().strip() == str(proc.pid):
+                    return proc.pid
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the cluster supervisor exited with code {proc.returncode}; "
+                    f"see {self.logs / 'supervisor.log'}"
+                )
+            time.sleep(0.05)
+        raise RuntimeError(f"the cluster supervisor did not start within {timeout:.0f}s")
 
     def stop_supervisor(self, timeout: float = 10.0) -> bool:
         """Stop the supervisor (never its components); True when one was running."""
@@ -237,6 +269,7 @@ class Processes:
         if pid is not None:
             _signal_and_wait(pid, lambda: self.supervisor_pid() is not None, timeout)
         self.supervisor_pid_file.unlink(missing_ok=True)
+        self.supervisor_ready_file.unlink(missing_ok=True)
         return pid is not None
 
     def restarts(self) -> list[dict[str, Any]]:

@@ -66,8 +66,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self._say(f"supervising {self.procs.dir} (pid {os.getpid()})")
+        first = True
         while not self.stopping and self._still_ours():
             self.step()
+            if first:  # `up` waits for this: from now on every component is watched
+                self.procs.supervisor_ready_file.write_text(f"{os.getpid()}\n")
+                first = False
             time.sleep(self.poll_seconds)
         # Components keep running: `down` stops them; a new supervisor adopts them.
         self._say("supervisor stopping; components keep running")
@@ -108,6 +112,13 @@ class Supervisor:
         if pid is not None and self.procs.start_id(spec.name) == spec.id:
             self._say(f"adopting {spec.name} (pid {pid})")
             self.children[spec.name] = _Child(spec.id, pid, None, now, RestartState(self.backoff))
+        elif self.procs.recorded_start_id(spec.name) == spec.id:
+            # It was started from this very spec and exited while nobody watched (between
+            # two supervisors): a restart like any other, recorded as such.
+            old = self.procs.recorded_pid(spec.name) or -1
+            child = _Child(spec.id, old, None, now, RestartState(self.backoff))
+            self.children[spec.name] = child
+            self._exited(spec.name, child, "unknown", now)
         else:
             self._launch(spec, now)
 

@@ -1,7 +1,8 @@
 """A local cluster of its own (300 Gaudi nodes): every node Ready with its capacity and
 its own address; the supervisor brings back a SIGKILLed scheduler and API server, the
-cluster schedules pods again, `gaudi3 cluster status` counts the restarts, and `down`
-leaves no process behind."""
+cluster schedules pods again, `gaudi3 cluster status` counts the restarts, a killed
+supervisor is replaced by `up` without restarting anything, and `down` leaves no
+process behind. The tests run in file order on the one cluster."""
 
 from __future__ import annotations
 
@@ -148,6 +149,23 @@ def test_status_shows_restarts_per_component(own: Cluster) -> None:
     assert rows["kube-apiserver"][5].endswith(" MiB")
     assert rows["supervisor"][1].isdigit()
     assert f"{NODES} Gaudi nodes, {NODES} Ready" in out.output
+
+
+def test_a_killed_supervisor_is_replaced_by_up_and_adopts_the_components(
+    own: Cluster, own_core: client.CoreV1Api
+) -> None:
+    before, supervisor = own.running(), own.procs.supervisor_pid()
+    assert supervisor is not None
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: own.procs.supervisor_pid() is None, timeout=10, what="supervisor gone")
+
+    own.up(Settings(gaudi_nodes=NODES, hpus_per_node=8))
+    assert own.procs.supervisor_pid() not in (None, supervisor)
+    assert own.running() == before  # adopted, not restarted
+    _kill_and_wait_for_restart(own, "kube-scheduler")  # and still supervised
+    _a_pod_gets_scheduled_and_runs(own_core)
+    last = [r for r in own.procs.restarts() if r["component"] == "kube-scheduler"][-1]
+    assert last["exit_code"] == "unknown"  # not its child: no exit status to read
 
 
 def test_down_stops_the_supervisor_and_every_component(own: Cluster) -> None:

@@ -86,3 +86,15 @@ def test_a_stopped_component_stays_stopped(supervised) -> None:  # type: ignore[
     assert procs.pid("sleeper") is None
     assert not Path(f"/proc/{restarted}").exists()  # stopped and reaped, no zombie
     assert len(procs.restarts()) == 1  # the stop is not counted as a crash
+
+
+def test_a_component_that_died_between_supervisors_is_restarted_and_recorded(
+    supervised,  # type: ignore[no-untyped-def]
+) -> None:
+    procs, sup = supervised
+    first = procs.start("sleeper", SLEEPER)
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)  # we started it directly: reap it, as init would
+    restarted = _step_until(sup, lambda: procs.pid("sleeper"))
+    assert restarted != first
+    assert [(r["component"], r["exit_code"]) for r in procs.restarts()] == [("sleeper", "unknown")]
