@@ -541,8 +541,19 @@ class Cluster:
                 # INFO logs a line per Lease renewal: gigabytes a day at thousands of nodes.
                 "--v=WARN",
             ],
-            env={"HOME": str(self.dir)},
-        )  # kwok reads ~/.kwok; keep it inside the cluster
+            env={"HOME": str(self.dir)},  # kwok reads ~/.kwok; keep it inside the cluster
+            # A restarted kwok has a new identity and would wait for the node Leases of
+            # its previous run to expire (nodes unmanaged, Unknown meanwhile): drop them
+            # in one request, and it creates them afresh.
+            before=[
+                self.tool("kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--request-timeout=10s",
+                "delete",
+                "--raw",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            ],
+        )
 
         def ok() -> bool:
             return (

@@ -84,11 +84,20 @@ class Spec:
     env: dict[str, str] = field(default_factory=dict)  # on top of the starter's environment
     # A new id per start() call: the pid file written for this start carries it.
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Run (best effort, errors to the log) before every start: to release what an
+    # earlier run of the component still holds.
+    before: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
         d = json.loads(text)
-        return cls(name=d["name"], argv=list(d["argv"]), env=dict(d["env"]), id=d["id"])
+        return cls(
+            name=d["name"],
+            argv=list(d["argv"]),
+            env=dict(d["env"]),
+            id=d["id"],
+            before=list(d.get("before", [])),
+        )
 
 
 def live_pid(pid_file: Path) -> tuple[int, str] | None:
@@ -164,6 +173,16 @@ class Processes:
         self.pids.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{spec.name}.log").open("ab") as log:
+            if spec.before:
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(
+                        spec.before,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,  # errors are what the log needs
+                        stderr=log,
+                        cwd=self.dir,
+                        timeout=30,
+                    )
             proc = subprocess.Popen(
                 spec.argv,
                 stdin=subprocess.DEVNULL,
@@ -177,10 +196,16 @@ class Processes:
         return proc
 
     def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, timeout: float = 30
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
+        before: list[str] | None = None,
     ) -> int:
-        """Start a component (supervised when the cluster's supervisor runs); its pid."""
-        spec = Spec(name, list(argv), dict(env or {}))
+        """Start a component (supervised when the cluster's supervisor runs); its pid.
+        ``before`` runs ahead of this start and of every restart."""
+        spec = Spec(name, list(argv), dict(env or {}), before=list(before or []))
         with self.spec_lock():
             self._write_spec(spec)
             if self.supervisor_pid() is None:

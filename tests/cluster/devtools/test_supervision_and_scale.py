@@ -135,6 +135,28 @@ def test_a_killed_api_server_comes_back_and_the_cluster_works_again(
     assert own.restarts().get("kube-apiserver", 0) >= 1
 
 
+def test_a_killed_kwok_comes_back_and_takes_the_nodes_over_at_once(
+    own: Cluster, own_core: client.CoreV1Api
+) -> None:
+    coordination = client.CoordinationV1Api(own_core.api_client)
+
+    def holders() -> set[str]:
+        leases = coordination.list_namespaced_lease("kube-node-lease").items
+        return {x.spec.holder_identity for x in leases} if len(leases) == NODES else set()
+
+    (before,) = holders()
+    _kill_and_wait_for_restart(own, "kwok")
+    # Its new identity would otherwise wait out the old Leases (40 s) with the nodes
+    # unmanaged; the supervisor's pre-start step releases them.
+    wait_for(
+        lambda: len(h := holders()) == 1 and before not in h,
+        timeout=30,
+        interval=0.5,
+        what="the restarted kwok to hold every node Lease",
+    )
+    _a_pod_gets_scheduled_and_runs(own_core)
+
+
 def test_status_shows_restarts_per_component(own: Cluster) -> None:
     out = CliRunner().invoke(cluster_app, ["status", "--name", own.name])
     assert out.exit_code == 0, out.output
