@@ -76,7 +76,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         if c is not None:
             from gaudi_devtools.cluster.cluster import COMPONENTS
 
-            for comp in COMPONENTS:
+            for comp in (*COMPONENTS, "supervisor"):
                 rep.sections.append((f"{comp} log (tail)", c._tail(comp, 25)))
 
 
