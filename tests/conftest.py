@@ -80,7 +80,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             from gaudi_devtools.cluster.cluster import COMPONENTS
 
             extra = [n for n in c.procs.names() if n not in COMPONENTS]  # real nodes, CoreDNS
-            for comp in (*COMPONENTS, *extra):
+            for comp in (*COMPONENTS, "supervisor", *extra):
                 rep.sections.append((f"{comp} log (tail)", c._tail(comp, 25)))
 
 

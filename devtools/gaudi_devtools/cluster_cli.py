@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaudi_devtools.cluster import Cluster, ClusterError
+from gaudi_devtools.cluster import Cluster, ClusterError, nodes
 from gaudi_devtools.cluster.cluster import CLUSTERS, Settings
+from gaudi_devtools.cluster.processes import rss_bytes
 
 console = Console(stderr=True)
 cluster_app = typer.Typer(
@@ -31,7 +32,9 @@ def _cluster(name: str) -> Cluster:
 @cluster_app.command()
 def up(
     name: NameOpt = "gaudi3",
-    gaudi_nodes: Annotated[int, typer.Option(min=1, max=256, help="Simulated Gaudi 3 nodes.")] = 4,
+    gaudi_nodes: Annotated[
+        int, typer.Option(min=1, max=nodes.MAX_NODES, help="Simulated Gaudi 3 nodes.")
+    ] = 4,
     hpus_per_node: Annotated[int, typer.Option(min=1, max=8, help="habana.ai/gaudi per node.")] = 8,
     node_monitor_grace: Annotated[
         int,
@@ -105,33 +108,42 @@ def down(
 
 @cluster_app.command()
 def status(name: NameOpt = "gaudi3") -> None:
-    """What runs, on which port."""
+    """What runs, on which port, how often the supervisor restarted it, its memory."""
     c = _cluster(name)
     s = c.settings
+    restarts = c.restarts()
+    last = {r["component"]: r for r in c.procs.restarts()}
     table = Table(title=f"cluster {name!r}")
     table.add_column("component")
     table.add_column("pid")
     table.add_column("port")
-    for comp, pid in c.running().items():
-        port = str(s.ports.get(comp, "")) if s else ""
-        table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
-    from gaudi_devtools import kueue as kueue_process
+    table.add_column("restarts", justify="right")
+    table.add_column("last exit")
+    table.add_column("RSS", justify="right")
 
-    kueue_pid = c.procs.pid(kueue_process.PROCESS)
-    if kueue_pid is not None:  # started on demand (`up --kueue`)
-        port = str(kueue_process.ports(c).get("webhook", ""))
-        table.add_row("kueue", str(kueue_pid), port)
-    rows = c.real_nodes.rows()
-    if rows and s:
-        dns = s.addresses.get("coredns", "")
-        pid = c.procs.pid("coredns")
-        table.add_row("coredns", str(pid) if pid else "[red]not running[/]", f"{dns}:53")
-    for node, ip, kubelet, containerd in rows:
-        for comp, pid in ((f"kubelet {node}", kubelet), (f"containerd {node}", containerd)):
-            port = f"{ip}:10250" if comp.startswith("kubelet") else ip
-            table.add_row(comp, str(pid) if pid else "[red]not running[/]", port)
-    Console().print(table)
-    if c.healthy():
+    def rss(pid: int | None) -> str:
+        size = rss_bytes(pid) if pid else None
+        return f"{size / 2**20:.0f} MiB" if size is not None else ""
+
+    sup = c.procs.supervisor_pid()
+    table.add_row("supervisor", str(sup) if sup else "[red]not running[/]", "", "", "", rss(sup))
+    for comp, pid in c.processes().items():
+        port = str(s.ports.get(comp, "")) if s else ""
+        r = last.get(comp)
+        exit_text = f"{r['exit_code']} at {r['time']}" if r else ""
+        table.add_row(
+            comp,
+            str(pid) if pid else "[red]not running[/]",
+            port,
+            str(restarts.get(comp, 0)),
+            exit_text,
+            rss(pid),
+        )
+    Console(width=200).print(table)
+    if c.healthy() and s is not None and s.gaudi_nodes > 32:
+        ready, total = c.ready_nodes()
+        print(f"{total} Gaudi nodes, {ready} Ready, {s.hpus_per_node} HPUs each")
+    elif c.healthy():
         out = c.kubectl(
             "get",
             "nodes",

@@ -2,8 +2,11 @@
 with simulated Gaudi 3 nodes, and Prometheus, each a process on a free loopback port.
 
 State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and settings),
-``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/`` and ``prometheus/targets/``
-(a file_sd folder: drop a JSON target list there and Prometheus scrapes it within seconds).
+``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/``, ``specs/`` (what the
+supervisor restarts), ``restarts.jsonl`` and ``prometheus/targets/`` (a file_sd folder:
+drop a JSON target list there and Prometheus scrapes it within seconds).
+
+A supervisor process per cluster (``supervisor.py``) restarts any component that exits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,11 +28,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gaudi_devtools.cluster import nodes
+import gaudi_devtools
+from gaudi_devtools.cluster import node_pool, nodes
 from gaudi_devtools.cluster.pki import ensure_pki, issue_cert
 from gaudi_devtools.cluster.processes import Processes, free_port
 from gaudi_devtools.cluster.realnodes import (
-    REAL_LABEL,
     RealNodes,
     address_lock,
     allocate_addresses,
@@ -146,6 +150,21 @@ class Cluster:
     def running(self) -> dict[str, int | None]:
         return {c: self.procs.pid(c) for c in COMPONENTS}
 
+    def processes(self) -> dict[str, int | None]:
+        """Every process the cluster tracks: the control plane, then anything else started
+        through ``Processes.start`` (real nodes, the demo's operator)."""
+        names = [*COMPONENTS]
+        others = {*self.procs.names(), *self.procs.supervised()}
+        names += [n for n in sorted(others) if n not in names]
+        return {n: self.procs.pid(n) for n in names}
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts the supervisor made, per component, since this cluster came up."""
+        counts: dict[str, int] = {}
+        for r in self.procs.restarts():
+            counts[r["component"]] = counts.get(r["component"], 0) + 1
+        return counts
+
     def healthy(self) -> bool:
         if self.settings is None or any(p is None for p in self.running().values()):
             return False
@@ -185,19 +204,33 @@ class Cluster:
 
     def _up(self, wanted: Settings) -> None:
         current = self.settings
+        if current is not None and self.procs.supervisor_pid() is not None:
+            # A component may be between exit and restart: give the supervisor its time
+            # rather than starting the whole cluster afresh.
+            with contextlib.suppress(ClusterError):
+                self._wait("the supervised cluster to be healthy", self.healthy, 60)
         if self.healthy() and current is not None:
+            if self.procs.supervisor_pid() is None:  # it was killed: a new one adopts
+                self.say("starting the cluster supervisor (it adopts the running components)")
+                self._start_supervisor()
             same = current.gaudi_nodes == wanted.gaudi_nodes and (
                 current.hpus_per_node == wanted.hpus_per_node
             )
             if not same:
                 self.say("cluster is up; adjusting its Gaudi nodes")
-                self._apply_nodes(wanted)
+                before = self._node_flags(current)
                 current.gaudi_nodes, current.hpus_per_node = (
                     wanted.gaudi_nodes,
                     wanted.hpus_per_node,
                 )
                 self._save(current)
-                self._wait_nodes_ready(wanted.gaudi_nodes)
+                if self._node_flags(current) != before:  # leases and node monitor rescale
+                    self.say("restarting kwok and kube-controller-manager for the new size")
+                    for name in ("kwok", "kube-controller-manager"):
+                        self.procs.stop(name)
+                    self._start_controller_manager(current)
+                    self._start_kwok(current)
+                self._register_nodes(current)
             if current.real_nodes != wanted.real_nodes:
                 self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes} wanted)")
                 self.real_nodes.down(api_up=True)
@@ -216,9 +249,11 @@ class Cluster:
             )
         self._down(quiet=True)
         # A fresh etcd every time: a dev cluster that restarts clean is easier to trust.
-        for sub in ("etcd", "logs", "prometheus", "pids"):
+        for sub in ("etcd", "logs", "prometheus", "pids", "specs"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
+        self.procs.restart_log.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_supervisor()
         ensure_pki(self.pki)
         wanted.ports = {
             name: free_port()
@@ -241,8 +276,7 @@ class Cluster:
             self._start_scheduler(wanted)
             self._start_kwok(wanted)
             self._start_prometheus(wanted)
-            self._apply_nodes(wanted)
-            self._wait_nodes_ready(wanted.gaudi_nodes)
+            self._register_nodes(wanted)
             self._wait_default_service_account()
             self._start_real_nodes(wanted)
         except BaseException:
@@ -257,17 +291,23 @@ class Cluster:
             return self._down(quiet)
 
     def _down(self, quiet: bool) -> list[str]:
-        # Real nodes first, while the API server can still delete their Node objects.
+        stopped = []
+        # The supervisor first, or it would restart what we stop.
+        if self.procs.stop_supervisor():
+            stopped.append("supervisor")
+        # Real nodes next, while the API server can still delete their Node objects.
         if not quiet and self.real_nodes.rows():
             self.say("stopping the real nodes")
-        stopped = self.real_nodes.down(api_up=self.procs.pid("kube-apiserver") is not None)
+        stopped += self.real_nodes.down(api_up=self.procs.pid("kube-apiserver") is not None)
         for name in reversed(COMPONENTS):
             if self.procs.pid(name) is not None:
                 if not quiet:
                     self.say(f"stopping {name}")
                 stopped.append(name)
             self.procs.stop(name)
-        for name in self.procs.names():  # anything else we once started
+        for name in sorted({*self.procs.names(), *self.procs.supervised()}):  # anything else
+            if self.procs.pid(name) is not None:
+                stopped.append(name)
             self.procs.stop(name)
         if self.procs.kill_strays():
             stopped.append("untracked leftovers")
@@ -308,6 +348,19 @@ class Cluster:
                 s.addresses = dict(zip(names, ips, strict=True))
             self._save(s)
 
+    def _start_supervisor(self) -> None:
+        # The same gaudi_devtools as ours, wherever it was imported from (a worktree
+        # under test, or the installed package).
+        root = str(Path(gaudi_devtools.__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        try:
+            self.procs.start_supervisor(
+                [sys.executable, "-m", "gaudi_devtools.cluster.supervisor", f"{self.dir}/"],
+                env={"PYTHONPATH": path},
+            )
+        except RuntimeError as e:
+            raise ClusterError(str(e)) from e
+
     def _save(self, s: Settings) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "cluster.json").write_text(json.dumps(asdict(s), indent=2))
@@ -347,7 +400,12 @@ class Cluster:
         self.kubeconfig.chmod(0o600)
 
     def _wait(
-        self, what: str, check: Callable[[], bool], timeout: float, component: str | None = None
+        self,
+        what: str,
+        check: Callable[[], bool],
+        timeout: float,
+        component: str | None = None,
+        interval: float = 0.25,
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -361,7 +419,7 @@ class Cluster:
                     return
             except (httpx.HTTPError, OSError, subprocess.SubprocessError, ClusterError):
                 pass
-            time.sleep(0.25)
+            time.sleep(interval)
         raise ClusterError(
             f"timed out after {timeout:.0f}s waiting for {what}"
             + (f"; last log lines of {component}:\n{self._tail(component)}" if component else "")
@@ -479,8 +537,9 @@ class Cluster:
                 f"--root-ca-file={self.pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
                 "--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving",
-                "--node-monitor-period=1s",
-                f"--node-monitor-grace-period={s.node_monitor_grace_seconds}s",
+                f"--node-monitor-period={nodes.monitor_period_seconds(s.gaudi_nodes)}s",
+                "--node-monitor-grace-period="
+                f"{nodes.monitor_grace_seconds(s.gaudi_nodes, s.node_monitor_grace_seconds)}s",
                 "--kube-api-qps=500",
                 "--kube-api-burst=1000",
                 f"--cert-dir={self.dir / 'kcm-certs'}",
@@ -537,9 +596,23 @@ class Cluster:
                 f"--server-address=127.0.0.1:{s.ports['kwok']}",
                 "--node-ip=10.244.0.1",
                 "--cidr=10.244.0.1/16",
+                f"--node-lease-duration-seconds={nodes.lease_seconds(s.gaudi_nodes)}",
+                # INFO logs a line per Lease renewal: gigabytes a day at thousands of nodes.
+                "--v=WARN",
             ],
-            env={"HOME": str(self.dir)},
-        )  # kwok reads ~/.kwok; keep it inside the cluster
+            env={"HOME": str(self.dir)},  # kwok reads ~/.kwok; keep it inside the cluster
+            # A restarted kwok has a new identity and would wait for the node Leases of
+            # its previous run to expire (nodes unmanaged, Unknown meanwhile): drop them
+            # in one request, and it creates them afresh.
+            before=[
+                self.tool("kubectl"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--request-timeout=10s",
+                "delete",
+                "--raw",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            ],
+        )
 
         def ok() -> bool:
             return (
@@ -594,43 +667,46 @@ class Cluster:
 
         self._wait("Prometheus /-/ready", ok, 60, "prometheus")
 
-    def _apply_nodes(self, s: Settings) -> None:
+    @staticmethod
+    def _node_flags(s: Settings) -> tuple[int, int, int]:
+        n = s.gaudi_nodes
+        return (
+            nodes.lease_seconds(n),
+            nodes.monitor_period_seconds(n),
+            nodes.monitor_grace_seconds(n, s.node_monitor_grace_seconds),
+        )
+
+    def _register_nodes(self, s: Settings) -> None:
         self.say(f"registering {s.gaudi_nodes} Gaudi 3 nodes ({s.hpus_per_node} HPUs each)")
-        docs = [
-            nodes.gaudi_node(nodes.node_name(i), s.hpus_per_node, i) for i in range(s.gaudi_nodes)
-        ]
-        self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(docs)
+        t0 = time.monotonic()
+        try:
+            removed = node_pool.sync_nodes(
+                self.apiserver_url, self._ssl(), s.gaudi_nodes, s.hpus_per_node
+            )
+        except (node_pool.NodePoolError, httpx.HTTPError) as e:
+            raise ClusterError(f"registering the Gaudi nodes failed: {e}") from e
+        t1 = time.monotonic()
+        self.say(
+            f"registered in {t1 - t0:.1f}s"
+            + (f" (removed {removed} nodes)" if removed else "")
+            + "; waiting for kwok to make them Ready"
         )
-        # Shrinking removes the highest-numbered nodes.
-        out = self.kubectl(
-            "get",
-            "nodes",
-            "-l",
-            f"{nodes.POOL_LABEL},!{REAL_LABEL}",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        )
-        keep = {d["metadata"]["name"] for d in docs}
-        extra = [n for n in out.stdout.split() if n not in keep]
-        if extra:
-            self.kubectl("delete", "node", *extra)
+        self._wait_nodes_ready(s.gaudi_nodes)
+        self.say(f"{s.gaudi_nodes} nodes Ready {time.monotonic() - t0:.1f}s after the first POST")
+
+    def ready_nodes(self) -> tuple[int, int]:
+        """(Ready, all) simulated Gaudi nodes."""
+        return node_pool.ready_nodes(self.apiserver_url, self._ssl())
 
     def _wait_nodes_ready(self, count: int) -> None:
         def ok() -> bool:
-            out = self.kubectl("get", "nodes", "-l", nodes.POOL_LABEL, "-o", "json")
-            items = json.loads(out.stdout)["items"]
-            ready = [
-                n
-                for n in items
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in n.get("status", {}).get("conditions", [])
-                )
-            ]
-            return len(ready) >= count
+            ready, total = self.ready_nodes()
+            return ready >= count and total == count
 
-        self._wait(f"{count} Ready Gaudi nodes", ok, 60, "kwok")
+        # kwok initialises a few nodes in parallel: allow for thousands.
+        # Each check lists every node (a table row each): poll big pools less often.
+        interval = 0.25 if count <= 100 else 1.0
+        self._wait(f"{count} Ready Gaudi nodes", ok, 60 + count / 10, "kwok", interval)
 
     def _wait_default_service_account(self) -> None:
         # Pods are refused until the token controller has made "default" accounts.

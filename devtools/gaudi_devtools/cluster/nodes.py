@@ -3,16 +3,46 @@ discovery advertise on a real 8-card server, so the scheduler sees the same cons
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 POOL_LABEL = "gaudi3.scalestarter.dev/local-cluster"
+REAL_LABEL = "gaudi3.scalestarter.dev/real-node"  # nodes run by a real kubelet
 GAUDI_RESOURCE = "habana.ai/gaudi"
 GAUDI_TAINT = {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
+# What `gaudi3 cluster up --gaudi-nodes` accepts; node_ip has room for 64,000.
+MAX_NODES = 10_000
 
 
 def node_name(index: int) -> str:
     return f"gaudi3-node-{index}"
+
+
+def lease_seconds(count: int) -> int:
+    """The node Lease duration kwok gives ``count`` nodes. It renews each Lease every
+    quarter of it, so Kubernetes' 40 s means 500 writes/s at 5,000 nodes, more than 2
+    shared cores keep up with: above 500 nodes it grows to hold ~50 renewals/s."""
+    return max(40, math.ceil(count * 4 / 50))
+
+
+def monitor_grace_seconds(count: int, wanted: int) -> int:
+    """kube-controller-manager's node-monitor grace: what was asked for, but never less
+    than two Lease renewals, or healthy nodes would turn Unknown between renewals."""
+    return max(wanted, math.ceil(lease_seconds(count) / 2))
+
+
+def monitor_period_seconds(count: int) -> int:
+    # Each period walks every node; at thousands of nodes 1 s costs a core's tenth.
+    return 1 if count <= 500 else 5
+
+
+def node_ip(index: int) -> str:
+    """A unique loopback address per node (never used to connect: kwok plays the node),
+    so nothing in the cluster ever points outside 127.0.0.0/8."""
+    if not 0 <= index < 256 * 250:
+        raise ValueError(f"node index {index} out of range")
+    return f"127.100.{index // 250}.{index % 250 + 2}"
 
 
 def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
@@ -50,7 +80,7 @@ def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
             "capacity": capacity,
             "allocatable": dict(capacity),
             "addresses": [
-                {"type": "InternalIP", "address": f"10.100.{index // 250}.{index % 250 + 2}"},
+                {"type": "InternalIP", "address": node_ip(index)},
                 {"type": "Hostname", "address": name},
             ],
         },

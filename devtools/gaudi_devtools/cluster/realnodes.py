@@ -47,7 +47,7 @@ from gaudi_devtools.cluster.pki import issue_cert
 if TYPE_CHECKING:
     from gaudi_devtools.cluster.cluster import Cluster, Settings
 
-REAL_LABEL = "gaudi3.scalestarter.dev/real-node"
+REAL_LABEL = nodes.REAL_LABEL
 ADDRESS_PREFIX = "127.0.20."
 KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248

@@ -12,6 +12,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from gaudi_devtools.cluster import nodes
 from gaudi_devtools.cluster.nodes import gaudi_node
 from gaudi_devtools.cluster.pki import ensure_pki
 from gaudi_devtools.cluster.processes import Processes, _cmdline
@@ -42,6 +43,29 @@ def test_gaudi_node_advertises_hpus_hugepages_and_taint() -> None:
     assert node["spec"]["taints"] == [
         {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
     ]
+
+
+def test_node_addresses_are_unique_and_loopback_up_to_the_largest_cluster() -> None:
+    addresses = [
+        gaudi_node(nodes.node_name(i), index=i)["status"]["addresses"][0]["address"]
+        for i in range(nodes.MAX_NODES)
+    ]
+    assert len(set(addresses)) == nodes.MAX_NODES
+    for a in addresses:
+        octets = [int(o) for o in a.split(".")]
+        assert octets[0] == 127 and 0 < octets[3] < 255, a  # no .0 or .255 host part
+
+
+def test_lease_renewals_stay_near_50_per_second_and_grace_outlasts_two_renewals() -> None:
+    for count in (1, 4, 300, 500, 501, 2000, 5000, nodes.MAX_NODES):
+        lease = nodes.lease_seconds(count)
+        renewals_per_second = count / (lease / 4)  # kwok renews every quarter Lease
+        assert lease >= 40 and renewals_per_second <= 51, (count, lease)
+        for wanted in (2, 20, 40):
+            grace = nodes.monitor_grace_seconds(count, wanted)
+            assert grace >= wanted and grace >= 2 * lease / 4, (count, wanted, grace)
+    assert nodes.lease_seconds(4) == 40  # small clusters keep Kubernetes' default
+    assert nodes.monitor_grace_seconds(4, 20) == 20  # and the grace the tests ask for
 
 
 def test_kwok_config_has_lifecycle_and_chaos_stages() -> None:
