@@ -32,8 +32,8 @@ for values in "$CHART"/ci/*-values.yaml; do
   "$BIN/helm" template gaudi "$CHART" -n gaudi-system --include-crds -f "$values" >"$tmp/out.yaml"
   kubeconform "$tmp/out.yaml"
 done
-echo "== kubeconform -strict examples/ (the GaudiTrainingJob files; kueue-queue.yaml is Kueue's)"
-mapfile -t jobs < <(grep -l "^kind: GaudiTrainingJob" "$ROOT"/examples/*.yaml)
+echo "== kubeconform -strict examples/ (the GaudiTrainingJob files; examples/kueue/ holds Kueue's)"
+mapfile -t jobs < <(grep -l "^kind: GaudiTrainingJob" "$ROOT"/examples/*.yaml "$ROOT"/examples/kueue/*.yaml)
 kubeconform "${jobs[@]}"
 
 "$BIN/helm-docs" --chart-search-root "$ROOT/charts" --dry-run 2>/dev/null >"$tmp/README.md"

@@ -13,7 +13,10 @@ import yaml
 
 from unit.chart.chart_tools import CHART, ROOT, VALUES_SETS, crd_schemas, helm, kubeconform
 
-EXAMPLES = sorted(str(p) for p in (ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted(
+    str(p)
+    for p in [*(ROOT / "examples").glob("*.yaml"), *(ROOT / "examples" / "kueue").glob("*.yaml")]
+)
 SUMMARY = re.compile(
     r"(\d+) resources found in \d+ files? - Valid: (\d+), Invalid: (\d+), "
     r"Errors: (\d+), Skipped: (\d+)"
@@ -66,7 +69,7 @@ def test_the_values_sets_render_what_they_switch_on(tmp_path: Path) -> None:
 
 
 def test_examples_are_valid_strict_against_the_crd(crds: Path) -> None:
-    # Files of GaudiTrainingJobs (kueue-queue.yaml holds Kueue's own objects).
+    # Files of GaudiTrainingJobs (examples/kueue/kueue-queue.yaml holds Kueue's own objects).
     jobs = [f for f in EXAMPLES if "kind: GaudiTrainingJob" in Path(f).read_text()]
     docs = [d for f in jobs for d in yaml.safe_load_all(Path(f).read_text()) if d]
     assert len(jobs) >= 8 and sum(d["kind"] == "GaudiTrainingJob" for d in docs) == len(jobs)
