@@ -64,8 +64,10 @@ class Candidate(OperatorProcess):
 
 @pytest.fixture
 def candidates(
-    cluster: Any, crd: Path, namespace: str, tmp_path: Path
+    cluster: Any, crd: Path, namespace: str, tmp_path: Path, operator: Any
 ) -> Iterator[tuple[Candidate, Candidate]]:
+    # The session's operator watches every namespace: it would race the candidates.
+    operator.stop()
     lease = f"le-{uuid.uuid4().hex[:6]}"
     a = Candidate(cluster, tmp_path / "a.log", namespace, lease)
     b = Candidate(cluster, tmp_path / "b.log", namespace, lease)
@@ -74,6 +76,7 @@ def candidates(
     finally:
         a.stop()
         b.stop()
+        operator.start()
 
 
 def holder(leases: Any, namespace: str, name: str) -> str | None:
