@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-TOOLS := $(HOME)/.cache/gaudi3/bin
+GAUDI3_CACHE ?= $(HOME)/.cache/gaudi3
+TOOLS := $(GAUDI3_CACHE)/bin
 CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
 DIST ?= dist
@@ -85,7 +86,7 @@ chart-docs: chart-tools
 # OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale).
 crd: venv
 	@bash hack/toolchain.sh openapi
-	$(BIN)/python hack/crdgen.py $(HOME)/.cache/gaudi3/openapi/kubernetes crds/gauditrainingjobs.yaml
+	$(BIN)/python hack/crdgen.py $(GAUDI3_CACHE)/openapi/kubernetes crds/gauditrainingjobs.yaml
 
 dashboards: venv
 	$(BIN)/python dashboards/build.py
