@@ -140,7 +140,17 @@ def _start_operator(c: Cluster) -> None:
     script = Path(sys.executable).with_name("gaudi3")
     c.procs.start(
         "operator",
-        [sys.executable, str(script), "operator", "--prometheus-url", c.prometheus_url],
+        [
+            sys.executable,
+            str(script),
+            "operator",
+            "--prometheus-url",
+            c.prometheus_url,
+            "--health-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+        ],
         # A 2 s autoscaler loop so the demo's resizes show within seconds (default 10 s).
         env={"KUBECONFIG": str(c.kubeconfig), "GAUDI3_AUTOSCALE_INTERVAL_SECONDS": "2"},
     )

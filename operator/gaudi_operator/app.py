@@ -38,7 +38,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await queueing_wiring.start(memo, clients)
     memo["clients"] = clients
     memo["controller"] = controller
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_address)
 
 
 @kopf.on.cleanup()

@@ -56,6 +56,8 @@ class OperatorProcess:
             str(self.health_port),
             "--health-address",
             "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
             "--resync-seconds",
             "5",
             "--leader-elect" if self.leader_elect else "--no-leader-elect",

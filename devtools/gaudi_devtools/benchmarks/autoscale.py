@@ -123,6 +123,8 @@ class OperatorRunner:
                     str(self.metrics_port),
                     "--health-port",
                     "0",
+                    "--metrics-address",
+                    "127.0.0.1",
                     "--resync-seconds",
                     "5",
                     "--no-leader-elect",

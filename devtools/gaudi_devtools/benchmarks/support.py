@@ -26,7 +26,9 @@ def start_operator(
     exe = Path(sys.executable).parent / "gaudi3"
     # One operator acts at once unless asked to campaign (no stale Lease to wait out).
     elect = [] if "--leader-elect" in args else ["--no-leader-elect"]
-    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *elect, *args]
+    local = ["--health-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
+    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *local]
+    cmd += [*elect, *args]
     full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)

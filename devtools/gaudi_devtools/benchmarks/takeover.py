@@ -228,6 +228,7 @@ def takeover(
     kubeconfig = chart_identity(c, logs / "takeover.kubeconfig") if chart_rbac else c.kubeconfig
     args = [
         "--health-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
         f"--namespace={NAMESPACE}",
         "--leader-elect",
         f"--leader-election-namespace={NAMESPACE}",

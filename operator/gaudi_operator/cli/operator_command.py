@@ -36,6 +36,13 @@ def run_operator(
         str,
         typer.Option(help="Address /healthz listens on (0.0.0.0: every interface, for kubelet)."),
     ] = "0.0.0.0",
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            help="Address /metrics listens on (0.0.0.0: every interface, for a scraper in "
+            "the cluster; 127.0.0.1 on a workstation)."
+        ),
+    ] = "0.0.0.0",
     leader_elect: Annotated[
         bool,
         typer.Option(
@@ -111,6 +118,7 @@ def run_operator(
     config = OperatorConfig(
         kubeconfig=kubeconfig,
         metrics_port=metrics_port,
+        metrics_address=metrics_address,
         workers=workers,
         pod_concurrency=pod_concurrency,
         resync_seconds=resync_seconds,
@@ -147,7 +155,7 @@ def run_operator(
             hint = "--lease-duration/--renew-deadline/--retry-period"
             raise typer.BadParameter(str(err), param_hint=hint) from err
     # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
-    metrics.serve(metrics_port)
+    metrics.serve(metrics_port, metrics_address)
     if not leader_elect:
         metrics.LEADER.set(1)
         asyncio.run(operator())

@@ -84,11 +84,11 @@ class PhaseTracker:
 _serving: set[int] = set()
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "0.0.0.0") -> None:
     """Serve /metrics from a daemon thread (prometheus-client's own; never the event loop).
     Once per port: a standby starts serving before kopf's start-up asks again."""
     if port and port not in _serving:
-        start_http_server(port)
+        start_http_server(port, addr=address)
         _serving.add(port)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class OperatorConfig:
     kubeconfig: str | None = None
     metrics_port: int = 8000
+    metrics_address: str = "0.0.0.0"
     workers: int = 8
     pod_concurrency: int = 32
     resync_seconds: float = 30.0
