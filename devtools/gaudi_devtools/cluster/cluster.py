@@ -546,14 +546,16 @@ class Cluster:
             ],
         )
 
-        def ok() -> bool:
-            port = s.ports["kube-controller-manager"]
-            return (
-                httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code
-                == 200
-            )
+        self._wait_healthz(s, "kube-controller-manager")
 
-        self._wait("kube-controller-manager /healthz", ok, 60, "kube-controller-manager")
+    def _wait_healthz(self, s: Settings, component: str) -> None:
+        """Until the component's own HTTPS /healthz on loopback answers 200."""
+
+        def ok() -> bool:
+            url = f"https://127.0.0.1:{s.ports[component]}/healthz"
+            return httpx.get(url, verify=False, timeout=2).status_code == 200
+
+        self._wait(f"{component} /healthz", ok, 60, component)
 
     def _start_scheduler(self, s: Settings) -> None:
         self.say("starting kube-scheduler")
@@ -571,14 +573,7 @@ class Cluster:
             ],
         )
 
-        def ok() -> bool:
-            port = s.ports["kube-scheduler"]
-            return (
-                httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2).status_code
-                == 200
-            )
-
-        self._wait("kube-scheduler /healthz", ok, 60, "kube-scheduler")
+        self._wait_healthz(s, "kube-scheduler")
 
     def _start_kwok(self, s: Settings) -> None:
         self.say("starting kwok (simulated Gaudi nodes and pod lifecycle)")
