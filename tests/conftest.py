@@ -136,13 +136,7 @@ def kubectl(cluster) -> Callable[..., subprocess.CompletedProcess[str]]:  # type
     def run(
         *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(
-            [cluster.tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        out = cluster.kubectl(*args, input=input, check=False, timeout=timeout)
         if check and out.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stderr}")
         return out
