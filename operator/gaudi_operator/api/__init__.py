@@ -65,6 +65,8 @@ from gaudi_operator.api.spec import (
     Workers,
 )
 from gaudi_operator.api.status import (
+    AUTOSCALER_CONDITIONS,
+    AUTOSCALER_FIELDS,
     AutoscalingStatus,
     Condition,
     GaudiTrainingJob,
@@ -77,6 +79,7 @@ from gaudi_operator.api.status import (
     ScaleDecision,
     ScaleRecommendation,
     ScaleUpCheck,
+    reconciler_part,
 )
 from gaudi_operator.api.times import (
     parse_rfc3339,
@@ -89,6 +92,8 @@ __all__ = [
     "ANNOTATION_PROMETHEUS_PORT",
     "ANNOTATION_PROMETHEUS_SCRAPE",
     "API_VERSION",
+    "AUTOSCALER_CONDITIONS",
+    "AUTOSCALER_FIELDS",
     "CATEGORY",
     "GAUDI_RESOURCE",
     "GAUDI_TAINT_KEY",
@@ -147,6 +152,7 @@ __all__ = [
     "get_condition",
     "job_selector",
     "parse_rfc3339",
+    "reconciler_part",
     "set_condition",
     "to_rfc3339",
     "worker_pod_name",

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
 from gaudi_operator.api.names import API_VERSION, KIND
-from gaudi_operator.api.spec import GaudiTrainingJobSpec, Model, Phase
+from gaudi_operator.api.spec import ConditionType, GaudiTrainingJobSpec, Model, Phase
+
+# Two writers share the status: the autoscaler owns these fields and condition types, the
+# reconciler everything else. Each checks only its own part for staleness before writing.
+AUTOSCALER_FIELDS = ("lastScale", "autoscaling")
+AUTOSCALER_CONDITIONS = (ConditionType.METRICS_UNAVAILABLE, ConditionType.AUTOSCALING_CONFLICT)
+
+
+def reconciler_part(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without the autoscaler's fields and conditions: what the reconciler wrote."""
+    out = {k: v for k, v in status.items() if k not in AUTOSCALER_FIELDS}
+    conds = status.get("conditions") or []
+    out["conditions"] = [c for c in conds if c.get("type") not in AUTOSCALER_CONDITIONS]
+    return out
 
 
 class Condition(Model):

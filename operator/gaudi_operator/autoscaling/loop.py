@@ -116,7 +116,7 @@ class Entry:
     flagged: bool
 
 
-OUR_CONDITIONS = (ConditionType.METRICS_UNAVAILABLE, ConditionType.AUTOSCALING_CONFLICT)
+OUR_CONDITIONS = api.AUTOSCALER_CONDITIONS
 _NOT_FORMED = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING)
 # Node and pod lists for the capacity check are shared by all jobs for this long: at
 # thousands of pods, one list per job per pass would load the API server for nothing.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,8 @@ class Result:
     plan: Plan
     body: dict[str, Any] | None = None  # the job as the API server returned it after our write
     pending: int = 0  # worker pods waiting to be scheduled or started
+    # Versions we wrote in this pass before `body`: the index showing one of them lags.
+    superseded: list[str] = field(default_factory=list)
 
     @property
     def phase(self) -> str:
@@ -161,12 +163,13 @@ class Reconciler:
         # is written first, guarded by the version this pass decided from. A crash after
         # this line converges on restart (old-generation pods are surplus) and counts
         # nothing twice; a conflict means the view was stale, and nothing was done.
-        old = body.get("status") or {}
+        read: Mapping[str, Any] = body
         written: dict[str, Any] | None = None
-        intent = intent_patch(old, plan.status.to_dict()) if restarts(plan) else {}
+        new = plan.status.to_dict()
+        intent = intent_patch(body.get("status") or {}, new) if restarts(plan) else {}
         if intent:
             written = await self._commit_intent(job, body, intent)
-            old = written.get("status") or {}
+            read = written
             failpoints.hit("after-restart-intent")
 
         events = list(plan.events)
@@ -182,10 +185,13 @@ class Reconciler:
         if any(e.reason == "InvalidSpec" for e in events):
             metrics.INVALID_SPECS.inc()
         await self._post(body, events)
-        written = await self._write_status(job, old, plan) or written
+        final = await self._write_status(job, read, plan)
+        # Our intent commit is superseded by the status write: while the index shows it,
+        # the index is behind us (see runtime.controller.Written).
+        superseded = [_rv(written)] if written is not None and final is not None else []
         RECORDER.after_pass(job, plan, events, now)  # failover metrics
         pending = sum(1 for p in obs.pods if p.phase == "Pending" and not p.deleting)
-        return Result(plan, written, pending)
+        return Result(plan, final or written, pending, superseded)
 
     # --- children -----------------------------------------------------------------------
 
@@ -368,27 +374,23 @@ class Reconciler:
         return written
 
     async def _write_status(
-        self, job: JobView, old: Mapping[str, Any], plan: Plan
+        self, job: JobView, read: Mapping[str, Any], plan: Plan
     ) -> dict[str, Any] | None:
+        """Write this pass's status, guarded by the version it decided from (`read`).
+
+        A conflict is another writer: the autoscaler's own fields and conditions are rebased
+        onto; anything else (our own earlier write the index had not shown yet) means this
+        pass decided from a stale copy, so nothing is written and the pass runs again.
+        """
+        old = read.get("status") or {}
         new = plan.status.to_dict()
         patch = status_patch(old, new)
         if not patch:
             return None
+        rv = (read.get("metadata") or {}).get("resourceVersion")
         for attempt in range(3):
-            body: dict[str, Any] = {"status": patch}
+            body = {"metadata": {"resourceVersion": rv}, "status": patch}
             try:
-                if "conditions" in patch:
-                    # Conditions are shared with the autoscaler: rebase onto the server's
-                    # list, guarded by its resourceVersion (a conflict means: read again).
-                    current = await self.clients.custom.get_namespaced_custom_object(
-                        api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
-                    )
-                    patch["conditions"] = merge_conditions(
-                        old.get("conditions") or [],
-                        new.get("conditions") or [],
-                        (current.get("status") or {}).get("conditions") or [],
-                    )
-                    body["metadata"] = {"resourceVersion": current["metadata"]["resourceVersion"]}
                 return await self.clients.custom.patch_namespaced_custom_object_status(
                     api.GROUP,
                     api.VERSION,
@@ -402,9 +404,21 @@ class Reconciler:
                 code = kube.status_code(err)
                 if code == 404:
                     return None  # deleted meanwhile
-                if code == 409 and attempt < 2:
-                    continue
-                raise
+                if code != 409 or attempt == 2:
+                    raise
+            current = await self.clients.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
+            )
+            now_status = current.get("status") or {}
+            if api.reconciler_part(now_status) != api.reconciler_part(old):
+                raise RetrySoon("the job's status changed since this pass read it")
+            if "conditions" in patch:
+                patch["conditions"] = merge_conditions(
+                    old.get("conditions") or [],
+                    new.get("conditions") or [],
+                    now_status.get("conditions") or [],
+                )
+            rv = current["metadata"]["resourceVersion"]
         return None
 
 
@@ -436,3 +450,7 @@ def _name(body: Mapping[str, Any]) -> str:
 
 def _ns(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("namespace"))
+
+
+def _rv(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")

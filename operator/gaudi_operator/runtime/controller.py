@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,8 @@ class PassResult(Protocol):
 
     @property
     def body(self) -> Mapping[str, Any] | None: ...  # the object after our own write
+    @property
+    def superseded(self) -> Sequence[str]: ...  # versions we wrote in the pass before `body`
     @property
     def phase(self) -> str: ...
     @property
@@ -76,11 +78,17 @@ class Written:
 
     @classmethod
     def after(
-        cls, read: Mapping[str, Any], body: Mapping[str, Any], earlier: Written | None
+        cls,
+        read: Mapping[str, Any],
+        body: Mapping[str, Any],
+        earlier: Written | None,
+        superseded: Iterable[str] = (),
     ) -> Written:
+        """`read` is the copy the pass decided from; `superseded`, versions the pass
+        itself wrote before `body` (an index showing one of them is behind us too)."""
         uid, rv = _meta(read)
         lagging = earlier.before if earlier is not None and earlier.uid == uid else frozenset()
-        return cls(uid, lagging | {rv}, body)
+        return cls(uid, lagging | {rv, *superseded}, body)
 
     def pick(self, indexed: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Our copy while the index lags behind it; None once the index has caught up or
@@ -192,7 +200,9 @@ class Controller:
             return
         self._failures.pop(key, None)
         if result.body is not None:
-            self._written[key] = Written.after(body, result.body, self._written.get(key))
+            self._written[key] = Written.after(
+                body, result.body, self._written.get(key), result.superseded
+            )
         self.phases.set(key, result.phase, workers=result.workers, conditions=result.conditions)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after + 0.1)

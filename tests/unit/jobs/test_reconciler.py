@@ -37,6 +37,34 @@ def test_our_write_is_read_until_the_index_catches_up_without_ordering_versions(
     again = Written.after(job("a", "y1"), job("a", "z2"), ours)
     assert again.pick(job("a", "x9")) == job("a", "z2")
     assert again.pick(job("a", "y1")) == job("a", "z2")
+    # A pass that committed a restart's intent ("i5") before its status write ("s6"): the
+    # index showing the intent alone is behind, not newer.
+    both = Written.after(job("a", "z2"), job("a", "s6"), None, ["i5"])
+    assert both.pick(job("a", "i5")) == job("a", "s6")
+    assert both.pick(job("a", "s6")) is None
+
+
+def test_the_status_compared_for_staleness_leaves_out_the_autoscalers_part() -> None:
+    from gaudi_operator.api import reconciler_part
+
+    read = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AllWorkersReady"}],
+    }
+    theirs = {
+        **read,
+        "lastScale": {"from": 2, "to": 4},
+        "conditions": [
+            *read["conditions"],
+            {"type": "MetricsUnavailable", "status": "True", "reason": "Unreachable"},
+        ],
+    }
+    assert reconciler_part(theirs) == reconciler_part(read)
+    ours_later = {
+        "phase": "Restarting",
+        "conditions": [{"type": "Restarting", "status": "True", "reason": "NodeLost"}],
+    }
+    assert reconciler_part(ours_later) != reconciler_part(read)
 
 
 def test_condition_changes_are_rebased_onto_another_writers_conditions() -> None:
