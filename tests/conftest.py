@@ -71,7 +71,7 @@ def cluster() -> Iterator[object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     rep = outcome.get_result()
-    # "real": the real-node cluster of tests/cluster/devtools/test_real_nodes.py.
+    # "real": the real-node cluster of tests/cluster/realnodes/.
     for fixture in ("cluster", "real"):
         if not rep.failed or fixture not in getattr(item, "fixturenames", ()):
             continue

@@ -1,55 +1,18 @@
-"""Real nodes: a kubelet on containerd + runc beside the kwok nodes, CoreDNS, and a `down`
-that leaves nothing behind. Runs its own small cluster (the session's stays kwok-only)."""
+"""Real nodes beside the kwok nodes: capacity, real processes, DNS, the operator image."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import struct
 import subprocess
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
+from cluster.realnodes.conftest import REAL, ROOT, host_pod, nodes
 from conftest import wait_for
-
-REAL = "gaudi3.scalestarter.dev/real-node"
-ROOT = Path(__file__).resolve().parents[3]
-IMAGE = "gaudi3.local/busybox:1"
-
-
-def _iptables() -> str:
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
-    # Counters and the generation comment change on their own.
-    return "\n".join(
-        line.split(" [")[0] for line in out.stdout.splitlines() if not line.startswith("#")
-    )
-
-
-@pytest.fixture(scope="module")
-def real() -> Iterator[Any]:
-    from gaudi_devtools.cluster import Cluster
-    from gaudi_devtools.cluster.cluster import Settings
-
-    before = _iptables()
-    c = Cluster(f"pytest-{os.getpid()}-real", say=lambda m: print(f"[real] {m}", flush=True))
-    c.iptables_before = before  # type: ignore[attr-defined]
-    c.up(Settings(gaudi_nodes=2, real_nodes=2, node_monitor_grace_seconds=20))
-    try:
-        yield c
-    finally:
-        c.delete()
-
-
-def _nodes(c: Any, selector: str) -> list[dict[str, Any]]:
-    out = c.kubectl("get", "nodes", "-l", selector, "-o", "json")
-    return list(json.loads(out.stdout)["items"])
 
 
 def _ready(node: dict[str, Any]) -> bool:
@@ -85,8 +48,8 @@ def _dns_a(server: str, name: str) -> list[str]:
 
 
 def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) -> None:
-    reals = _nodes(real, f"{REAL}=true")
-    kwoks = _nodes(real, f"gaudi3.scalestarter.dev/local-cluster=true,!{REAL}")
+    reals = nodes(real, f"{REAL}=true")
+    kwoks = nodes(real, f"gaudi3.scalestarter.dev/local-cluster=true,!{REAL}")
     assert len(reals) == 2 and len(kwoks) == 2
     for n in reals:
         assert _ready(n), n["metadata"]["name"]
@@ -109,50 +72,8 @@ def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) 
         assert r.status_code == 401
 
 
-def _pod(
-    name: str, node: str, command: str, env: list[dict[str, Any]] | None = None, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "nodeName": node,
-            "hostNetwork": True,
-            "dnsPolicy": "ClusterFirstWithHostNet",
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists"}],
-            "containers": [
-                {
-                    "name": "main",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", command],
-                    "env": env or [],
-                }
-            ],
-            **extra,
-        },
-    }
-
-
-@pytest.fixture
-def ns(real: Any) -> Iterator[str]:
-    name = f"real-{uuid.uuid4().hex[:6]}"
-    real.kubectl("create", "namespace", name)
-    wait_for(
-        lambda: real.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        timeout=30,
-        what="the default service account",
-    )
-    yield name
-    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: Any, ns: str) -> None:
-    node = _nodes(real, f"{REAL}=true")[0]
+    node = nodes(real, f"{REAL}=true")[0]
     ip = node["status"]["addresses"][0]["address"]
     real.kubectl(
         "apply",
@@ -162,7 +83,7 @@ def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: An
         "-",
         input=json.dumps(
             # The process reports the node it was scheduled to and the cgroup it runs in.
-            _pod(
+            host_pod(
                 "hello",
                 node["metadata"]["name"],
                 "echo hello from $NODE; grep -om1 'gaudi3-real-[0-9]*/kubepods' "
@@ -190,7 +111,7 @@ def test_pod_on_a_real_node_runs_a_real_process_with_exit_code_and_logs(real: An
 def test_pod_dns_name_of_a_headless_service_resolves_to_the_node_address(
     real: Any, ns: str
 ) -> None:
-    node = _nodes(real, f"{REAL}=true")[1]
+    node = nodes(real, f"{REAL}=true")[1]
     name, ip = node["metadata"]["name"], node["status"]["addresses"][0]["address"]
     fqdn = f"w-0.train.{ns}.svc.cluster.local"
     svc = {
@@ -200,7 +121,7 @@ def test_pod_dns_name_of_a_headless_service_resolves_to_the_node_address(
         "spec": {"clusterIP": "None", "selector": {"app": "w-0"}, "ports": [{"port": 29500}]},
     }
     # The pod looks its own name up through the resolv.conf the kubelet wrote (CoreDNS).
-    pod = _pod(
+    pod = host_pod(
         "w-0",
         name,
         f"until nslookup {fqdn}; do sleep 0.5; done; sleep 3600",
@@ -239,9 +160,9 @@ def test_operator_image_built_without_docker_runs_non_root_on_a_real_node(
     )
     assert build.returncode == 0, build.stderr[-3000:]
     archive = real.dir.parent.parent / "images" / "gaudi-operator.tar"
-    node = _nodes(real, f"{REAL}=true")[0]["metadata"]["name"]
+    node = nodes(real, f"{REAL}=true")[0]["metadata"]["name"]
     assert node in real.real_nodes.import_image(archive)
-    pod = _pod("op", node, "")
+    pod = host_pod("op", node, "")
     pod["spec"]["securityContext"] = {"runAsNonRoot": True}
     pod["spec"]["containers"][0] = {
         "name": "operator",
@@ -260,76 +181,3 @@ def test_operator_image_built_without_docker_runs_non_root_on_a_real_node(
     logs = real.kubectl("logs", "op", "-n", ns).stdout
     assert done["status"]["phase"] == "Succeeded", logs
     assert "gaudi3 operator" in logs and "--metrics-port" in logs
-
-
-def _mounts_under(root: Path) -> list[str]:
-    return [
-        line.split()[1]
-        for line in Path("/proc/mounts").read_text().splitlines()
-        if line.split()[1].startswith(f"{root}/")
-    ]
-
-
-def _processes_naming(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                args = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in args and int(entry.name) != os.getpid():
-                found.append(int(entry.name))
-    return found
-
-
-def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns: str) -> None:
-    # Something running on each real node, so down has containers to clean up.
-    for n in _nodes(real, f"{REAL}=true"):
-        real.kubectl(
-            "apply",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input=json.dumps(
-                _pod(f"busy-{n['metadata']['name']}", n["metadata"]["name"], "sleep 3600")
-            ),
-        )
-
-    def running() -> bool:
-        pods = json.loads(real.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
-        return len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
-
-    wait_for(running, timeout=90, interval=0.5, what="a running pod on each real node")
-    # exec goes API server -> kubelet (client cert, webhook authz) -> containerd's stream.
-    pod = f"busy-{_nodes(real, f'{REAL}=true')[0]['metadata']['name']}"
-    assert real.kubectl("exec", "-n", ns, pod, "--", "echo", "exec ok").stdout == "exec ok\n"
-    cgroups = [
-        Path("/sys/fs/cgroup/pids") / f"gaudi3-{real.name}-{n}"
-        for n in ("gaudi3-real-0", "gaudi3-real-1")
-    ]
-    assert all(d.is_dir() for d in cgroups)
-    assert _mounts_under(real.dir / "nodes")
-    pids_before = _processes_naming(str(real.dir / "nodes"))
-    assert pids_before
-
-    # `gaudi3 cluster down` takes the real nodes down first, while the API server can
-    # still delete their Node objects; do that step alone to see the API afterwards.
-    real.real_nodes.down(api_up=True)
-    assert _nodes(real, f"{REAL}=true") == []
-    assert len(_nodes(real, "gaudi3.scalestarter.dev/local-cluster=true")) == 2  # kwok's stay
-    real.down()
-
-    assert _processes_naming(str(real.dir)) == []
-    assert _mounts_under(real.dir) == []
-    assert [
-        str(h / f"gaudi3-{real.name}-{n}")
-        for h in Path("/sys/fs/cgroup").iterdir()
-        for n in ("gaudi3-real-0", "gaudi3-real-1")
-        if (h / f"gaudi3-{real.name}-{n}").exists()
-    ] == []
-    assert _iptables() == real.iptables_before
-    logs = Path("/var/log/containers")
-    links = [str(p) for p in logs.iterdir()] if logs.is_dir() else []
-    assert [p for p in links if os.readlink(p).startswith(str(real.dir))] == []

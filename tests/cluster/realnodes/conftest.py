@@ -1,0 +1,102 @@
+"""Real nodes: one small cluster (2 kwok + 2 real kubelet nodes on containerd + runc) for
+the whole package, since starting one costs seconds and importing images into its nodes
+tens of seconds. The session's own cluster stays kwok-only.
+
+`test_down.py` takes this cluster down, so it runs last (see the hook below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import wait_for
+
+REAL = "gaudi3.scalestarter.dev/real-node"
+ROOT = Path(__file__).resolve().parents[3]
+IMAGE = "gaudi3.local/busybox:1"
+
+
+def iptables() -> str:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    # Counters and the generation comment change on their own.
+    return "\n".join(
+        line.split(" [")[0] for line in out.stdout.splitlines() if not line.startswith("#")
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The down test ends the package's cluster: every other real-node test comes first.
+    here = Path(__file__).parent
+    down = [i for i in items if i.path.parent == here and i.path.name == "test_down.py"]
+    items[:] = [i for i in items if i not in down] + down
+
+
+@pytest.fixture(scope="package")
+def real() -> Iterator[Any]:
+    from gaudi_devtools.cluster import Cluster
+    from gaudi_devtools.cluster.cluster import Settings
+
+    before = iptables()
+    c = Cluster(f"pytest-{os.getpid()}-real", say=lambda m: print(f"[real] {m}", flush=True))
+    c.iptables_before = before  # type: ignore[attr-defined]
+    c.up(Settings(gaudi_nodes=2, real_nodes=2, node_monitor_grace_seconds=20))
+    try:
+        yield c
+    finally:
+        c.delete()
+
+
+def nodes(c: Any, selector: str) -> list[dict[str, Any]]:
+    out = c.kubectl("get", "nodes", "-l", selector, "-o", "json")
+    return list(json.loads(out.stdout)["items"])
+
+
+def host_pod(
+    name: str, node: str, command: str, env: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A host-network pod pinned to `node`, running `command` in the busybox image."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": True,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", command],
+                    "env": env or [],
+                }
+            ],
+            **extra,
+        },
+    }
+
+
+@pytest.fixture
+def ns(real: Any) -> Iterator[str]:
+    name = f"real-{uuid.uuid4().hex[:6]}"
+    real.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: real.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+        what="the default service account",
+    )
+    yield name
+    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
