@@ -97,8 +97,8 @@ def install(c: Cluster, release: str, namespace: str, vals: dict[str, Any]) -> N
     )
 
 
-def uninstall(c: Cluster, release: str, namespace: str) -> None:
-    helm(c, "uninstall", release, "-n", namespace, "--ignore-not-found", "--wait")
+def uninstall(c: Cluster, release: str, namespace: str, wait: bool = False) -> None:
+    helm(c, "uninstall", release, "-n", namespace, "--ignore-not-found", *(["--wait"] * wait))
 
 
 def pods(c: Cluster, release: str, namespace: str) -> list[dict[str, Any]]:
