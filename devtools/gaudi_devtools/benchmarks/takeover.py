@@ -37,6 +37,9 @@ from gaudi_operator import api
 
 NAMESPACE = "gaudi3-takeover"
 RELEASE = "takeover"
+# Its own release: the process mode applies the chart's RBAC under RELEASE without Helm,
+# and Helm refuses to adopt objects it did not create.
+POD_RELEASE = "takeover-pods"
 LEASE = "gaudi-operator-takeover"
 CHART = Path(__file__).resolve().parents[3] / "charts" / "gaudi-operator"
 # Workers on kwok nodes only: a real node would try to pull the made-up image.
@@ -298,12 +301,14 @@ def _pod_replicas(
         replicaCount=2,
         leaderElection=election,
     )
-    operator_pods.install(c, RELEASE, NAMESPACE, values)
+    operator_pods.install(c, POD_RELEASE, NAMESPACE, values)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pods = operator_pods.pods(c, RELEASE, NAMESPACE)
+        pods = operator_pods.pods(c, POD_RELEASE, NAMESPACE)
         if len(pods) == 2 and all(operator_pods.ready(p) for p in pods):
-            return [PodReplica(c, RELEASE, NAMESPACE, p["metadata"]["name"], timeout) for p in pods]
+            return [
+                PodReplica(c, POD_RELEASE, NAMESPACE, p["metadata"]["name"], timeout) for p in pods
+            ]
         time.sleep(0.5)
     raise RuntimeError(f"the chart's replicas were not Ready in {timeout:.0f}s")
 
@@ -353,7 +358,7 @@ def takeover(
     if in_pods:
         from gaudi_devtools import operator_pods
 
-        lease = f"{RELEASE}-gaudi-operator"  # the chart's: the release's full name
+        lease = f"{POD_RELEASE}-gaudi-operator"  # the chart's: the release's full name
         replicas = []
     else:
         lease = LEASE
@@ -394,7 +399,7 @@ def takeover(
         for r in replicas:
             r.stop()
         if in_pods:
-            operator_pods.uninstall(c, RELEASE, NAMESPACE)
+            operator_pods.uninstall(c, POD_RELEASE, NAMESPACE)
     where = "chart's pods on real nodes" if in_pods else "chart RBAC" if chart_rbac else "admin"
     typer.echo(
         f"\nleader SIGKILL -> first reconcile by the new leader (lease {lease_duration}s, "
