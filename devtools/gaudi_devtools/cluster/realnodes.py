@@ -481,29 +481,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def import_image(self, archive: Path) -> list[str]:
         """Load an image archive (docker-archive or OCI) into every real node's containerd;
-        returns the nodes it went into."""
+        returns the nodes it went into. The nodes import at once (half the time for two)."""
         s = self.c.settings
-        done = []
+        running = []
         for node in self.nodes(s) if s else []:
-            out = subprocess.run(
-                [
-                    self.c.tool("ctr"),
-                    "--address",
-                    str(node.socket),
-                    "--namespace",
-                    "k8s.io",
-                    "images",
-                    "import",
-                    str(archive),
-                ],
-                capture_output=True,
+            cmd = [self.c.tool("ctr"), "--address", str(node.socket), "--namespace", "k8s.io"]
+            proc = subprocess.Popen(
+                [*cmd, "images", "import", str(archive)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=600,
             )
-            if out.returncode != 0:
-                raise RuntimeError(f"importing {archive} into {node.name} failed: {out.stderr}")
-            done.append(node.name)
-        return done
+            running.append((node.name, proc))
+        failed = []
+        for name, proc in running:
+            try:
+                _, err = proc.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                failed.append(f"{name}: {err}")
+        if failed:
+            raise RuntimeError(f"importing {archive} failed: {'; '.join(failed)}")
+        return [name for name, _ in running]
 
     def _api(self) -> httpx.Client:
         return httpx.Client(base_url=self.c.apiserver_url, verify=self.c._ssl(), timeout=5)

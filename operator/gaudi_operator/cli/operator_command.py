@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Annotated, Any
@@ -58,6 +59,13 @@ def run_operator(
     leader_election_id: Annotated[
         str, typer.Option(help="Name of the Lease; replicas with the same name share one leader.")
     ] = "gaudi-operator",
+    leader_election_identity: Annotated[
+        str | None,
+        typer.Option(
+            help="This replica's name in the Lease, before a random suffix (default: the host "
+            "name, which under hostNetwork is the node's, not the pod's)."
+        ),
+    ] = None,
     lease_duration: Annotated[
         int, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
     ] = 10,
@@ -148,6 +156,9 @@ def run_operator(
     )
     if leader_election_namespace:
         election.namespace = leader_election_namespace
+    if leader_election_identity:
+        # The suffix keeps a restarted container apart from its predecessor.
+        election.identity = f"{leader_election_identity}_{uuid.uuid4().hex[:8]}"
     if leader_elect:
         try:
             election.validate()

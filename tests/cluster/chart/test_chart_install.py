@@ -2,9 +2,10 @@
 deployed, objects there, NOTES telling what to do next), and a bad value fails `helm install`
 naming its path, with nothing installed.
 
-No operator image can be pulled here, so these tests check what Helm and the API server did,
-not a running operator (tests/cluster/test_helm_chart.py runs the operator with the chart's
-RBAC)."""
+These tests check what Helm and the API server did, not a running operator
+(tests/cluster/chart/test_helm_chart.py runs the operator with the chart's RBAC;
+tests/cluster/realnodes/test_operator_in_cluster.py runs the chart's pods from the locally
+built image on real nodes)."""
 
 from __future__ import annotations
 

@@ -84,11 +84,12 @@ def test_chart_lints_and_renders_the_crd_from_crds(helm_cluster: Cluster) -> Non
 
 def chart_operator_args(c: Cluster) -> tuple[int, list[str]]:
     """The Deployment's replicas and container args, as the release rendered them (the
-    ports and log format are the test's own)."""
+    ports and log format are the test's own; the Lease identity is the pod's name, which the
+    kubelet fills in from `$(POD_NAME)`)."""
     docs = yaml.safe_load_all(helm(c, "get", "manifest", RELEASE, "-n", NS))
     deployment = next(d for d in docs if d and d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    own = ("--metrics-port=", "--health-port=", "--log-format=")
+    own = ("--metrics-port=", "--health-port=", "--log-format=", "--leader-election-identity=")
     return deployment["spec"]["replicas"], [a for a in args if not a.startswith(own)]
 
 

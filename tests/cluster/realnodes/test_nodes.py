@@ -1,4 +1,5 @@
-"""Real nodes beside the kwok nodes: capacity, real processes, DNS, the operator image."""
+"""Real nodes beside the kwok nodes: capacity, real processes, DNS. (The operator image runs
+in test_operator_in_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import json
 import socket
 import ssl
 import struct
-import subprocess
 from typing import Any
 
 import httpx
 
-from cluster.realnodes.conftest import REAL, ROOT, host_pod, nodes
+from cluster.realnodes.conftest import REAL, host_pod, nodes
 from conftest import wait_for
 
 
@@ -146,38 +146,3 @@ def test_pod_dns_name_of_a_headless_service_resolves_to_the_node_address(
     wait_for(pod_resolved, timeout=60, interval=1, what="nslookup inside the pod")
     # Nothing outside the cluster is answered.
     assert _dns_a(dns, "example.com") == []
-
-
-def test_operator_image_built_without_docker_runs_non_root_on_a_real_node(
-    real: Any, ns: str
-) -> None:
-    # Cached: rebuilt only when the Dockerfile or the operator's sources change.
-    build = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-images.sh"), "operator"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    archive = real.dir.parent.parent / "images" / "gaudi-operator.tar"
-    node = nodes(real, f"{REAL}=true")[0]["metadata"]["name"]
-    assert node in real.real_nodes.import_image(archive)
-    pod = host_pod("op", node, "")
-    pod["spec"]["securityContext"] = {"runAsNonRoot": True}
-    pod["spec"]["containers"][0] = {
-        "name": "operator",
-        "image": "gaudi3.local/gaudi-operator:dev",
-        "imagePullPolicy": "Never",
-        "args": ["--help"],
-        "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
-    }
-    real.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
-
-    def finished() -> dict[str, Any] | None:
-        got = json.loads(real.kubectl("get", "pod", "op", "-n", ns, "-o", "json").stdout)
-        return got if got["status"].get("phase") in ("Succeeded", "Failed") else None
-
-    done: Any = wait_for(finished, timeout=120, interval=0.5, what="the operator pod to finish")
-    logs = real.kubectl("logs", "op", "-n", ns).stdout
-    assert done["status"]["phase"] == "Succeeded", logs
-    assert "gaudi3 operator" in logs and "--metrics-port" in logs
