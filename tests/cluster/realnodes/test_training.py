@@ -44,7 +44,8 @@ def trainer(real: Any) -> Iterator[OperatorProcess]:
     )
     assert build.returncode == 0, build.stderr[-3000:]
     archive = real.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
-    assert len(real.real_nodes.import_image(archive)) == 2
+    if str(archive) not in real.settings.real_node_images:  # the nodes did not start with it
+        assert len(real.real_nodes.import_image(archive)) == 2
     real.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-training.log")
     op.start()
