@@ -210,25 +210,59 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(
     os.kill(pid, signal.SIGKILL)
     saved = checkpoint_steps(checkpoints)[-1]  # a step may finish saving meanwhile
 
+    check_resumed(real, ns, 1, saved, before)
+    status = job_status(real, ns)
+    assert status["restarts"] >= 1 and status["lastFailure"]["exitCode"] == 137
+    assert status["lastFailure"]["pod"] == f"{JOB}-worker-1"
+
+
+def test_a_deleted_worker_pod_is_replaced_and_training_resumes_from_the_checkpoint(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, checkpoints = training
+    generation = int(job_status(real, ns).get("restartGeneration", 0))
+    wait_for(
+        lambda: len(steps(real, ns, generation)) >= 1,
+        timeout=240,
+        interval=1,
+        what="a logged step of the running world",
+    )
+    before = {**dict(steps(real, ns, max(generation - 1, 0))), **dict(steps(real, ns, generation))}
+    saved = checkpoint_steps(checkpoints)[-1]
+    # Graceful: SIGTERM, the launcher checkpoints the current step, the pod goes away.
+    real.kubectl("delete", "pod", f"{JOB}-worker-1", "-n", ns, "--wait=false")
+    step = check_resumed(real, ns, generation + 1, saved, before)
+    assert int(job_status(real, ns)["restartGeneration"]) == generation + 1
+    assert step >= max(before)  # the SIGTERM checkpoint: no logged step was lost
+
+
+def job_status(real: Any, ns: str) -> dict[str, Any]:
+    job = json.loads(real.kubectl("get", "gtj", JOB, "-n", ns, "-o", "json").stdout)
+    return dict(job["status"])
+
+
+def check_resumed(real: Any, ns: str, generation: int, saved: int, before: dict[int, float]) -> int:
+    """Wait for the world of `generation` to resume; check it resumed from the checkpoint
+    (not step 0) and that its loss continues the curve; return the step it resumed at."""
+
     def resumed() -> int | None:
-        m = re.search(r"resumed from step (\d+)", logs(real, ns, generation=1))
+        m = re.search(r"resumed from step (\d+)", logs(real, ns, generation))
         return int(m.group(1)) if m else None
 
-    step = wait_for(resumed, timeout=240, interval=2, what="the new world's resume")
+    step = wait_for(resumed, timeout=240, interval=2, what=f"generation {generation}'s resume")
     assert isinstance(step, int) and step >= saved and step > 0
-    status = json.loads(real.kubectl("get", "gtj", JOB, "-n", ns, "-o", "json").stdout)["status"]
-    assert status["restarts"] >= 1 and status["lastFailure"]["exitCode"] == 137
-    # Training goes on from there: the loss of the next logged step continues the curve
-    # from the checkpoint's level (no jump back towards where training started).
+    # The loss of the next logged step continues from the checkpoint's level (no jump
+    # back towards where training started).
     after = wait_for(
-        lambda: [s for s in steps(real, ns, generation=1) if s[0] > step],
+        lambda: [s for s in steps(real, ns, generation) if s[0] > step],
         timeout=120,
         interval=2,
         what="a step after the resume",
     )
     assert isinstance(after, list)
     next_step, next_loss = after[0]
-    assert next_step == step + INTERVAL
+    assert step < next_step <= step + INTERVAL
     start_loss = min(before.items())[1]
     at_checkpoint = before[max(s for s in before if s <= step)]
     assert next_loss <= at_checkpoint + 0.05 and next_loss < start_loss - 0.2, (before, after)
+    return step
