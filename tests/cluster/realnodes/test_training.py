@@ -31,6 +31,8 @@ JOB = "tiny"
 INTERVAL = 5  # checkpoint and log every 5 steps
 TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
 STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
+WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
+RESUME_LINE = re.compile(r"resumed from step (\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,7 @@ def job(name: str, checkpoints: Path) -> dict[str, Any]:
             "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
             "batch": {"globalBatchSize": 16, "microBatchSize": 8},
             "checkpoint": {"intervalSteps": INTERVAL},
+            "failurePolicy": {"maxRestarts": 10},
             "template": {
                 "spec": {
                     # Real nodes have no pod network: host networking, cluster DNS.
@@ -234,6 +237,35 @@ def test_a_deleted_worker_pod_is_replaced_and_training_resumes_from_the_checkpoi
     step = check_resumed(real, ns, generation + 1, saved, before)
     assert int(job_status(real, ns)["restartGeneration"]) == generation + 1
     assert step >= max(before)  # the SIGTERM checkpoint: no logged step was lost
+
+
+def test_scaling_two_to_one_to_two_keeps_the_global_batch_and_resumes_each_time(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, checkpoints = training
+
+    def now() -> tuple[list[tuple[int, int]], list[int]]:
+        """(world size, accumulation) of the worlds of the current generation, in log
+        order, and the steps they resumed from. Growing is torchrun's in-place
+        re-rendezvous; shrinking makes the staying worker's launcher fail when its peer
+        leaves, so the operator recreates the world (a new generation)."""
+        generation = int(job_status(real, ns).get("restartGeneration", 0))
+        text = logs(real, ns, generation)
+        worlds = [(int(w), int(a)) for w, a in WORLD_LINE.findall(text)]
+        return worlds, [int(s) for s in RESUME_LINE.findall(text)]
+
+    wait_for(lambda: now()[0], timeout=240, interval=2, what="a running world")
+    for replicas, accumulation in ((1, 2), (2, 1)):
+        saved = checkpoint_steps(checkpoints)[-1]
+        real.kubectl("scale", "gtj", JOB, "-n", ns, f"--replicas={replicas}")
+        # The global batch 16 stays: the accumulation makes up for a missing worker.
+        wait_for(
+            lambda r=replicas, a=accumulation: (w := now()[0]) and w[-1] == (r, a),
+            timeout=240,
+            interval=2,
+            what=f"a world of {replicas}",
+        )
+        assert max(now()[1]) >= saved > 0
 
 
 def job_status(real: Any, ns: str) -> dict[str, Any]:
