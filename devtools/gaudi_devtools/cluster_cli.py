@@ -60,6 +60,15 @@ def up(
             "simulated ones.",
         ),
     ] = 0,
+    preload_image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="An image archive every real node starts with (repeatable): unpacked once "
+            "and shared, instead of `import-image` into each node.",
+        ),
+    ] = None,
 ) -> None:
     """Start (or keep) the cluster; `up` twice is harmless."""
     c = _cluster(name)
@@ -71,6 +80,7 @@ def up(
                 node_monitor_grace_seconds=node_monitor_grace,
                 eviction_seconds=eviction_seconds,
                 real_nodes=real_nodes,
+                real_node_images=[str(p.resolve()) for p in preload_image or []],
             )
         )
         if kueue:

@@ -17,6 +17,7 @@ shape, so a checkpoint written by N processes loads into M processes (resharding
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -99,6 +100,14 @@ def latest_checkpoint(root: Path) -> CheckpointInfo | None:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def _dcp_kwargs(fn: Any) -> dict[str, Any]:
+    """`no_dist` for a single process, where this torch's DCP has it (2.6 has not and
+    detects a missing process group by itself)."""
+    if _distributed() or "no_dist" not in inspect.signature(fn).parameters:
+        return {}
+    return {"no_dist": True}
 
 
 def _barrier() -> None:
@@ -192,7 +201,7 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         _barrier()
         with _single_process_ok():
-            dcp.save(_state(model, optimizer), checkpoint_id=tmp, no_dist=not _distributed())
+            dcp.save(_state(model, optimizer), checkpoint_id=tmp, **_dcp_kwargs(dcp.save))
         torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
         _barrier()  # every rank's files are on disk before the marker says so
         now = time.time()
@@ -238,7 +247,7 @@ class Checkpointer:
         state = _state(model, optimizer)
         # Fills `state` in place, resharding when the world size changed.
         with _single_process_ok():
-            dcp.load(state, checkpoint_id=info.path, no_dist=not _distributed())
+            dcp.load(state, checkpoint_id=info.path, **_dcp_kwargs(dcp.load))
         if optimizer is None:
             set_model_state_dict(model, state["model"])
         else:

@@ -50,7 +50,8 @@ class JobSettings:
     micro_batch: int = DEFAULT_MICRO_BATCH
     # None disables the endpoint; each process serves on metrics_port + LOCAL_RANK.
     metrics_port: int | None = DEFAULT_METRICS_PORT
-    # Empty listens on every interface (Prometheus scrapes the pod IP); tests use 127.0.0.1.
+    # Empty listens on the pod IP when known (GAUDI3_POD_IP), else on every interface;
+    # tests use 127.0.0.1.
     metrics_address: str = ""
     device: str = "auto"
 
@@ -80,7 +81,9 @@ class JobSettings:
             micro_batch=_int(env, "GAUDI3_MICRO_BATCH_SIZE", DEFAULT_MICRO_BATCH)
             or DEFAULT_MICRO_BATCH,
             metrics_port=port,
-            metrics_address=env.get("GAUDI3_METRICS_ADDRESS", "").strip(),
+            # With host networking pods share one port space: listen on our own IP only.
+            metrics_address=env.get("GAUDI3_METRICS_ADDRESS", "").strip()
+            or env.get("GAUDI3_POD_IP", "").strip(),
             device=device,
         )
 
@@ -115,6 +118,9 @@ class ElasticSettings:
     max_restarts: int = 3
     master_addr: str | None = None
     master_port: int | None = None
+    # The pod's IP (downward API status.podIP): every store listens there, not on 0.0.0.0.
+    pod_ip: str | None = None
+    worker_index: int = 0  # worker 0 hosts the rendezvous store
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ElasticSettings:
@@ -128,6 +134,8 @@ class ElasticSettings:
             max_restarts=_int(env, "PET_MAX_RESTARTS", 3) or 0,
             master_addr=env.get("MASTER_ADDR", "").strip() or None,
             master_port=_int(env, "MASTER_PORT", None),
+            pod_ip=env.get("GAUDI3_POD_IP", "").strip() or None,
+            worker_index=_int(env, "GAUDI3_WORKER_INDEX", 0) or 0,
         )
         settings.node_range()  # validate early, with the variable's name in the message
         return settings

@@ -20,6 +20,7 @@ from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSetting
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+POD_RDZV_BACKEND = "gaudi3-c10d"  # gaudi_train.rendezvous.BACKEND, without importing torch
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,26 @@ def check_batch(settings: JobSettings, elastic: ElasticSettings, nproc: int) -> 
     )
 
 
+def rdzv_backend(elastic: ElasticSettings) -> str:
+    """torch's c10d, or ours (gaudi_train.rendezvous) when the pod knows its IP."""
+    if elastic.rdzv_backend == "c10d" and elastic.pod_ip:
+        return POD_RDZV_BACKEND
+    return elastic.rdzv_backend
+
+
 def torchrun_argv(request: LaunchRequest, nproc: int) -> list[str]:
     elastic = request.elastic
     restarts = elastic.max_restarts if request.max_restarts is None else request.max_restarts
     argv = ["--nproc-per-node", str(nproc), "--max-restarts", str(restarts)]
     if elastic.multi_node:
-        argv += ["--nnodes", elastic.nnodes, "--rdzv-backend", elastic.rdzv_backend]
+        argv += ["--nnodes", elastic.nnodes, "--rdzv-backend", rdzv_backend(elastic)]
         argv += ["--rdzv-endpoint", str(elastic.rdzv_endpoint)]
+        if elastic.pod_ip and rdzv_backend(elastic) == POD_RDZV_BACKEND:
+            # Worker 0 hosts the store (the endpoint names it); every store listens on
+            # this pod's IP, and the node is known to its peers by that IP.
+            host = "1" if elastic.worker_index == 0 else "0"
+            argv += ["--rdzv-conf", f"is_host={host},bind_addr={elastic.pod_ip}"]
+            argv += ["--local-addr", elastic.pod_ip]
         if elastic.rdzv_id:
             argv += ["--rdzv-id", elastic.rdzv_id]
         if elastic.rdzv_backend == "static":  # only the static backend uses MASTER_*
@@ -119,10 +133,15 @@ def launch(request: LaunchRequest) -> int:
     # Workers inherit the resolved settings, so a user script sees what the CLI chose.
     os.environ.update(request.settings.to_env())
     os.environ.update(request.extra_env)
-    # torchrun's shared rendezvous store outlives a restart, and gloo/hccl then read
-    # the previous attempt's peer addresses from it ("Connection refused" loops on
-    # restart). A fresh store per rendezvous round, hosted by rank 0, avoids that.
-    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    if rdzv_backend(request.elastic) == POD_RDZV_BACKEND:
+        from gaudi_train import rendezvous
+
+        rendezvous.register()  # its bootstrap store is fresh per round already
+    else:
+        # torchrun's shared rendezvous store outlives a restart, and gloo/hccl then read
+        # the previous attempt's peer addresses from it ("Connection refused" loops on
+        # restart). A fresh store per rendezvous round, hosted by rank 0, avoids that.
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     # Workers import the same gaudi_train as this launcher, installed or not.
     paths = [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

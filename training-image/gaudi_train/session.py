@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from datetime import timedelta
@@ -58,6 +59,7 @@ class Session:
             kwargs: dict[str, Any] = {"backend": self.device.backend}
             if timeout is not None:
                 kwargs["timeout"] = timeout
+            kwargs.update(agent_store(self.rank, timeout))
             dist.init_process_group(**kwargs)
         self.stop_signal: int | None = None
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -211,6 +213,25 @@ class Session:
         # step boundary that all ranks agree on (see step_done).
         log.warning("rank %d got signal %d: checkpointing at the next step", self.rank.rank, signum)
         self.stop_signal = signum
+
+
+def agent_store(rank: RankInfo, timeout: timedelta | None) -> dict[str, Any]:
+    """init_process_group arguments for torchrun's shared store, when it shares one.
+
+    torch's env:// path connects to it with TCPStore's default (libuv) client, which
+    torch builds without libuv (Debian's) refuse; the classic client works everywhere.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    from gaudi_train.rendezvous import client_store
+
+    store = client_store(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        timeout or timedelta(minutes=10),
+        rank.world_size,
+    )
+    return {"store": store, "rank": rank.rank, "world_size": rank.world_size}
 
 
 def init(**kwargs: Any) -> Session:

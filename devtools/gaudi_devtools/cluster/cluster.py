@@ -81,6 +81,8 @@ class Settings:
     scrape_interval_seconds: int = 1
     # Nodes run by a real kubelet on containerd (see realnodes.py), beside the kwok ones.
     real_nodes: int = 0
+    # Image archives every real node starts with (unpacked once: see image_seed.py).
+    real_node_images: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     # Loopback addresses of the real nodes and CoreDNS.
     addresses: dict[str, str] = field(default_factory=dict)

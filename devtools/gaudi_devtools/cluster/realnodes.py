@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from gaudi_devtools.cluster import nodes, oci
+from gaudi_devtools.cluster import image_seed, nodes, oci
 from gaudi_devtools.cluster.pki import issue_cert
 
 if TYPE_CHECKING:
@@ -245,9 +245,20 @@ class RealNodes:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         archive = oci.node_images(self.c.dir.parent.parent / "images" / "node-images.tar")
+        seed = None
+        if s.real_node_images:  # unpacked once, then hard-linked into every node
+            seed = image_seed.ensure_seed(
+                self.c.dir.parent.parent,
+                [Path(a) for a in s.real_node_images],
+                self.c.tool("containerd"),
+                self.c.tool("ctr"),
+                self.c.say,
+            )
         self._start_coredns(s)
         todo = self.nodes(s)
         for node in todo:
+            if seed is not None:
+                image_seed.plant(seed, node.dir / "containerd" / "root")
             self._start_node(node, s, archive)
         for node in todo:
             self._wait_registered_and_patch(node, s)

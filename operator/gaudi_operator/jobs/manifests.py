@@ -124,6 +124,9 @@ def worker_env(
     out.append(
         {"name": "GAUDI3_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     )
+    # The launcher's listeners bind this address, never 0.0.0.0: with host networking
+    # every pod of a machine shares one port space.
+    out.append({"name": "GAUDI3_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return out
 
 

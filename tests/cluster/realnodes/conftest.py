@@ -39,6 +39,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = [i for i in items if i not in down] + down
 
 
+def training_image() -> list[str]:
+    """The CPU training image (built if its inputs changed), for every real node to
+    start with: unpacked once per image, not imported into each node (~50 s each).
+    Empty when it does not build; test_training.py then reports the build's error."""
+    build = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    from gaudi_devtools.cluster.cluster import CLUSTERS
+
+    archive = CLUSTERS.parent / "images" / "gaudi-train-cpu.tar"
+    return [str(archive)] if build.returncode == 0 and archive.exists() else []
+
+
 @pytest.fixture(scope="package")
 def real() -> Iterator[Any]:
     from gaudi_devtools.cluster import Cluster
@@ -47,7 +63,14 @@ def real() -> Iterator[Any]:
     before = iptables()
     c = Cluster(f"pytest-{os.getpid()}-real", say=lambda m: print(f"[real] {m}", flush=True))
     c.iptables_before = before  # type: ignore[attr-defined]
-    c.up(Settings(gaudi_nodes=2, real_nodes=2, node_monitor_grace_seconds=20))
+    c.up(
+        Settings(
+            gaudi_nodes=2,
+            real_nodes=2,
+            node_monitor_grace_seconds=20,
+            real_node_images=training_image(),
+        )
+    )
     try:
         yield c
     finally:

@@ -1,0 +1,300 @@
+"""A GaudiTrainingJob trains for real: two worker pods on the two real nodes run the
+CPU training image (Debian's torch, gloo), form one torch world through the operator's
+rendezvous settings, and survive a killed worker by resuming from the checkpoint.
+
+The checkpoint volume is a hostPath directory: both real nodes are this one machine, so
+it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.gtj import CRD, OperatorProcess
+from cluster.realnodes.conftest import REAL, ROOT
+from conftest import wait_for
+
+pytestmark = pytest.mark.real_training
+
+GROUP = "gaudi.scalestarter.dev"
+IMAGE = "gaudi3.local/gaudi-train-cpu:dev"
+JOB = "tiny"
+INTERVAL = 5  # checkpoint and log every 5 steps
+TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
+STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
+WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
+RESUME_LINE = re.compile(r"resumed from step (\d+)")
+
+
+@pytest.fixture(scope="module")
+def trainer(real: Any) -> Iterator[OperatorProcess]:
+    """The training image on both real nodes, the CRD, and this tree's operator."""
+    build = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    archive = real.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
+    if str(archive) not in real.settings.real_node_images:  # the nodes did not start with it
+        assert len(real.real_nodes.import_image(archive)) == 2
+    real.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-training.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def job(name: str, checkpoints: Path) -> dict[str, Any]:
+    """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host."""
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "GaudiTrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": IMAGE,
+            "args": ["--device", "cpu", "--max-steps", "100000", "--log-every", str(INTERVAL)],
+            "hpusPerWorker": 1,
+            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
+            "batch": {"globalBatchSize": 16, "microBatchSize": 8},
+            "checkpoint": {"intervalSteps": INTERVAL},
+            "failurePolicy": {"maxRestarts": 10},
+            "template": {
+                "spec": {
+                    # Real nodes have no pod network: host networking, cluster DNS.
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "nodeSelector": {REAL: "true"},
+                    "terminationGracePeriodSeconds": 10,
+                    # Pods of one node share its IP and ports: one worker per node.
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {f"{GROUP}/job-name": name}},
+                                }
+                            ]
+                        }
+                    },
+                    "volumes": [
+                        {
+                            "name": "checkpoints",
+                            "hostPath": {"path": str(checkpoints), "type": "Directory"},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "imagePullPolicy": "Never",
+                            # The operator's per-HPU defaults (4 CPUs, 16 GiB, huge pages)
+                            # do not fit this machine; the tiny model needs little.
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "512Mi"},
+                                "limits": {"hugepages-2Mi": "0"},
+                            },
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+def logs(real: Any, ns: str, generation: int = 0) -> str:
+    """The logs of the workers of one restart generation (rank 0, which logs the
+    steps, may be in either pod)."""
+    selector = f"{GROUP}/job-name={JOB},{GROUP}/generation={generation}"
+    pods = real.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
+    return "\n".join(real.kubectl("logs", p, "-n", ns, check=False).stdout for p in pods)
+
+
+def steps(real: Any, ns: str, generation: int = 0) -> list[tuple[int, float]]:
+    """(step, loss) as rank 0 logged them, in step order."""
+    found = STEP_LINE.findall(logs(real, ns, generation))
+    return sorted((int(s), float(loss)) for s, loss in found)
+
+
+def checkpoint_steps(root: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "COMPLETE.json").exists()
+    )
+
+
+def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
+    """The host PID of a worker container's launcher (its PID 1, `gaudi3-train`)."""
+    want = {
+        f"GAUDI3_JOB_NAME={job_name}".encode(),
+        f"GAUDI3_NAMESPACE={ns}".encode(),
+        f"GAUDI3_WORKER_INDEX={index}".encode(),
+    }
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set((entry / "environ").read_bytes().split(b"\0"))
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want <= env and any(part.endswith(b"gaudi3-train") for part in cmd[:2]):
+            return int(entry.name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def training(real: Any, trainer: OperatorProcess) -> Iterator[tuple[str, Path]]:
+    """One job trains for this module: its namespace and checkpoint directory."""
+    ns = f"train-{os.getpid()}"
+    checkpoints = real.dir / "checkpoints" / ns
+    checkpoints.mkdir(parents=True)
+    os.chown(checkpoints, TRAINER_UID, -1)
+    real.kubectl("create", "namespace", ns)
+    wait_for(
+        lambda: real.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
+        timeout=30,
+        what="the default service account",
+    )
+    real.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job(JOB, checkpoints)))
+    try:
+        yield ns, checkpoints
+    finally:
+        real.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_two_workers_on_two_real_nodes_form_one_world_and_loss_falls(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, _ = training
+    logged = wait_for(
+        lambda: len(s := steps(real, ns)) >= 4 and s,
+        timeout=240,
+        interval=2,
+        what="four logged training steps",
+    )
+    pods = json.loads(real.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    placed = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods}
+    real_nodes = {n for n in placed.values() if n.startswith("gaudi3-real-")}
+    assert len(placed) == 2 and len(real_nodes) == 2, placed
+    log = logs(real, ns)
+    # One world of two processes, one per pod, with the global batch the job asked for.
+    assert "global batch 16 = micro 8 x world 2 x accumulation 1" in log
+    # The rendezvous ran on the pods' own addresses, worker 0 hosting it.
+    assert "--rdzv-backend gaudi3-c10d" in log and "is_host=1" in log
+    assert isinstance(logged, list)
+    (first_step, first_loss), (last_step, last_loss) = logged[0], logged[-1]
+    assert last_step > first_step and last_loss < first_loss - 0.1, logged
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, checkpoints = training
+    wait_for(
+        lambda: [s for s in checkpoint_steps(checkpoints) if s >= 2 * INTERVAL],
+        timeout=240,
+        interval=1,
+        what=f"a checkpoint at step >= {2 * INTERVAL}",
+    )
+    before = dict(steps(real, ns))
+    pid = launcher_pid(ns, JOB, 1)
+    assert pid is not None, "worker 1's launcher process on this machine"
+    os.kill(pid, signal.SIGKILL)
+    saved = checkpoint_steps(checkpoints)[-1]  # a step may finish saving meanwhile
+
+    check_resumed(real, ns, 1, saved, before)
+    status = job_status(real, ns)
+    assert status["restarts"] >= 1 and status["lastFailure"]["exitCode"] == 137
+    assert status["lastFailure"]["pod"] == f"{JOB}-worker-1"
+
+
+def test_a_deleted_worker_pod_is_replaced_and_training_resumes_from_the_checkpoint(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, checkpoints = training
+    generation = int(job_status(real, ns).get("restartGeneration", 0))
+    wait_for(
+        lambda: len(steps(real, ns, generation)) >= 1,
+        timeout=240,
+        interval=1,
+        what="a logged step of the running world",
+    )
+    before = {**dict(steps(real, ns, max(generation - 1, 0))), **dict(steps(real, ns, generation))}
+    saved = checkpoint_steps(checkpoints)[-1]
+    # Graceful: SIGTERM, the launcher checkpoints the current step, the pod goes away.
+    real.kubectl("delete", "pod", f"{JOB}-worker-1", "-n", ns, "--wait=false")
+    step = check_resumed(real, ns, generation + 1, saved, before)
+    assert int(job_status(real, ns)["restartGeneration"]) == generation + 1
+    assert step >= max(before)  # the SIGTERM checkpoint: no logged step was lost
+
+
+def test_scaling_two_to_one_to_two_keeps_the_global_batch_and_resumes_each_time(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    ns, checkpoints = training
+
+    def now() -> tuple[list[tuple[int, int]], list[int]]:
+        """(world size, accumulation) of the worlds of the current generation, in log
+        order, and the steps they resumed from. Growing is torchrun's in-place
+        re-rendezvous; shrinking makes the staying worker's launcher fail when its peer
+        leaves, so the operator recreates the world (a new generation)."""
+        generation = int(job_status(real, ns).get("restartGeneration", 0))
+        text = logs(real, ns, generation)
+        worlds = [(int(w), int(a)) for w, a in WORLD_LINE.findall(text)]
+        return worlds, [int(s) for s in RESUME_LINE.findall(text)]
+
+    wait_for(lambda: now()[0], timeout=240, interval=2, what="a running world")
+    for replicas, accumulation in ((1, 2), (2, 1)):
+        saved = checkpoint_steps(checkpoints)[-1]
+        real.kubectl("scale", "gtj", JOB, "-n", ns, f"--replicas={replicas}")
+        # The global batch 16 stays: the accumulation makes up for a missing worker.
+        wait_for(
+            lambda r=replicas, a=accumulation: (w := now()[0]) and w[-1] == (r, a),
+            timeout=240,
+            interval=2,
+            what=f"a world of {replicas}",
+        )
+        assert max(now()[1]) >= saved > 0
+
+
+def job_status(real: Any, ns: str) -> dict[str, Any]:
+    job = json.loads(real.kubectl("get", "gtj", JOB, "-n", ns, "-o", "json").stdout)
+    return dict(job["status"])
+
+
+def check_resumed(real: Any, ns: str, generation: int, saved: int, before: dict[int, float]) -> int:
+    """Wait for the world of `generation` to resume; check it resumed from the checkpoint
+    (not step 0) and that its loss continues the curve; return the step it resumed at."""
+
+    def resumed() -> int | None:
+        m = re.search(r"resumed from step (\d+)", logs(real, ns, generation))
+        return int(m.group(1)) if m else None
+
+    step = wait_for(resumed, timeout=240, interval=2, what=f"generation {generation}'s resume")
+    assert isinstance(step, int) and step >= saved and step > 0
+    # The loss of the next logged step continues from the checkpoint's level (no jump
+    # back towards where training started).
+    after = wait_for(
+        lambda: [s for s in steps(real, ns, generation) if s[0] > step],
+        timeout=120,
+        interval=2,
+        what="a step after the resume",
+    )
+    assert isinstance(after, list)
+    next_step, next_loss = after[0]
+    assert step < next_step <= step + INTERVAL
+    start_loss = min(before.items())[1]
+    at_checkpoint = before[max(s for s in before if s <= step)]
+    assert next_loss <= at_checkpoint + 0.05 and next_loss < start_loss - 0.2, (before, after)
+    return step

@@ -1,0 +1,112 @@
+"""torchrun's c10d rendezvous, with every store on the pod's own address.
+
+torch's own c10d backend guesses whether this process hosts the store ("is the endpoint
+one of my addresses?") and lets TCPStore listen on every interface. Neither holds where
+pods share one network namespace (host networking: every loopback address is local to
+every pod), and Debian's torch is built without libuv, which TCPStore asks for by
+default. This backend (`--rdzv-backend gaudi3-c10d`) instead:
+
+- hosts the rendezvous store on worker 0 only (`is_host` from the launcher), listening
+  on the pod IP (`bind_addr`), everyone else connecting to the endpoint's DNS name;
+- hosts each round's bootstrap store (the one the workers' process group uses) on the
+  rendezvous rank 0, on that pod's IP (torchrun's `--local-addr`), and a fresh one per
+  round, so a restarted world never reads the previous world's keys;
+- uses TCPStore's classic (non-libuv) server, which every torch build has.
+
+Workers reach the bootstrap store through `client_store` (see `Session`).
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.distributed import TCPStore
+    from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
+
+BACKEND = "gaudi3-c10d"
+DEFAULT_PORT = 29400
+READ_TIMEOUT_SECONDS = 60
+
+
+def listening_store(addr: str, port: int, timeout: timedelta) -> TCPStore:
+    """A TCPStore server listening on `addr`:`port` only (port 0 picks a free one)."""
+    from torch.distributed import TCPStore
+
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(512)
+        bound = int(sock.getsockname()[1])
+        # TCPStore takes the listening socket over (and closes it with the store).
+        fd = sock.detach()
+    except BaseException:
+        sock.close()
+        raise
+    return TCPStore(
+        addr,
+        bound,
+        is_master=True,
+        multi_tenant=True,
+        master_listen_fd=fd,
+        use_libuv=False,
+        timeout=timeout,
+    )
+
+
+def client_store(
+    host: str, port: int, timeout: timedelta, world_size: int | None = None
+) -> TCPStore:
+    """A TCPStore client; waits (up to `timeout`) for the server to come up."""
+    from torch.distributed import TCPStore
+
+    return TCPStore(host, port, world_size, is_master=False, timeout=timeout, use_libuv=False)
+
+
+def create_handler(params: RendezvousParameters) -> RendezvousHandler:
+    """torchrun's dynamic rendezvous over a store placed as this module's doc says."""
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import (
+        C10dRendezvousBackend,
+    )
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
+        create_handler as dynamic_handler,
+    )
+    from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+
+    host, port = parse_rendezvous_endpoint(params.endpoint, default_port=DEFAULT_PORT)
+    timeout = timedelta(seconds=params.get_as_int("read_timeout", READ_TIMEOUT_SECONDS) or 60)
+    if params.get_as_bool("is_host", False):
+        store = listening_store(params.get("bind_addr") or host, port, timeout)
+    else:
+        store = client_store(host, port, timeout)
+    handler: Any = dynamic_handler(store, C10dRendezvousBackend(store, params.run_id), params)
+
+    def bootstrap_server(addr: str, port: int) -> TCPStore:
+        return listening_store(addr, port, timeout)
+
+    join = handler.next_rendezvous
+
+    def next_rendezvous() -> Any:
+        # torch keeps the first round's bootstrap store for the handler's life; a new
+        # world on it would read the old world's barrier counters and peer addresses.
+        handler._bootstrap_store_info = None
+        handler._shared_tcp_store_server = None
+        return join()
+
+    # Instance attributes over torch's methods: the rest of its handler stays as is.
+    handler._create_tcp_store_server = bootstrap_server
+    handler.next_rendezvous = next_rendezvous
+    handler.get_backend = lambda: BACKEND  # torchrun checks it against --rdzv-backend
+    return handler  # type: ignore[no-any-return]
+
+
+def register() -> None:
+    """Make `--rdzv-backend gaudi3-c10d` known to torchrun in this process."""
+    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
+
+    # Registering the same creator again is allowed (a second launch in one process).
+    rendezvous_handler_registry.register(BACKEND, create_handler)
