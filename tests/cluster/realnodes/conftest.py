@@ -39,20 +39,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = [i for i in items if i not in down] + down
 
 
-def training_image() -> list[str]:
-    """The CPU training image (built if its inputs changed), for every real node to
-    start with: unpacked once per image, not imported into each node (~50 s each).
-    Empty when it does not build; test_training.py then reports the build's error."""
-    build = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+def preloaded_images() -> list[str]:
+    """The CPU training image and the operator image (each built if its inputs changed),
+    for every real node to start with: unpacked once per image set, not imported into
+    each node (~50 s and ~15 s). An image that does not build is left out; the test that
+    needs it then reports the build's error."""
     from gaudi_devtools.cluster.cluster import CLUSTERS
 
-    archive = CLUSTERS.parent / "images" / "gaudi-train-cpu.tar"
-    return [str(archive)] if build.returncode == 0 and archive.exists() else []
+    archives = []
+    for target, name in (("training-cpu", "gaudi-train-cpu"), ("operator", "gaudi-operator")):
+        build = subprocess.run(
+            ["bash", str(ROOT / "hack" / "build-images.sh"), target],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        archive = CLUSTERS.parent / "images" / f"{name}.tar"
+        if build.returncode == 0 and archive.exists():
+            archives.append(str(archive))
+    return archives
 
 
 @pytest.fixture(scope="package")
@@ -68,7 +73,7 @@ def real() -> Iterator[Any]:
             gaudi_nodes=2,
             real_nodes=2,
             node_monitor_grace_seconds=20,
-            real_node_images=training_image(),
+            real_node_images=preloaded_images(),
         )
     )
     try:
