@@ -202,6 +202,9 @@ class Autoscaler:
             log.exception("autoscaler pass for %s/%s failed", *key)
         finally:
             self._running.discard(key)
+            if self.jobs is not None and not (self.jobs.get(key) or ()):
+                # Deleted while the pass ran: the controller already dropped its series.
+                metrics.AUTOSCALE_DESIRED_REPLICAS.remove(*key)
 
     # --- one pass -----------------------------------------------------------------------
 
