@@ -97,6 +97,21 @@ class Operator:
     proc: subprocess.Popen[bytes]
     metrics_port: int
     log: Path
+    snapshots: Path | None = None
+
+    async def snapshot(self) -> Path | None:
+        """A tracemalloc snapshot of the traced operator (None when not traced)."""
+        if self.snapshots is None:
+            return None
+        before = set(self.snapshots.glob("*.snap"))
+        self.proc.send_signal(signal.SIGUSR2)
+        for _ in range(600):
+            new = set(self.snapshots.glob("*.snap")) - before
+            if new:
+                return new.pop()
+            self.check_alive()
+            await asyncio.sleep(0.1)
+        raise TimeoutError("no tracemalloc snapshot within 60 s")
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -123,9 +138,32 @@ class Operator:
                 self.proc.wait(5)
 
 
-def launch(kubeconfig: Path, prometheus_url: str, log: Path, interval: float) -> Operator:
+# --tracemalloc: the operator under tracemalloc, dumping a snapshot on SIGUSR2 (debug only:
+# tracing costs memory and time, so its RSS figures are not the operator's).
+TRACED_MAIN = """
+import os, runpy, signal, sys, tracemalloc
+tracemalloc.start(12)
+out, n = os.environ["GAUDI3_SOAK_SNAPSHOTS"], [0]
+def dump(*_):
+    n[0] += 1
+    path = os.path.join(out, f"{n[0]:03d}.snap")
+    tracemalloc.take_snapshot().dump(path + ".tmp")
+    os.rename(path + ".tmp", path)
+signal.signal(signal.SIGUSR2, dump)
+sys.argv = ["gaudi3", *sys.argv[1:]]
+runpy.run_module("gaudi_operator.cli.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def launch(
+    kubeconfig: Path,
+    prometheus_url: str,
+    log: Path,
+    interval: float,
+    snapshots: Path | None = None,
+) -> Operator:
     """The operator of the same source tree as this module (so a checkout measures its own
-    code) as a child process, once its /healthz answers."""
+    code) as a child process, once its /healthz answers; with `snapshots`, traced."""
     import gaudi_operator
 
     metrics_port, health_port = free_port(), free_port()
@@ -138,6 +176,9 @@ def launch(kubeconfig: Path, prometheus_url: str, log: Path, interval: float) ->
         "GAUDI3_AUTOSCALE_INTERVAL_SECONDS": str(interval),
     }
     cmd = [sys.executable, "-m", "gaudi_operator.cli.main", "operator"]
+    if snapshots is not None:
+        env["GAUDI3_SOAK_SNAPSHOTS"] = str(snapshots)
+        cmd = [sys.executable, "-c", TRACED_MAIN, "operator"]
     cmd += ["--metrics-port", str(metrics_port), "--health-port", str(health_port)]
     cmd += ["--metrics-address", "127.0.0.1", "--health-address", "127.0.0.1"]
     cmd += ["--no-leader-elect", "--prometheus-url", prometheus_url]
@@ -145,7 +186,7 @@ def launch(kubeconfig: Path, prometheus_url: str, log: Path, interval: float) ->
         proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    op = Operator(proc, metrics_port, log)
+    op = Operator(proc, metrics_port, log, snapshots)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         op.check_alive()
@@ -197,6 +238,7 @@ class Sample:
     rss_mib: float
     seconds: float
     scrape: Scrape
+    snapshot: Path | None = None  # with --tracemalloc
 
 
 def slope_per_1000(points: Iterable[tuple[float, float]]) -> float:
@@ -357,13 +399,15 @@ async def soak(
     samples: list[Sample] = []
     async with Soak(kubeconfig, ns, op, step_timeout) as s:
         first = await s.quiet(0)
-        samples.append(Sample(0, 0, op.rss_mib(), 0.0, first))
+        samples.append(Sample(0, 0, op.rss_mib(), 0.0, first, await op.snapshot()))
         on_sample(samples[-1])
         for r in range(1, rounds + 1):
             t0 = time.monotonic()
             await s.round(f"r{r}", plan_round(rng, jobs, autoscaled, failing))
             scrape = await s.quiet(30)
-            samples.append(Sample(r, r * jobs, op.rss_mib(), time.monotonic() - t0, scrape))
+            seconds = time.monotonic() - t0
+            snap = await op.snapshot()
+            samples.append(Sample(r, r * jobs, op.rss_mib(), seconds, scrape, snap))
             on_sample(samples[-1])
         return samples, s.peak
 
@@ -386,6 +430,14 @@ def benchmark_soak(
         float, typer.Option(help="Flat: |RSS slope| at most this, MiB per 1,000 cycles.")
     ] = 1.0,
     timeout: Annotated[float, typer.Option(help="Give up on one step after this.")] = 600,
+    tracemalloc: Annotated[
+        bool,
+        typer.Option(
+            "--tracemalloc",
+            help="Debug: trace the operator's allocations and show what grew over the second "
+            "half (its RSS then includes tracemalloc's own).",
+        ),
+    ] = False,
 ) -> None:
     """Rounds of job create/delete cycles; operator RSS per round, slope, cache sizes."""
     from gaudi_devtools.cluster import Cluster
@@ -406,8 +458,14 @@ def benchmark_soak(
         )
         raise typer.Exit(1)
     install_crds(c)
+    # A SIGTERM (timeout, CI) unwinds through `finally`: the operator child stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log = c.dir / "logs" / "bench-soak-operator.log"
-    op = launch(Path(c.kubeconfig), c.prometheus_url, log, interval)
+    snapshots = None
+    if tracemalloc:
+        snapshots = c.dir / "soak-snapshots" / time.strftime("%Y%m%dT%H%M%S")
+        snapshots.mkdir(parents=True)
+    op = launch(Path(c.kubeconfig), c.prometheus_url, log, interval, snapshots)
 
     def show(s: Sample) -> None:
         left = {k: v for k, v in s.scrape.per_job().items() if v}
@@ -423,7 +481,27 @@ def benchmark_soak(
         )
     finally:
         op.stop()
+    if tracemalloc:
+        grown(samples)
     report(samples, peak, jobs, autoscaled, failing, seed, tolerance)
+
+
+def grown(samples: list[Sample], top: int = 15) -> None:
+    """What the traced operator allocated more of, from mid-soak to the end."""
+    import tracemalloc
+
+    mid, last = samples[len(samples) // 2], samples[-1]
+    assert mid.snapshot is not None and last.snapshot is not None
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    before = tracemalloc.Snapshot.load(str(mid.snapshot)).filter_traces(ignore)
+    after = tracemalloc.Snapshot.load(str(last.snapshot)).filter_traces(ignore)
+    console.print(
+        f"tracemalloc, round {mid.round} -> {last.round} (snapshots in {last.snapshot.parent}):"
+    )
+    for stat in after.compare_to(before, "traceback")[:top]:
+        console.print(f"  {stat.size_diff / 1024:+9.1f} KiB  {stat.count_diff:+7d} blocks")
+        for line in stat.traceback.format(limit=6, most_recent_first=True):
+            console.print(f"      {line}", markup=False, highlight=False)
 
 
 def report(

@@ -1,14 +1,15 @@
 """The short soak: jobs created and deleted in rounds (plain, autoscaled, failing once)
 leave nothing behind in any of the operator's per-job maps or per-job metric series.
 
-The real operator watches only the soak's namespace (so other tests' jobs never count),
-with the autoscaler on the cluster's Prometheus; the soak itself is the benchmark's
+A real operator of its own watches only the soak's namespace (so other tests' jobs never
+count), with the autoscaler on the cluster's Prometheus; the soak itself is the benchmark's
 (`gaudi3 benchmark soak`), a few rounds of a few jobs instead of thousands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,25 +37,36 @@ PER_JOB_CACHES = {
 
 
 @pytest.fixture
-def soak_operator(operator: OperatorProcess, cluster: Any) -> Iterator[tuple[Operator, str]]:
-    """The session's operator, restarted for one namespace with a 1 s autoscaler loop, and
-    restarted as it was afterwards."""
+def soak_operator(
+    operator: OperatorProcess, cluster: Any, tmp_path: Path
+) -> Iterator[tuple[Operator, str]]:
+    """An operator of its own for one namespace, with a 1 s autoscaler loop on the cluster's
+    Prometheus. The session's operator is paused meanwhile (SIGSTOP, as if descheduled), so
+    one operator acts on the soak's jobs and no restart of it is paid."""
     ns = f"soak-{uuid.uuid4().hex[:6]}"
-    operator.env["GAUDI3_AUTOSCALE_INTERVAL_SECONDS"] = "1"
-    operator.restart("--namespace", ns, "--prometheus-url", cluster.prometheus_url)
+    paused = operator.proc if operator.proc is not None and operator.proc.poll() is None else None
+    own = OperatorProcess(Path(cluster.kubeconfig), tmp_path / "soak-operator.log")
+    own.env["GAUDI3_AUTOSCALE_INTERVAL_SECONDS"] = "1"
+    if paused is not None:
+        paused.send_signal(signal.SIGSTOP)
     try:
-        assert operator.proc is not None
-        yield Operator(operator.proc, operator.metrics_port, operator.log), ns
+        own.start("--namespace", ns, "--prometheus-url", cluster.prometheus_url)
+        assert own.proc is not None
+        yield Operator(own.proc, own.metrics_port, own.log), ns
+    except BaseException:
+        print(own.tail(120))  # shown with the failure
+        raise
     finally:
-        operator.env.pop("GAUDI3_AUTOSCALE_INTERVAL_SECONDS", None)
-        operator.restart()
+        if own.proc is not None and own.proc.poll() is None:
+            own.kill()
+        if paused is not None:
+            paused.send_signal(signal.SIGCONT)
 
 
 def test_deleted_jobs_leave_no_entry_in_any_per_job_cache(
-    soak_operator: tuple[Operator, str], cluster: Any, hpus_free: Any
+    soak_operator: tuple[Operator, str], cluster: Any
 ) -> None:
     op, ns = soak_operator
-    hpus_free()
     samples, peak = asyncio.run(
         soak(
             op,
