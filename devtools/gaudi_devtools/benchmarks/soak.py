@@ -142,11 +142,13 @@ class Operator:
 # tracing costs memory and time, so its RSS figures are not the operator's).
 TRACED_MAIN = """
 import os, runpy, signal, sys, tracemalloc
-tracemalloc.start(12)
+tracemalloc.start(8)
 out, n = os.environ["GAUDI3_SOAK_SNAPSHOTS"], [0]
 def dump(*_):
     n[0] += 1
     path = os.path.join(out, f"{n[0]:03d}.snap")
+    with open(path + ".size", "w") as f:
+        f.write(str(tracemalloc.get_traced_memory()[0]))
     tracemalloc.take_snapshot().dump(path + ".tmp")
     os.rename(path + ".tmp", path)
 signal.signal(signal.SIGUSR2, dump)
@@ -187,7 +189,7 @@ def launch(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     op = Operator(proc, metrics_port, log, snapshots)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + (60 if snapshots is None else 300)  # tracing is slow
     while time.monotonic() < deadline:
         op.check_alive()
         try:
@@ -239,6 +241,13 @@ class Sample:
     seconds: float
     scrape: Scrape
     snapshot: Path | None = None  # with --tracemalloc
+
+    @property
+    def traced_mib(self) -> float | None:
+        """Memory held by Python objects (tracemalloc), without the allocator's slack."""
+        if self.snapshot is None:
+            return None
+        return int(Path(f"{self.snapshot}.size").read_text()) / 2**20
 
 
 def slope_per_1000(points: Iterable[tuple[float, float]]) -> float:
@@ -471,8 +480,8 @@ def benchmark_soak(
         left = {k: v for k, v in s.scrape.per_job().items() if v}
         console.print(
             f"round {s.round:3}  cycles {s.cycles:6}  RSS {s.rss_mib:7.1f} MiB  "
-            f"{s.seconds:6.1f} s  per-job entries left {left or 0}  "
-            f"job series left {s.scrape.job_series}"
+            f"{s.seconds:6.1f} s  left: {left or 0} entries, {s.scrape.job_series} jobs' series",
+            soft_wrap=True,
         )
 
     try:
@@ -501,7 +510,7 @@ def grown(samples: list[Sample], top: int = 15) -> None:
     for stat in after.compare_to(before, "traceback")[:top]:
         console.print(f"  {stat.size_diff / 1024:+9.1f} KiB  {stat.count_diff:+7d} blocks")
         for line in stat.traceback.format(limit=6, most_recent_first=True):
-            console.print(f"      {line}", markup=False, highlight=False)
+            console.print(f"      {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def report(
@@ -517,15 +526,20 @@ def report(
         title=f"{samples[-1].cycles} create/delete cycles ({jobs} jobs a round: "
         f"{autoscaled:.0%} autoscaled, {failing:.0%} failing once; seed {seed})"
     )
-    for col in ("round", "jobs so far", "RSS MiB", "round s", "per-job entries left"):
+    traced = samples[-1].traced_mib is not None
+    cols = ["round", "jobs so far", "RSS MiB", *(["traced MiB"] if traced else [])]
+    for col in (*cols, "round s", "per-job entries left"):
         table.add_column(col, justify="right")
     for s in samples:
         left = sum(s.scrape.per_job().values()) + s.scrape.job_series
-        table.add_row(
-            str(s.round), str(s.cycles), f"{s.rss_mib:.1f}", f"{s.seconds:.1f}", str(left)
-        )
+        row = [str(s.round), str(s.cycles), f"{s.rss_mib:.1f}"]
+        row += [f"{s.traced_mib:.2f}"] if traced else []
+        table.add_row(*row, f"{s.seconds:.1f}", str(left))
     console.print(table)
     half = samples[len(samples) // 2 :]
+    if traced:
+        t_slope = slope_per_1000((s.cycles, s.traced_mib or 0.0) for s in half)
+        console.print(f"traced memory slope: {t_slope:+.3f} MiB per 1,000 cycles")
     slope = slope_per_1000((s.cycles, s.rss_mib) for s in half)
     flat = abs(slope) <= tolerance
     last = samples[-1].scrape
