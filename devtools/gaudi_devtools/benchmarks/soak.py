@@ -413,7 +413,7 @@ async def soak(
         for r in range(1, rounds + 1):
             t0 = time.monotonic()
             await s.round(f"r{r}", plan_round(rng, jobs, autoscaled, failing))
-            scrape = await s.quiet(30)
+            scrape = await s.quiet(120)  # in-flight passes of deleted jobs end (slow Prometheus)
             seconds = time.monotonic() - t0
             snap = await op.snapshot()
             samples.append(Sample(r, r * jobs, op.rss_mib(), seconds, scrape, snap))

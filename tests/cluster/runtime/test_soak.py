@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,12 @@ PER_JOB_CACHES = {
 
 @pytest.fixture
 def soak_operator(
-    operator: OperatorProcess, cluster: Any, tmp_path: Path
+    operator: OperatorProcess, cluster: Any, tmp_path: Path, hpus_free: Callable[[], None]
 ) -> Iterator[tuple[Operator, str]]:
     """An operator of its own for one namespace, with a 1 s autoscaler loop on the cluster's
     Prometheus. The session's operator is paused meanwhile (SIGSTOP, as if descheduled), so
     one operator acts on the soak's jobs and no restart of it is paid."""
+    hpus_free()  # earlier tests' workers gone, while their operator still runs
     ns = f"soak-{uuid.uuid4().hex[:6]}"
     paused = operator.proc if operator.proc is not None and operator.proc.poll() is None else None
     own = OperatorProcess(Path(cluster.kubeconfig), tmp_path / "soak-operator.log")
