@@ -20,7 +20,7 @@ import pytest
 from cluster.gtj import OperatorProcess
 from gaudi_devtools.benchmarks.soak import Operator, soak
 
-ROUNDS, JOBS, SEED = 3, 3, 11  # each round: one plain, one autoscaled, one failing once
+ROUNDS, JOBS, SEED = 2, 3, 11  # each round: one plain, one autoscaled, one failing once
 PER_JOB_CACHES = {
     "job_phases",
     "job_conditions",
