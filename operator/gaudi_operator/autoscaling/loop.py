@@ -137,6 +137,9 @@ class Autoscaler:
         self._prom: dict[str, PrometheusClient] = {}
         self._due: dict[Key, float] = {}
         self._running: set[Key] = set()
+        metrics.track_cache("autoscale_due", lambda: len(self._due))
+        metrics.track_cache("autoscale_running", lambda: len(self._running))
+        metrics.track_cache("autoscale_prometheus_clients", lambda: len(self._prom))
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._task: asyncio.Task[None] | None = None
         self._passes: set[asyncio.Task[Any]] = set()
@@ -199,6 +202,9 @@ class Autoscaler:
             log.exception("autoscaler pass for %s/%s failed", *key)
         finally:
             self._running.discard(key)
+            if self.jobs is not None and not (self.jobs.get(key) or ()):
+                # Deleted while the pass ran: the controller already dropped its series.
+                metrics.AUTOSCALE_DESIRED_REPLICAS.remove(*key)
 
     # --- one pass -----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class FailoverRecorder:
 
     def __init__(self) -> None:
         self._open: dict[tuple[str, str], _Recovery] = {}
+        metrics.track_cache("failover_open", lambda: len(self._open))
 
     def after_pass(
         self,

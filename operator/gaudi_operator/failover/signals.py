@@ -26,6 +26,7 @@ from gaudi_operator.clients.prometheus import (
 )
 from gaudi_operator.failover import policy as failover
 from gaudi_operator.jobs.observation import Observation, observe_pod
+from gaudi_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class NodeCache:
         # Deleted node -> when: remembered long enough for the passes of the jobs that
         # ran there (they are woken at once), then forgotten, so it never only grows.
         self._deleted: dict[str, float] = {}
+        metrics.track_cache("nodes", lambda: len(self._nodes))
+        metrics.track_cache("nodes_deleted", lambda: len(self._deleted))
 
     def update(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """Apply a watch event; True when the node's health changed (worth a look)."""
@@ -126,6 +129,8 @@ class DisruptionLog:
     def __init__(self) -> None:
         self._gone: dict[tuple[str, str], dict[str, _Gone]] = {}
         self._own: dict[str, float] = {}
+        metrics.track_cache("disruptions", lambda: len(self._gone))
+        metrics.track_cache("own_deletions", lambda: len(self._own))
 
     def deleting(self, uids: Iterable[str]) -> None:
         """The operator is about to delete these pods: not a disruption."""
@@ -139,7 +144,10 @@ class DisruptionLog:
         uid = meta.get("uid", "")
         job = (meta.get("labels") or {}).get(LABEL_JOB_NAME)
         self._expire()
-        if not job or uid in self._own:
+        if uid in self._own:
+            del self._own[uid]  # its deletion is seen: nothing more to tell it apart from
+            return None
+        if not job:
             return None
         pod = observe_pod(body)
         if pod.terminal:
@@ -194,13 +202,12 @@ class DisruptionLog:
 
     def handled(self, namespace: str, job: str, pods: Iterable[str] | None = None) -> None:
         entries = self._gone.get((namespace, job))
-        if not entries:
+        if entries is None:
             return
-        if pods is None:
-            entries.clear()
-        else:
-            for name in pods:
-                entries.pop(name, None)
+        for name in list(entries) if pods is None else pods:
+            entries.pop(name, None)
+        if not entries:
+            del self._gone[(namespace, job)]  # no empty map left behind per job
 
     def _expire(self) -> None:
         limit = time.monotonic() - self.TTL_SECONDS
@@ -311,3 +318,6 @@ async def signals_for(obs: Observation) -> failover.Signals:
         ),
         own_deletions=DISRUPTIONS.own_uids(),
     )
+
+
+metrics.track_cache("probe_prometheus_clients", lambda: len(PROBES._clients))

@@ -137,6 +137,7 @@ class Reconciler:
         self._pod_slots = asyncio.Semaphore(pod_concurrency)
         self._clock = clock
         self._gang_warned: set[tuple[str, str]] = set()
+        metrics.track_cache("gang_warned", lambda: len(self._gang_warned))
 
     def forget(self, key: tuple[str, str]) -> None:
         """The job is gone: what the operator remembers of it goes too."""

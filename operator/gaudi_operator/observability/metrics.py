@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -22,6 +22,18 @@ RECONCILE_ERRORS = Counter(
 )
 INVALID_SPECS = Counter("gaudi_operator_invalid_specs", "Jobs found with an unusable spec")
 QUEUE_DEPTH = Gauge("gaudi_operator_workqueue_depth", "Jobs waiting for a reconcile pass")
+CACHE_ENTRIES = Gauge(
+    "gaudi_operator_cache_entries",
+    "Entries in one of the operator's in-memory maps, read at scrape time: the per-job ones "
+    "return to 0 once every job is deleted (the soak test and benchmark watch them)",
+    ["cache"],
+)
+
+
+def track_cache(name: str, size: Callable[[], int]) -> None:
+    """Publish `size()` as gaudi_operator_cache_entries{cache=name}, from the scrape's
+    thread (so `size` only takes len()s). A later owner of the name replaces the earlier."""
+    CACHE_ENTRIES.labels(cache=name).set_function(size)
 
 
 class PhaseTracker:
@@ -31,6 +43,8 @@ class PhaseTracker:
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
         self._conditions: dict[tuple[str, str], set[str]] = {}
+        track_cache("job_phases", lambda: len(self._phases))
+        track_cache("job_conditions", lambda: len(self._conditions))
         for phase in Phase:
             JOBS.labels(phase=phase.value).set(0)
 

@@ -113,6 +113,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._written: dict[Key, Written] = {}
         self._failures: dict[Key, int] = {}
+        metrics.track_cache("controller_written", lambda: len(self._written))
+        metrics.track_cache("controller_failures", lambda: len(self._failures))
+        metrics.track_cache("workqueue_scheduled", self.queue.scheduled)
         # kopf indices, bound by the first handler call (they are live views).
         self.jobs: Mapping[Key, Any] | None = None
         self.pods: Mapping[Key, Any] | None = None
@@ -199,6 +202,9 @@ class Controller:
             self.queue.add_after(key, delay)
             return
         self._failures.pop(key, None)
+        if first((self.jobs or {}).get(key)) is None:
+            self.forget(key)  # deleted while the pass ran: keep nothing for it
+            return
         if result.body is not None:
             self._written[key] = Written.after(
                 body, result.body, self._written.get(key), result.superseded

@@ -23,6 +23,10 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def scheduled(self) -> int:
+        """Keys with a pass scheduled for later (`add_after`)."""
+        return len(self._timers)
+
     def add(self, key: Hashable) -> None:
         if key in self._active:
             self._dirty.add(key)

@@ -62,3 +62,23 @@ def test_the_node_cache_forgets_deleted_nodes_after_a_while(monkeypatch: Any) ->
     clock[0] += signals.DELETED_NODE_TTL + 1
     cache.update("DELETED", {"metadata": {"name": "last"}})
     assert set(cache.lookup([f"n{i}" for i in range(50)])) == set()  # bounded, not growing
+
+
+def test_a_handled_job_leaves_no_entry_behind() -> None:
+    log = DisruptionLog()
+    log.pod_deleted(worker("train-worker-0", 0, "job-a", "p0"))
+    log.pod_deleted(worker("train-worker-1", 1, "job-a", "p1"))
+    log.handled("ns", "train", ["train-worker-0"])
+    assert log.pending("ns", "train", "job-a", 0, 2, []) != []
+    log.handled("ns", "train", ["train-worker-1"])
+    assert log._gone == {}
+    log.pod_deleted(worker("train-worker-0", 0, "job-a", "p2"))
+    log.handled("ns", "train")  # the job is gone
+    assert log._gone == {}
+
+
+def test_an_own_deletion_is_forgotten_once_its_pod_is_gone() -> None:
+    log = DisruptionLog()
+    log.deleting(["p1", "p2"])
+    assert log.pod_deleted(worker("train-worker-1", 1, "job-a", "p1")) is None
+    assert log.own_uids() == {"p2"}
