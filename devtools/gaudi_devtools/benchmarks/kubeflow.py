@@ -171,11 +171,11 @@ class KubeflowOperator:
         return peak_rss_mib(self.proc.pid)
 
     def stop(self) -> None:
-        # Each runs in a session of its own: the group holds its bridge child too.
+        # Each runs in a session of its own: the group holds its bridge child too, which
+        # outlives the leader when the operator exited first.
         for p in (self.proc, self.bridge):
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in (self.proc, self.bridge):
             try:
                 p.wait(20)
@@ -323,14 +323,22 @@ async def run_load(
     limits = httpx.Limits(max_connections=in_flight + 2)
     async with httpx.AsyncClient(verify=_tls(cluster), timeout=60, limits=limits) as http:
 
-        async def check(r: httpx.Response) -> dict[str, Any]:
+        async def call(method: str, url: str, **kw: Any) -> dict[str, Any]:
+            # Pooled connections idle for minutes while the jobs start may be closed by
+            # then: every call here is safe to send again.
+            for attempt in range(3):
+                try:
+                    r = await http.request(method, url, **kw)
+                    break
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+                    await asyncio.sleep(0.5)
             if r.is_error:
-                raise RuntimeError(f"{r.request.method} {r.request.url}: {r.status_code} {r.text}")
+                raise RuntimeError(f"{method} {url}: {r.status_code} {r.text}")
             return dict(r.json())
 
-        await check(
-            await http.post(f"{base}/api/v1/namespaces", json={"metadata": {"name": namespace}})
-        )
+        await call("POST", f"{base}/api/v1/namespaces", json={"metadata": {"name": namespace}})
         try:
             account = f"{base}/api/v1/namespaces/{namespace}/serviceaccounts/default"
             while True:  # pods are refused until the namespace's default account exists
@@ -342,7 +350,7 @@ async def run_load(
             async def submit(i: int) -> None:
                 body = pytorchjob_manifest(f"job-{i:05d}", namespace, workers, hpus)
                 async with limit:
-                    await check(await http.post(jobs_url, json=body))
+                    await call("POST", jobs_url, json=body)
 
             t0 = time.monotonic()
             await asyncio.gather(*(submit(i) for i in range(jobs)))
@@ -356,21 +364,21 @@ async def run_load(
                     raise TimeoutError(f"PyTorchJobs not all Running after {limit_s:.0f}s")
                 await asyncio.sleep(0.5)
                 if pods_at is None:
-                    items = (await check(await http.get(pods_url, params=cached)))["items"]
+                    items = (await call("GET", pods_url, params=cached))["items"]
                     running = sum(1 for p in items if p.get("status", {}).get("phase") == "Running")
                     if running == jobs * workers:
                         pods_at = time.monotonic() - t0
+                        print(f"all {running} pods Running at {pods_at:.1f} s", file=sys.stderr)
                 if jobs_at is None:
-                    listed = await check(await http.get(jobs_url, params={"resourceVersion": "0"}))
+                    listed = await call("GET", jobs_url, params={"resourceVersion": "0"})
                     if sum(1 for j in listed["items"] if job_running(j)) == jobs:
                         jobs_at = time.monotonic() - t0
+                        print(f"all {jobs} jobs Running at {jobs_at:.1f} s", file=sys.stderr)
             assert pods_at is not None and jobs_at is not None
             t1 = time.monotonic()
-            await check(
-                await http.request("DELETE", jobs_url, json={"propagationPolicy": "Background"})
-            )
+            await call("DELETE", jobs_url, json={"propagationPolicy": "Background"})
             while True:
-                if not (await check(await http.get(pods_url, params=cached)))["items"]:
+                if not (await call("GET", pods_url, params=cached))["items"]:
                     break
                 if time.monotonic() - t1 > limit_s:
                     raise TimeoutError(f"pods left {limit_s:.0f}s after deleting the jobs")
