@@ -20,6 +20,8 @@ PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 FLUX_KSTATUS_VERSION="${FLUX_KSTATUS_VERSION:-v1.3.0}"
 KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+# Only `gaudi3 benchmark reconcile --versus kubeflow` runs it: built on demand, not by default.
+KUBEFLOW_TRAINING_OPERATOR_VERSION="${KUBEFLOW_TRAINING_OPERATOR_VERSION:-v1.9.3}"
 
 CACHE="${GAUDI3_CACHE:-$HOME/.cache/gaudi3}"
 BIN="$CACHE/bin"
@@ -290,6 +292,29 @@ build_kueue() {
   chmod -R u+w "$dir/config"
 }
 
+# The Kubeflow Training Operator (v1, PyTorchJob), the reconcile benchmark's peer, and the
+# CRDs of the same module version (applied at run time from here). The module has no
+# version variable to set; the binary is renamed from training-operator.v1.
+build_kubeflow_training_operator() {
+  local v=$KUBEFLOW_TRAINING_OPERATOR_VERSION
+  local dir="$TOOLS/kubeflow-training-operator-$v"
+  if have "$dir" kubeflow-training-operator && [ -f "$dir/crds/kubeflow.org_pytorchjobs.yaml" ]; then
+    link kubeflow-training-operator "$dir"; return
+  fi
+  need_go
+  say "installing the Kubeflow Training Operator ${v} with go install"
+  mkdir -p "$dir"
+  GOBIN="$dir" go install -trimpath -ldflags "-s -w" \
+    "github.com/kubeflow/training-operator/cmd/training-operator.v1@${v}" \
+    || die "go install github.com/kubeflow/training-operator/cmd/training-operator.v1@${v} failed (see above)"
+  mv "$dir/training-operator.v1" "$dir/kubeflow-training-operator"
+  local src; src=$(module_dir "github.com/kubeflow/training-operator@${v}")
+  rm -rf "$dir/crds"; mkdir -p "$dir/crds"
+  cp "$src"/manifests/base/crds/kubeflow.org_*.yaml "$dir/crds/"
+  chmod -R u+w "$dir/crds"
+  link kubeflow-training-operator "$dir"
+}
+
 install_prometheus() {
   if command -v prometheus >/dev/null 2>&1; then
     link_prometheus; return
@@ -378,7 +403,8 @@ for t in $want; do
                "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" ;;
     node-runtime) install_node_runtime ;;
     image-tools) install_image_tools ;;
-    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus kubelet coredns node-runtime image-tools)" ;;
+    kubeflow-training-operator) build_kubeflow_training_operator ;;
+    *) die "unknown tool '$t' (known: kubernetes etcd kwok helm helm-docs kubeconform kubeschemas openapi kstatus kueue prometheus kubelet coredns node-runtime image-tools kubeflow-training-operator)" ;;
   esac
 done
 say "ready: $BIN"
