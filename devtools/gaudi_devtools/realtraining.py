@@ -31,9 +31,11 @@ def job(
     interval: int = INTERVAL,
     log_every: int = INTERVAL,
     failure_policy: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host."""
-    return {
+    """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host;
+    `env` is added to the worker container's environment."""
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/v1alpha1",
         "kind": "GaudiTrainingJob",
         "metadata": {"name": name},
@@ -85,16 +87,30 @@ def job(
             },
         },
     }
+    if env:
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return body
 
 
-def logs(cluster: Any, ns: str, job_name: str, generation: int = 0, *, stamps: bool = False) -> str:
-    """The logs of the workers of one restart generation (rank 0, which logs the
-    steps, may be in either pod); with `stamps`, each line starts with the container
-    runtime's RFC 3339 (nanosecond) time of the line."""
+def pod_logs(
+    cluster: Any, ns: str, job_name: str, generation: int = 0, *, stamps: bool = False
+) -> dict[str, str]:
+    """The log of each worker pod of one restart generation, by pod name; with `stamps`,
+    each line starts with the container runtime's RFC 3339 (nanosecond) time of it."""
     selector = f"{GROUP}/job-name={job_name},{GROUP}/generation={generation}"
     pods = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
     extra = ["--timestamps"] if stamps else []
-    return "\n".join(cluster.kubectl("logs", p, "-n", ns, *extra, check=False).stdout for p in pods)
+    return {
+        p.removeprefix("pod/"): cluster.kubectl("logs", p, "-n", ns, *extra, check=False).stdout
+        for p in pods
+    }
+
+
+def logs(cluster: Any, ns: str, job_name: str, generation: int = 0) -> str:
+    """The logs of the workers of one restart generation (rank 0, which logs the
+    steps, may be in either pod)."""
+    return "\n".join(pod_logs(cluster, ns, job_name, generation).values())
 
 
 def steps(cluster: Any, ns: str, job_name: str, generation: int = 0) -> list[tuple[int, float]]:
