@@ -22,6 +22,7 @@ TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
 STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
 WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
 RESUME_LINE = re.compile(r"resumed from step (\d+)")
+CHECKPOINT_LINE = re.compile(r"checkpoint of step (\d+) complete")
 
 
 def job(

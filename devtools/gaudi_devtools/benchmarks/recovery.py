@@ -15,7 +15,8 @@ and reads:
 - rendezvous: torchrun's "Rendezvous complete for workers" (LOGLEVEL=INFO), the latest;
 - resumed: rank 0's "resumed from step N"; first step: rank 0's first step after it.
 
-Steps lost are the last step rank 0 logged before the kill minus the step resumed from.
+Steps lost are the last step the old world completed (rank 0's last step or checkpoint
+line) minus the step resumed from.
 """
 
 from __future__ import annotations
@@ -142,10 +143,13 @@ class Recovery:
         # Rank 0's pod may be deleted soon (RecreateAll): read the old world's log now.
         for pod, lines in self.stamped(gen).items():
             before[pod] = sorted({*before.get(pod, []), *lines})
+        # Every step all-reduces with the killed worker, so whatever the old world logged
+        # (a step, or a checkpoint, which is written before its step's line) was done
+        # before the kill, even when the line came after it.
         last_before = max(
             int(m.group(1))
-            for t, line in (x for pod in before.values() for x in pod)
-            if t <= kill and (m := rt.STEP_LINE.search(line))
+            for _, line in (x for pod in before.values() for x in pod)
+            if (m := rt.STEP_LINE.search(line) or rt.CHECKPOINT_LINE.search(line))
         )
 
         detected: float | None = None
@@ -215,7 +219,7 @@ def _seconds(value: float | None) -> str:
 
 def per_trial_table(trials: list[Trial]) -> Table:
     table = Table(title="kill -> first step of the new world, per trial (seconds)")
-    for col in ("trial", *PHASES, "total", "resumed from", "last step before", "steps lost"):
+    for col in ("trial", *PHASES, "total", "resumed from", "last step done", "steps lost"):
         table.add_column(col, justify="right")
     for i, t in enumerate(trials, 1):
         phases = t.phases()
