@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaudi_devtools.benchmarks.support import peak_rss_mib, start_operator
+from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
 from gaudi_operator import api
 from gaudi_operator.clients import kube
 from gaudi_operator.jobs import manifests
@@ -299,6 +299,7 @@ def benchmark_reconcile(
     try:
         r = asyncio.run(_run(kubeconfig, ns, jobs, workers, hpus_per_worker, timeout))
         rss = peak_rss_mib(proc.pid)
+        cpu = cpu_seconds(proc.pid)
     finally:
         if spy is not None and profile is not None:
             _stop_py_spy(spy, profile)
@@ -328,6 +329,11 @@ def benchmark_reconcile(
         "pods Running per second",
         f"{pods / r['all_running']:.0f}",
         *([f"{pods / b['all_running']:.0f}", ""] if b else []),
+    )
+    table.add_row(
+        "operator CPU time (run and delete)",
+        f"{cpu:.1f} s" if cpu is not None else "n/a",
+        *(["", ""] if b else []),
     )
     table.add_row("operator peak RSS", f"{rss:.0f} MiB" if rss else "n/a", *(["", ""] if b else []))
     console.print(table)
