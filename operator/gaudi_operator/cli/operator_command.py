@@ -68,7 +68,7 @@ def run_operator(
     retry_period: Annotated[
         float, typer.Option(help="Seconds between two attempts to acquire or renew the Lease.")
     ] = 2.0,
-    workers: Annotated[int, typer.Option(help="Jobs reconciled at the same time.")] = 8,
+    workers: Annotated[int, typer.Option(help="Jobs reconciled at the same time.")] = 32,
     pod_concurrency: Annotated[
         int, typer.Option(help="Pod create/delete requests in flight, for all jobs together.")
     ] = 32,
