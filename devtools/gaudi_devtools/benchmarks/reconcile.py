@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,14 +80,16 @@ async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
     return [(p.get("status") or {}).get("phase", "") for p in items]
 
 
-async def _server_side(call: Any) -> None:
-    """A collection delete that outlasts the API server's request timeout (504 on a loaded
-    server) goes on there; the caller waits for the objects to be gone either way."""
-    try:
-        await call
-    except Exception as err:
-        if kube.status_code(err) != 504:
-            raise
+async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
+    """A collection delete that outlasts a loaded API server's request timeout (504) stops
+    there part-way: ask again until one call gets through."""
+    while True:
+        try:
+            await call()
+            return
+        except Exception as err:
+            if kube.status_code(err) != 504:
+                raise
 
 
 async def _gone(core: Any, ns: str, selector: str, t1: float, limit_s: float) -> float:
@@ -134,8 +137,8 @@ async def _run_bare(
         all_running = time.monotonic() - t0
         console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
         t1 = time.monotonic()
-        await _server_side(
-            core.delete_collection_namespaced_pod(
+        await _delete_all(
+            lambda: core.delete_collection_namespaced_pod(
                 ns, label_selector=BARE_LABEL, _preload_content=False
             )
         )
@@ -192,8 +195,8 @@ async def _run(
 
         console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
         t1 = time.monotonic()
-        await _server_side(
-            custom.delete_collection_namespaced_custom_object(
+        await _delete_all(
+            lambda: custom.delete_collection_namespaced_custom_object(
                 api.GROUP, api.VERSION, ns, api.PLURAL
             )
         )
