@@ -4,9 +4,11 @@ and how much memory it needs for them, beside the same pods created bare.
 It submits N jobs of M workers at once to a local cluster, with `gaudi3 operator` running
 as a child process, and times until every job reports Running; then deletes them all and
 times until every worker is gone. The operator's peak resident memory is read from /proc.
-First (unless `--no-bare`) the same N x M worker pods are created directly, with no
-operator running, 32 requests in flight like the operator: what the API server, scheduler
-and kwok manage on their own, the floor the operator is compared with.
+`--versus` names the peers run first, on the same cluster: `bare` creates the same N x M
+worker pods directly, with no operator running, 32 requests in flight like the operator
+(what the API server, scheduler and kwok manage on their own, the floor); `kubeflow` puts
+the same pods through the Kubeflow Training Operator v1 as worker-only PyTorchJobs
+(benchmarks/kubeflow.py). One table holds them all, with the ratios.
 """
 
 from __future__ import annotations
@@ -245,13 +247,14 @@ def benchmark_reconcile(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Workers per job.")] = 4,
     hpus_per_worker: Annotated[int, typer.Option(min=1, max=8)] = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600,
-    bare: Annotated[
-        bool,
+    versus: Annotated[
+        str,
         typer.Option(
-            help="First create the same worker pods directly, no operator: the floor to "
-            "compare with."
+            help="Peers run first on the same cluster, comma-separated: bare (the same pods "
+            "created directly, the floor), kubeflow (Kubeflow Training Operator v1.9.3, "
+            "`bash hack/toolchain.sh kubeflow-training-operator`); none for neither."
         ),
-    ] = True,
+    ] = "bare",
     profile: Annotated[
         Path | None,
         typer.Option(
@@ -285,15 +288,25 @@ def benchmark_reconcile(
             f"`gaudi3 cluster up --name {cluster} --gaudi-nodes {nodes}`"
         )
         raise typer.Exit(1)
+    peers = {p.strip() for p in versus.split(",") if p.strip() and p.strip() != "none"}
+    if peers - {"bare", "kubeflow"}:
+        console.print(f"[red]error:[/] --versus takes bare, kubeflow or none, not {versus!r}")
+        raise typer.Exit(2)
     install_crds(c)
     kubeconfig = str(c.kubeconfig)
     b: dict[str, float] | None = None
-    if bare:
+    kf: Any = None
+    if "bare" in peers:
         b = asyncio.run(
             _run_bare(
                 kubeconfig, f"bare-{uuid.uuid4().hex[:6]}", jobs, workers, hpus_per_worker, timeout
             )
         )
+    if "kubeflow" in peers:
+        from gaudi_devtools.benchmarks.kubeflow import run_kubeflow
+
+        console.print(f"Kubeflow Training Operator: {jobs} PyTorchJobs x {workers} workers")
+        kf = run_kubeflow(c, jobs, workers, hpus_per_worker, in_flight=IN_FLIGHT, timeout=timeout)
     log = c.dir / "logs" / "bench-reconcile-operator.log"
     python_args = ["-m", "memray", "run", "--force", "-q", "-o", str(memray)] if memray else []
     proc = start_operator(Path(c.kubeconfig), log, python_args=python_args)
@@ -310,33 +323,78 @@ def benchmark_reconcile(
         proc.wait(60)
     if memray:
         console.print(f"operator allocations: {memray} (`python -m memray tree {memray}`)")
+    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf))
+
+
+def _table(
+    jobs: int,
+    workers: int,
+    need: int,
+    r: dict[str, float],
+    rss: float | None,
+    cpu: float | None,
+    b: dict[str, float] | None,
+    kf: Any,
+) -> Table:
+    """One table: this operator, then each peer that ran, then the ratios."""
     pods = jobs * workers
     table = Table(title=f"{jobs} jobs x {workers} workers ({pods} pods, {need} HPUs)")
     table.add_column("measure")
-    table.add_column("operator", justify="right")
+    table.add_column("gaudi-operator", justify="right")
+    if kf is not None:
+        table.add_column("Kubeflow v1.9.3", justify="right")
     if b is not None:
         table.add_column("bare pods", justify="right")
-        table.add_column("operator / bare", justify="right")
+        table.add_column("gaudi-operator / bare", justify="right")
+    if kf is not None and b is not None:
+        table.add_column("Kubeflow / bare", justify="right")
+    if kf is not None:
+        table.add_column("gaudi-operator / Kubeflow", justify="right")
 
-    def row(what: str, ours: float, theirs: float | None, unit: str = " s") -> None:
-        cells = [what, f"{ours:.2f}{unit}"]
+    def cell(value: float | None, fmt: str) -> str:
+        return fmt.format(value) if value is not None else "-"
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return f"{x / y:.2f}x" if x is not None and y else "-"
+
+    def row(
+        what: str,
+        ours: float | None,
+        theirs: float | None,
+        bare: float | None,
+        fmt: str = "{:.2f} s",
+    ) -> None:
+        cells = [what, cell(ours, fmt)]
+        if kf is not None:
+            cells.append(cell(theirs, fmt))
         if b is not None:
-            cells += [f"{theirs:.2f}{unit}", f"{ours / theirs:.2f}x"] if theirs else ["-", "-"]
+            cells += [cell(bare, fmt), ratio(ours, bare)]
+        if kf is not None and b is not None:
+            cells.append(ratio(theirs, bare))
+        if kf is not None:
+            cells.append(ratio(ours, theirs))
         table.add_row(*cells)
 
-    row(f"submitted ({IN_FLIGHT} in flight)", r["submitted"], b["submitted"] if b else None)
-    row("first job Running", r["first_running"], None)
-    row("all Running", r["all_running"], b["all_running"] if b else None)
-    row("all workers gone after delete", r["cleaned"], b["cleaned"] if b else None)
-    table.add_row(
+    def get(d: dict[str, float] | None, key: str) -> float | None:
+        return d[key] if d is not None else None
+
+    row(
+        f"submitted ({IN_FLIGHT} in flight)",
+        r["submitted"],
+        kf and kf.submitted,
+        get(b, "submitted"),
+    )
+    row("first job Running", r["first_running"], None, None)
+    row("all pods Running", None, kf and kf.all_pods_running, get(b, "all_running"))
+    row("all jobs Running", r["all_running"], kf and kf.all_jobs_running, get(b, "all_running"))
+    row("all workers gone after delete", r["cleaned"], kf and kf.cleaned, get(b, "cleaned"))
+    row(
         "pods Running per second",
-        f"{pods / r['all_running']:.0f}",
-        *([f"{pods / b['all_running']:.0f}", ""] if b else []),
+        pods / r["all_running"],
+        kf and pods / kf.all_jobs_running,
+        b and pods / b["all_running"],
+        "{:.1f}",
     )
-    table.add_row(
-        "operator CPU time (run and delete)",
-        f"{cpu:.1f} s" if cpu is not None else "n/a",
-        *(["", ""] if b else []),
-    )
-    table.add_row("operator peak RSS", f"{rss:.0f} MiB" if rss else "n/a", *(["", ""] if b else []))
-    console.print(table)
+    row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
+    row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
+    return table
