@@ -1,16 +1,26 @@
 """`gaudi3 benchmark reconcile`: how fast the operator turns many jobs into running workers,
-and how much memory it needs for them.
+and how much memory it needs for them, beside the same pods created bare.
 
 It submits N jobs of M workers at once to a local cluster, with `gaudi3 operator` running
 as a child process, and times until every job reports Running; then deletes them all and
 times until every worker is gone. The operator's peak resident memory is read from /proc.
+`--versus` names the peers run first, on the same cluster: `bare` creates the same N x M
+worker pods directly, with no operator running, 32 requests in flight like the operator
+(what the API server, scheduler and kwok manage on their own, the floor); `kubeflow` puts
+the same pods through the Kubeflow Training Operator v1 as worker-only PyTorchJobs
+(benchmarks/kubeflow.py). One table holds them all, with the ratios.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,11 +28,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaudi_devtools.benchmarks.support import peak_rss_mib, start_operator
+from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
 from gaudi_operator import api
 from gaudi_operator.clients import kube
+from gaudi_operator.jobs import manifests
 
 console = Console()
+IN_FLIGHT = 32  # creates at once, for jobs and bare pods alike (the operator's default)
 
 
 def job_manifest(name: str, workers: int, hpus: int) -> dict[str, Any]:
@@ -40,20 +52,115 @@ def job_manifest(name: str, workers: int, hpus: int) -> dict[str, Any]:
     }
 
 
+BARE_LABEL = "gaudi3.bench/bare"
+
+
+def bare_pod_manifest(job: str, ns: str, index: int, workers: int, hpus: int) -> dict[str, Any]:
+    """The worker pod the operator would create, without its owner and labels (no
+    operator is involved, and the garbage collector must not take it for an orphan)."""
+    spec = api.GaudiTrainingJobSpec.model_validate(job_manifest(job, workers, hpus)["spec"])
+    pod = manifests.worker_pod_manifest(spec, manifests.JobRef(job, ns, "bare"), index, 0)
+    pod["metadata"].pop("ownerReferences", None)
+    pod["metadata"]["labels"] = {BARE_LABEL: job}
+    return pod
+
+
+async def _namespace(core: Any, ns: str) -> None:
+    await core.create_namespace({"metadata": {"name": ns}})
+    while True:  # pods are refused until the namespace's default account exists
+        try:
+            await core.read_namespaced_service_account("default", ns)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+
+
+async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
+    # Raw JSON: the generated models for 10,000 pods would cost this process seconds.
+    resp = await core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
+    items = json.loads(await resp.read())["items"]
+    return [(p.get("status") or {}).get("phase", "") for p in items]
+
+
+async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
+    """A collection delete that outlasts a loaded API server's request timeout (504) stops
+    there part-way: ask again until one call gets through."""
+    while True:
+        try:
+            await call()
+            return
+        except Exception as err:
+            if kube.status_code(err) != 504:
+                raise
+
+
+async def _gone(core: Any, ns: str, selector: str, t1: float, limit_s: float) -> float:
+    with console.status("waiting for every worker to be garbage-collected"):
+        while True:
+            left = len(await _pod_phases(core, ns, selector))
+            if not left:
+                return time.monotonic() - t1
+            if time.monotonic() - t1 > limit_s:
+                raise TimeoutError(f"{left} workers left after {limit_s}s")
+            await asyncio.sleep(0.5)
+
+
+async def _run_bare(
+    kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
+) -> dict[str, float]:
+    clients = await kube.connect(kubeconfig)
+    core = clients.core
+    try:
+        await _namespace(core, ns)
+        limit = asyncio.Semaphore(IN_FLIGHT)
+        pods = [
+            bare_pod_manifest(f"job-{i:05d}", ns, w, workers, hpus)
+            for i in range(jobs)
+            for w in range(workers)
+        ]
+
+        async def submit(pod: dict[str, Any]) -> None:
+            async with limit:
+                await core.create_namespaced_pod(ns, pod, _preload_content=False)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(submit(p) for p in pods))
+        submitted = time.monotonic() - t0
+        with console.status(f"bare pods: waiting for {len(pods)} pods to run") as status:
+            while True:
+                phases = await _pod_phases(core, ns, BARE_LABEL)
+                running = phases.count("Running")
+                status.update(f"bare pods: {running}/{len(pods)} Running")
+                if running == len(pods):
+                    break
+                if time.monotonic() - t0 > limit_s:
+                    raise TimeoutError(f"only {running}/{len(pods)} bare pods after {limit_s}s")
+                await asyncio.sleep(0.5)
+        all_running = time.monotonic() - t0
+        console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
+        t1 = time.monotonic()
+        await _delete_all(
+            lambda: core.delete_collection_namespaced_pod(
+                ns, label_selector=BARE_LABEL, _preload_content=False
+            )
+        )
+        cleaned = await _gone(core, ns, BARE_LABEL, t1, limit_s)
+        return {"submitted": submitted, "all_running": all_running, "cleaned": cleaned}
+    finally:
+        try:
+            await core.delete_namespace(ns)
+        finally:
+            await clients.close()
+
+
 async def _run(
     kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
 ) -> dict[str, float]:
     clients = await kube.connect(kubeconfig)
     core, custom = clients.core, clients.custom
     try:
-        await core.create_namespace({"metadata": {"name": ns}})
-        while True:  # pods are refused until the namespace's default account exists
-            try:
-                await core.read_namespaced_service_account("default", ns)
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
-        limit = asyncio.Semaphore(32)
+        await _namespace(core, ns)
+        limit = asyncio.Semaphore(IN_FLIGHT)
 
         async def submit(i: int) -> None:
             async with limit:
@@ -88,19 +195,14 @@ async def _run(
                 await asyncio.sleep(0.5)
         all_running = time.monotonic() - t0
 
+        console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
         t1 = time.monotonic()
-        await custom.delete_collection_namespaced_custom_object(
-            api.GROUP, api.VERSION, ns, api.PLURAL
+        await _delete_all(
+            lambda: custom.delete_collection_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.PLURAL
+            )
         )
-        with console.status("waiting for every worker to be garbage-collected"):
-            while True:
-                pods = await core.list_namespaced_pod(ns, label_selector=api.LABEL_JOB_NAME)
-                if not pods.items:
-                    break
-                if time.monotonic() - t1 > limit_s:
-                    raise TimeoutError(f"{len(pods.items)} workers left after {limit_s}s")
-                await asyncio.sleep(0.5)
-        cleaned = time.monotonic() - t1
+        cleaned = await _gone(core, ns, api.LABEL_JOB_NAME, t1, limit_s)
         return {
             "submitted": submitted,
             "first_running": first_running or all_running,
@@ -114,6 +216,29 @@ async def _run(
             await clients.close()
 
 
+def _py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """Sample the running operator with py-spy (100 Hz, all threads) until interrupted."""
+    exe = Path(sys.executable).parent / "py-spy"
+    fmt = "speedscope" if out.suffix == ".json" else "flamegraph"
+    cmd = [str(exe), "record", "--pid", str(pid), "--rate", "100", "--format", fmt]
+    cmd += ["--output", str(out), "--nonblocking"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1)  # attached before the load starts
+    if proc.poll() is not None:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"py-spy could not attach: {err.strip()}")
+    return proc
+
+
+def _stop_py_spy(proc: subprocess.Popen[bytes], out: Path) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    console.print(f"CPU profile of the operator: {out}")
+
+
 def benchmark_reconcile(
     cluster: Annotated[str, typer.Option(help="Local cluster name (gaudi3 cluster up).")] = (
         "gaudi3"
@@ -122,8 +247,31 @@ def benchmark_reconcile(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Workers per job.")] = 4,
     hpus_per_worker: Annotated[int, typer.Option(min=1, max=8)] = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600,
+    versus: Annotated[
+        str,
+        typer.Option(
+            help="Peers run first on the same cluster, comma-separated: bare (the same pods "
+            "created directly, the floor), kubeflow (Kubeflow Training Operator v1.9.3, "
+            "`bash hack/toolchain.sh kubeflow-training-operator`); none for neither."
+        ),
+    ] = "bare",
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sample the operator with py-spy while it works and write the profile here "
+            "(.json: speedscope, else an SVG flame graph)."
+        ),
+    ] = None,
+    memray: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run the operator under memray and write its allocations here (.bin; read "
+            "with `memray tree`/`memray flamegraph`). Its RSS then includes memray's own."
+        ),
+    ] = None,
 ) -> None:
-    """N jobs of M workers submitted at once -> all Running; operator peak memory."""
+    """N jobs of M workers submitted at once -> all Running; operator peak memory; the
+    same pods created bare."""
     from gaudi_devtools.cluster import Cluster
     from gaudi_devtools.crd import install_crds
 
@@ -140,24 +288,113 @@ def benchmark_reconcile(
             f"`gaudi3 cluster up --name {cluster} --gaudi-nodes {nodes}`"
         )
         raise typer.Exit(1)
+    peers = {p.strip() for p in versus.split(",") if p.strip() and p.strip() != "none"}
+    if peers - {"bare", "kubeflow"}:
+        console.print(f"[red]error:[/] --versus takes bare, kubeflow or none, not {versus!r}")
+        raise typer.Exit(2)
     install_crds(c)
+    kubeconfig = str(c.kubeconfig)
+    b: dict[str, float] | None = None
+    kf: Any = None
+    if "bare" in peers:
+        b = asyncio.run(
+            _run_bare(
+                kubeconfig, f"bare-{uuid.uuid4().hex[:6]}", jobs, workers, hpus_per_worker, timeout
+            )
+        )
+    if "kubeflow" in peers:
+        from gaudi_devtools.benchmarks.kubeflow import run_kubeflow
+
+        console.print(f"Kubeflow Training Operator: {jobs} PyTorchJobs x {workers} workers")
+        kf = run_kubeflow(c, jobs, workers, hpus_per_worker, in_flight=IN_FLIGHT, timeout=timeout)
     log = c.dir / "logs" / "bench-reconcile-operator.log"
-    proc = start_operator(Path(c.kubeconfig), log)
+    python_args = ["-m", "memray", "run", "--force", "-q", "-o", str(memray)] if memray else []
+    proc = start_operator(Path(c.kubeconfig), log, python_args=python_args)
+    spy = _py_spy(proc.pid, profile) if profile else None
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        r = asyncio.run(_run(str(c.kubeconfig), ns, jobs, workers, hpus_per_worker, timeout))
+        r = asyncio.run(_run(kubeconfig, ns, jobs, workers, hpus_per_worker, timeout))
         rss = peak_rss_mib(proc.pid)
+        cpu = cpu_seconds(proc.pid)
     finally:
+        if spy is not None and profile is not None:
+            _stop_py_spy(spy, profile)
         proc.terminate()
-        proc.wait(20)
+        proc.wait(60)
+    if memray:
+        console.print(f"operator allocations: {memray} (`python -m memray tree {memray}`)")
+    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf))
+
+
+def _table(
+    jobs: int,
+    workers: int,
+    need: int,
+    r: dict[str, float],
+    rss: float | None,
+    cpu: float | None,
+    b: dict[str, float] | None,
+    kf: Any,
+) -> Table:
+    """One table: this operator, then each peer that ran, then the ratios."""
     pods = jobs * workers
     table = Table(title=f"{jobs} jobs x {workers} workers ({pods} pods, {need} HPUs)")
     table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row("jobs submitted (API, 32 at a time)", f"{r['submitted']:.2f} s")
-    table.add_row("first job Running", f"{r['first_running']:.2f} s")
-    table.add_row("all jobs Running", f"{r['all_running']:.2f} s")
-    table.add_row("pods to Running per second", f"{pods / r['all_running']:.0f}")
-    table.add_row("all workers gone after delete", f"{r['cleaned']:.2f} s")
-    table.add_row("operator peak RSS", f"{rss:.0f} MiB" if rss else "n/a")
-    console.print(table)
+    table.add_column("gaudi-operator", justify="right")
+    if kf is not None:
+        table.add_column("Kubeflow v1.9.3", justify="right")
+    if b is not None:
+        table.add_column("bare pods", justify="right")
+        table.add_column("gaudi-operator / bare", justify="right")
+    if kf is not None and b is not None:
+        table.add_column("Kubeflow / bare", justify="right")
+    if kf is not None:
+        table.add_column("gaudi-operator / Kubeflow", justify="right")
+
+    def cell(value: float | None, fmt: str) -> str:
+        return fmt.format(value) if value is not None else "-"
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return f"{x / y:.2f}x" if x is not None and y else "-"
+
+    def row(
+        what: str,
+        ours: float | None,
+        theirs: float | None,
+        bare: float | None,
+        fmt: str = "{:.2f} s",
+    ) -> None:
+        cells = [what, cell(ours, fmt)]
+        if kf is not None:
+            cells.append(cell(theirs, fmt))
+        if b is not None:
+            cells += [cell(bare, fmt), ratio(ours, bare)]
+        if kf is not None and b is not None:
+            cells.append(ratio(theirs, bare))
+        if kf is not None:
+            cells.append(ratio(ours, theirs))
+        table.add_row(*cells)
+
+    def get(d: dict[str, float] | None, key: str) -> float | None:
+        return d[key] if d is not None else None
+
+    row(
+        f"submitted ({IN_FLIGHT} in flight)",
+        r["submitted"],
+        kf and kf.submitted,
+        get(b, "submitted"),
+    )
+    row("first job Running", r["first_running"], None, None)
+    row("all pods Running", None, kf and kf.all_pods_running, get(b, "all_running"))
+    row("all jobs Running", r["all_running"], kf and kf.all_jobs_running, get(b, "all_running"))
+    row("all workers gone after delete", r["cleaned"], kf and kf.cleaned, get(b, "cleaned"))
+    row(
+        "pods Running per second",
+        pods / r["all_running"],
+        kf and pods / kf.all_jobs_running,
+        b and pods / b["all_running"],
+        "{:.1f}",
+    )
+    row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
+    row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
+    return table

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -17,17 +18,36 @@ def free_port() -> int:
 
 
 def start_operator(
-    kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None
+    kubeconfig: Path,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    python_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start `gaudi3 operator` and return once its /healthz answers."""
+    """Start `gaudi3 operator` and return once its /healthz answers.
+
+    `python_args` go between the interpreter and the operator module, e.g.
+    `-m memray run -o FILE` to run it under a memory profiler (same process id)."""
     import httpx
 
     port = free_port()
-    exe = Path(sys.executable).parent / "gaudi3"
     # One operator acts at once unless asked to campaign (no stale Lease to wait out).
     elect = [] if "--leader-elect" in args else ["--no-leader-elect"]
     local = ["--health-address", "127.0.0.1", "--metrics-address", "127.0.0.1"]
-    cmd = [str(exe), "operator", "--metrics-port", "0", "--health-port", str(port), *local]
+    # `-m` rather than the console script: the operator is the code on this interpreter's
+    # path (PYTHONPATH included), so a source tree can measure its own operator.
+    cmd = [
+        sys.executable,
+        *python_args,
+        "-m",
+        "gaudi_operator.cli.main",
+        "operator",
+        "--metrics-port",
+        "0",
+        "--health-port",
+        str(port),
+        *local,
+    ]
     cmd += [*elect, *args]
     full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
     with log.open("ab") as out:
@@ -55,3 +75,13 @@ def peak_rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time the process has used so far (user + system): what the work cost, whatever
+    else shares the machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -18,7 +18,10 @@ device plugin advertises here) are patched into the Node's status after it regis
 The API server refuses loopback addresses in EndpointSlices, so CoreDNS cannot learn the
 real nodes' pods from them: ``realnodes-sync`` (a small loop, also re-applying the status
 patch after a kubelet re-registers) writes the headless-Service records of those pods to
-a hosts file that CoreDNS serves before its kubernetes plugin.
+a hosts file that CoreDNS serves before its kubernetes plugin. For the same reason
+Prometheus cannot discover those pods: the loop also writes every real-node pod that asks
+to be scraped (``prometheus.io/scrape: "true"``, the usual annotations) into a file of the
+cluster's file_sd folder, labelled with its namespace, pod and node.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 COREDNS = "coredns"
 SYNC = "realnodes-sync"
 SYNC_INTERVAL = 1.0
+SCRAPE_TARGETS_FILE = "realnodes-pods.json"
 
 
 def real_node_name(index: int) -> str:
@@ -173,6 +177,57 @@ def dns_records(
     return sorted(records)
 
 
+def scrape_targets(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """file_sd target groups for the pods annotated ``prometheus.io/scrape: "true"``, as
+    the usual kubernetes_sd pod relabelling gives them: ``<pod IP>:<prometheus.io/port>``
+    (every declared TCP container port when the annotation is missing), the path from
+    ``prometheus.io/path``, labels namespace, pod and node. Finished or deleted pods are
+    left out, so their series end when the pod does."""
+    groups = []
+    for pod in pods:
+        meta, spec, st = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+        notes = meta.get("annotations") or {}
+        ip = st.get("podIP")
+        if (
+            notes.get("prometheus.io/scrape") != "true"
+            or not ip
+            or meta.get("deletionTimestamp")
+            or st.get("phase") in ("Succeeded", "Failed")
+        ):
+            continue
+        if notes.get("prometheus.io/port", "").isdigit():
+            ports = [int(notes["prometheus.io/port"])]
+        else:
+            ports = sorted(
+                {
+                    int(p["containerPort"])
+                    for c in spec.get("containers", [])
+                    for p in c.get("ports") or []
+                    if p.get("protocol", "TCP") == "TCP"
+                }
+            )
+        labels = {
+            "namespace": meta["namespace"],
+            "pod": meta["name"],
+            "node": spec.get("nodeName", ""),
+        }
+        if notes.get("prometheus.io/path"):
+            labels["__metrics_path__"] = notes["prometheus.io/path"]
+        if ports:
+            groups.append({"targets": [f"{ip}:{port}" for port in ports], "labels": labels})
+    return sorted(groups, key=lambda g: (g["labels"]["namespace"], g["labels"]["pod"]))
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Replace the file atomically (its readers never see half of it), only on a change."""
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @dataclass
 class RealNode:
     name: str
@@ -204,6 +259,10 @@ class RealNodes:
     @property
     def hosts_file(self) -> Path:
         return self.root / "coredns" / "hosts"
+
+    @property
+    def targets_file(self) -> Path:
+        return self.c.targets_dir / SCRAPE_TARGETS_FILE
 
     def nodes(self, s: Settings) -> list[RealNode]:
         return [
@@ -522,7 +581,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def sync_once(self, s: Settings, api: httpx.Client) -> None:
         """Re-apply the status patch where a kubelet re-registered, and rewrite the hosts
-        file CoreDNS serves when the real nodes' pods or the headless Services changed."""
+        file CoreDNS serves and the pods Prometheus scrapes when the real nodes' pods or the
+        headless Services changed."""
         real = {n.name: n for n in self.nodes(s)}
         listed = api.get("/api/v1/nodes", params={"labelSelector": f"{REAL_LABEL}=true"})
         listed.raise_for_status()
@@ -543,10 +603,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         services = api.get("/api/v1/services")
         services.raise_for_status()
         text = "".join(f"{ip} {name}\n" for ip, name in dns_records(services.json()["items"], pods))
-        if not self.hosts_file.exists() or self.hosts_file.read_text() != text:
-            tmp = self.hosts_file.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(self.hosts_file)
+        write_if_changed(self.hosts_file, text)
+        write_if_changed(self.targets_file, json.dumps(scrape_targets(pods), indent=1))
 
     def sync_forever(self) -> None:
         while True:
@@ -638,6 +696,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         shims, the pods' processes), mounts, cgroups and the Node objects."""
         stopped = []
         self.c.procs.stop(SYNC)  # it would re-patch the nodes being taken down
+        self.targets_file.unlink(missing_ok=True)
         for node in self._known_nodes():
             if self.c.procs.pid(node.kubelet) or self.c.procs.pid(node.containerd):
                 stopped.append(node.name)

@@ -199,7 +199,8 @@ class Reconciler:
     async def _create(self, job: JobView, manifest: dict[str, Any], what: str) -> None:
         try:
             if manifest["kind"] == "Service":
-                await self.clients.core.create_namespaced_service(job.namespace, manifest)
+                path = kube.core_path(job.namespace, "services")
+                await kube.create(self.clients, path, manifest)
             else:
                 group, version = manifest["apiVersion"].split("/")
                 await self.clients.custom.create_namespaced_custom_object(
@@ -243,12 +244,13 @@ class Reconciler:
         spec, status = plan.spec, plan.status
         excluded = status.excluded_nodes if spec.failure_policy.exclude_failed_nodes else []
         gen = status.restart_generation
+        pods_path = kube.core_path(job.namespace, "pods")
 
         async def create(index: int) -> str:
             manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded)
             async with self._pod_slots:
                 try:
-                    await self.clients.core.create_namespaced_pod(job.namespace, manifest)
+                    await kube.create(self.clients, pods_path, manifest)
                 except Exception as err:
                     code = kube.status_code(err)
                     if code == 409:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gaudi_operator import api
+from gaudi_operator.clients import kube
 from gaudi_operator.clients.kube import Clients
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,6 @@ async def post_event(
         "count": 1,
     }
     try:
-        await clients.core.create_namespaced_event(meta.get("namespace"), body)
+        await kube.create(clients, kube.core_path(str(meta.get("namespace")), "events"), body)
     except Exception as err:  # events must never break a reconcile pass
         log.warning("could not post event %s on %s: %s", reason, meta.get("name"), err)

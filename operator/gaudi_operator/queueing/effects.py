@@ -46,6 +46,8 @@ class Admission:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return None  # the Workload goes with the job (owner reference)
+        if not _may_be_queued(body):
+            return None  # never queued: decided without parsing the spec (every event)
         try:
             spec = GaudiTrainingJobSpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError:
@@ -368,3 +370,13 @@ class AdmissionController:
         self._failures.pop(key, None)
         if again is not None:
             self.queue.add_after(key, again)
+
+
+def _may_be_queued(body: Mapping[str, Any]) -> bool:
+    """A queue name in the raw spec or a Queued condition: the cheap half of the checks
+    below (`policy.managed` needs a queue), run on every job and pod event."""
+    scheduling = (body.get("spec") or {}).get("scheduling") or {}
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return bool(scheduling.get("queue")) or any(
+        c.get("type") == policy.QUEUED for c in conditions if isinstance(c, Mapping)
+    )

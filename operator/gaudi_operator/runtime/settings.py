@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 import kopf
 
@@ -21,11 +23,30 @@ def apply(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.watching.label_selectors["v1", "services"] = selector
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
-    # kopf's own per-object event queues; our passes run in the controller's pool.
-    settings.queueing.worker_limit = 200
+    # kopf's own per-object event queues; our passes run in the controller's pool. Our
+    # handlers only update indices and enqueue a key (no I/O), so no bound is needed; a bound
+    # blocks the whole watch stream once reached, and each per-object worker holds its slot
+    # for `idle_timeout` after its last event: 200 slots x 5 s capped a burst at 40 new
+    # objects/s per resource (the profile in docs/performance.md). A short idle time also
+    # frees the workers (and their memory) of a burst soon after it.
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 0.5
     settings.posting.level = logging.WARNING
-    # Nothing here uses kopf's progress or diff-base; keep them off status if ever used.
+    # Nothing here uses kopf's progress storage; keep it off status if ever used.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: kopf builds one for every event (a deep copy of the whole object, the
+    largest single cost in the profile) only for on.create/update/resume/field handlers,
+    which this operator does not use (tests/unit/runtime/test_settings.py holds that)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None

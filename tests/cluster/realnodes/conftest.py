@@ -34,9 +34,14 @@ def iptables() -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The down test ends the package's cluster: every other real-node test comes first.
+    # Right after the package's last test, not at the session's end: the package-scoped
+    # cluster would be gone by then and started again just to be taken down.
     here = Path(__file__).parent
     down = [i for i in items if i.path.parent == here and i.path.name == "test_down.py"]
-    items[:] = [i for i in items if i not in down] + down
+    rest = [i for i in items if i not in down]
+    ours = [n for n, i in enumerate(rest) if i.path.parent == here]
+    at = ours[-1] + 1 if ours else len(rest)
+    items[:] = rest[:at] + down + rest[at:]
 
 
 def preloaded_images() -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.realnodes.conftest import REAL
+from cluster.realnodes.conftest import REAL, nodes
 from conftest import wait_for
 
 RELEASE = "op"
@@ -39,8 +39,12 @@ def op_ns(real: Any) -> Iterator[str]:
     from gaudi_devtools import operator_pods
     from gaudi_devtools.crd import install_crds
 
-    # The nodes started with the image (conftest.py); this reports a build error if any.
-    operator_pods.build_image()
+    # Cached: rebuilt only when the Dockerfile or the operator's sources change. The nodes
+    # normally start with it (conftest.py); if its build failed then, import it now.
+    archive = operator_pods.build_image()
+    if str(archive) not in real.settings.real_node_images:
+        reals = {n["metadata"]["name"] for n in nodes(real, f"{REAL}=true")}
+        assert set(real.real_nodes.import_image(archive)) == reals
     install_crds(real)
     ns = f"op-{uuid.uuid4().hex[:6]}"
     values = operator_pods.values(

@@ -1,4 +1,5 @@
-"""Real nodes' pure parts: their DNS records (the EndpointSlice path, rebuilt) and addresses."""
+"""Real nodes' pure parts: their DNS records (the EndpointSlice path, rebuilt), their pods'
+scrape targets (the kubernetes_sd path, rebuilt) and addresses."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gaudi_devtools.cluster.realnodes import allocate_addresses, dns_records
+from gaudi_devtools.cluster.realnodes import allocate_addresses, dns_records, scrape_targets
 
 
 def _svc(name: str, ns: str = "a", selector: dict[str, str] | None = None, **spec: Any) -> Any:
@@ -77,3 +78,54 @@ def test_addresses_skip_those_other_clusters_keep(tmp_path: Path) -> None:
     got = allocate_addresses(tmp_path, "mine", 2)
     assert len(got) == 2 and not {"127.0.20.2", "127.0.20.3"} & set(got)
     assert all(ip.startswith("127.0.20.") for ip in got)
+
+
+def _scraped(
+    name: str, ip: str = "127.0.20.2", notes: dict[str, str] | None = None, **status: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "a",
+            "annotations": {"prometheus.io/scrape": "true", **(notes or {})},
+        },
+        "spec": {
+            "nodeName": "gaudi3-real-0",
+            "containers": [
+                {"ports": [{"containerPort": 9400}, {"containerPort": 53, "protocol": "UDP"}]}
+            ],
+        },
+        "status": {"podIP": ip, "phase": "Running", **status},
+    }
+
+
+def test_annotated_pods_are_scrape_targets_labelled_with_namespace_pod_and_node() -> None:
+    pods = [
+        _scraped("w-1", "127.0.20.3", {"prometheus.io/port": "9401", "prometheus.io/path": "/m"}),
+        _scraped("w-0"),
+    ]
+    assert scrape_targets(pods) == [
+        {
+            "targets": ["127.0.20.2:9400"],  # no port annotation: the declared TCP ports
+            "labels": {"namespace": "a", "pod": "w-0", "node": "gaudi3-real-0"},
+        },
+        {
+            "targets": ["127.0.20.3:9401"],
+            "labels": {
+                "namespace": "a",
+                "pod": "w-1",
+                "node": "gaudi3-real-0",
+                "__metrics_path__": "/m",
+            },
+        },
+    ]
+
+
+def test_unannotated_finished_deleted_or_unplaced_pods_are_not_scraped() -> None:
+    plain = _scraped("plain")
+    plain["metadata"]["annotations"] = {}
+    off = _scraped("off", notes={"prometheus.io/scrape": "false"})
+    deleted = _scraped("deleted")
+    deleted["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    pods = [plain, off, deleted, _scraped("done", phase="Failed"), _scraped("new", podIP="")]
+    assert scrape_targets(pods) == []
