@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -23,16 +22,13 @@ import httpx
 import pytest
 
 from cluster.gtj import CRD, OperatorProcess
-from cluster.realnodes.conftest import REAL, ROOT
+from cluster.realnodes.conftest import ROOT
 from conftest import wait_for
+from gaudi_devtools import realtraining
 
 pytestmark = pytest.mark.real_training
 
-GROUP = "gaudi.scalestarter.dev"
-IMAGE = "gaudi3.local/gaudi-train-cpu:dev"
 JOB = "watched"
-INTERVAL = 5  # checkpoint and log every 5 steps
-TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
 # The stall timeout while a worker is stopped. A recreated world's start-up counts against
 # the timeout (its clock restarts with the restart, and its pods are Ready before torch has
 # even loaded), which takes a minute or more on this shared machine: the job runs with the
@@ -40,78 +36,28 @@ TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
 STALL_SECONDS = 15
 LONG_STALL_SECONDS = 600
 THROUGHPUT = 'sum(gaudi3_train_samples_per_second{gtj="$job",gtj_namespace="$namespace"})'
-RESUME_LINE = re.compile(r"resumed from step (\d+)")
-STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
 
 
 def job(name: str, checkpoints: Path, prometheus: str) -> dict[str, Any]:
-    """2 workers of 1 "HPU", one per real node, checkpoints on the host; stall detection
-    and the autoscaler on, both reading the cluster's Prometheus."""
-    return {
-        "apiVersion": f"{GROUP}/v1alpha1",
-        "kind": "GaudiTrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": IMAGE,
-            "args": ["--device", "cpu", "--max-steps", "100000", "--log-every", str(INTERVAL)],
-            "hpusPerWorker": 1,
-            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
-            "batch": {"globalBatchSize": 16, "microBatchSize": 8},
-            "checkpoint": {"intervalSteps": INTERVAL},
-            "failurePolicy": {
-                "maxRestarts": 10,
-                "stallTimeoutSeconds": LONG_STALL_SECONDS,
-                "backoffSeconds": 0,
-            },
-            "autoscaling": {
-                "enabled": True,
-                "prometheusURL": prometheus,
-                # Any throughput is far above 1 sample/s: the autoscaler wants more workers
-                # than maxReplicas allows, and records that it holds at 2.
-                "metric": {"query": THROUGHPUT, "type": "Value", "target": 1},
-                "scaleUp": {"stabilizationSeconds": 0, "maxStep": 2},
-            },
-            "template": {
-                "spec": {
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "nodeSelector": {REAL: "true"},
-                    "terminationGracePeriodSeconds": 5,
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "requiredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "topologyKey": "kubernetes.io/hostname",
-                                    "labelSelector": {"matchLabels": {f"{GROUP}/job-name": name}},
-                                }
-                            ]
-                        }
-                    },
-                    "volumes": [
-                        {
-                            "name": "checkpoints",
-                            "hostPath": {"path": str(checkpoints), "type": "Directory"},
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "worker",
-                            "imagePullPolicy": "Never",
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "512Mi"},
-                                "limits": {"hugepages-2Mi": "0"},
-                            },
-                        }
-                    ],
-                }
-            },
-        },
+    """The real-node training job (gaudi_devtools.realtraining) with stall detection and
+    the autoscaler on, both reading the cluster's Prometheus."""
+    policy = {"maxRestarts": 10, "stallTimeoutSeconds": LONG_STALL_SECONDS, "backoffSeconds": 0}
+    body = realtraining.job(name, checkpoints, failure_policy=policy)
+    body["spec"]["autoscaling"] = {
+        "enabled": True,
+        "prometheusURL": prometheus,
+        # Any throughput is far above 1 sample/s: the autoscaler wants more workers than
+        # maxReplicas allows, and records that it holds at 2.
+        "metric": {"query": THROUGHPUT, "type": "Value", "target": 1},
+        "scaleUp": {"stabilizationSeconds": 0, "maxStep": 2},
     }
+    body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
+    return body
 
 
 def training_pods(real: Any) -> list[str]:
     """GaudiTrainingJob worker pods on the real nodes, in any namespace."""
-    out = real.kubectl("get", "pods", "-A", "-l", f"{GROUP}/job-name", "-o", "json")
+    out = real.kubectl("get", "pods", "-A", "-l", f"{realtraining.GROUP}/job-name", "-o", "json")
     return [
         p["metadata"]["name"]
         for p in json.loads(out.stdout)["items"]
@@ -142,7 +88,7 @@ def watched(real: Any) -> Iterator[tuple[str, Path]]:
     ns = f"metrics-{os.getpid()}"
     checkpoints = real.dir / "checkpoints" / ns
     checkpoints.mkdir(parents=True)
-    os.chown(checkpoints, TRAINER_UID, -1)
+    os.chown(checkpoints, realtraining.TRAINER_UID, -1)
     try:
         real.kubectl("create", "namespace", ns)
         wait_for(
@@ -172,18 +118,6 @@ def query(real: Any, promql: str, at: str | None = None) -> list[dict[str, Any]]
 def status(real: Any, ns: str) -> dict[str, Any]:
     body = json.loads(real.kubectl("get", "gtj", JOB, "-n", ns, "-o", "json").stdout)
     return dict(body.get("status") or {})
-
-
-def logs(real: Any, ns: str, generation: int) -> str:
-    selector = f"{GROUP}/job-name={JOB},{GROUP}/generation={generation}"
-    pods = real.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
-    return "\n".join(real.kubectl("logs", p, "-n", ns, check=False).stdout for p in pods)
-
-
-def checkpoint_steps(root: Path) -> list[int]:
-    return sorted(
-        int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "COMPLETE.json").exists()
-    )
 
 
 def set_stall_timeout(real: Any, ns: str, seconds: int) -> None:
@@ -269,10 +203,12 @@ def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_chec
     ns, checkpoints = watched
     generation = int(status(real, ns).get("restartGeneration", 0))
     wait_for(
-        lambda: [s for s in checkpoint_steps(checkpoints) if s >= INTERVAL],
+        lambda: [
+            s for s in realtraining.checkpoint_steps(checkpoints) if s >= realtraining.INTERVAL
+        ],
         timeout=240,
         interval=1,
-        what=f"a checkpoint at step >= {INTERVAL}",
+        what=f"a checkpoint at step >= {realtraining.INTERVAL}",
     )
     pids = worker_pids(ns, 1)
     assert len(pids) >= 2, f"worker 1's launcher and training process, found {pids}"
@@ -280,7 +216,7 @@ def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_chec
     try:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)  # alive, silent: only the step metric can tell
-        saved = checkpoint_steps(checkpoints)[-1]
+        saved = realtraining.checkpoint_steps(checkpoints)[-1]
 
         def restarted() -> dict[str, Any] | None:
             st = status(real, ns)
@@ -300,7 +236,7 @@ def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_chec
                 os.kill(pid, signal.SIGCONT)
 
     def resumed() -> int | None:
-        m = RESUME_LINE.search(logs(real, ns, generation + 1))
+        m = realtraining.RESUME_LINE.search(realtraining.logs(real, ns, JOB, generation + 1))
         return int(m.group(1)) if m else None
 
     try:
@@ -313,7 +249,13 @@ def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_chec
     assert isinstance(step, int) and step >= saved > 0
     # The new world trains on: a step past the checkpoint, in the logs and in Prometheus.
     wait_for(
-        lambda: [s for s, _ in STEP_LINE.findall(logs(real, ns, generation + 1)) if int(s) > step],
+        lambda: [
+            s
+            for s, _ in realtraining.STEP_LINE.findall(
+                realtraining.logs(real, ns, JOB, generation + 1)
+            )
+            if int(s) > step
+        ],
         timeout=120,
         interval=2,
         what="a step after the resume",

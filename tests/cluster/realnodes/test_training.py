@@ -2,8 +2,8 @@
 CPU training image (Debian's torch, gloo), form one torch world through the operator's
 rendezvous settings, and survive a killed worker by resuming from the checkpoint.
 
-The checkpoint volume is a hostPath directory: both real nodes are this one machine, so
-it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
+The job, its log parsing and the launcher lookup live in gaudi_devtools.realtraining,
+which `gaudi3 benchmark recovery` shares.
 """
 
 from __future__ import annotations
@@ -20,19 +20,22 @@ from typing import Any
 import pytest
 
 from cluster.gtj import CRD, OperatorProcess
-from cluster.realnodes.conftest import REAL, ROOT
+from cluster.realnodes.conftest import ROOT
 from conftest import wait_for
+from gaudi_devtools import realtraining
+from gaudi_devtools.realtraining import (
+    INTERVAL,
+    RESUME_LINE,
+    TRAINER_UID,
+    WORLD_LINE,
+    checkpoint_steps,
+    job,
+    launcher_pid,
+)
 
 pytestmark = pytest.mark.real_training
 
-GROUP = "gaudi.scalestarter.dev"
-IMAGE = "gaudi3.local/gaudi-train-cpu:dev"
 JOB = "tiny"
-INTERVAL = 5  # checkpoint and log every 5 steps
-TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
-STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
-WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
-RESUME_LINE = re.compile(r"resumed from step (\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -57,100 +60,12 @@ def trainer(real: Any) -> Iterator[OperatorProcess]:
         op.stop()
 
 
-def job(name: str, checkpoints: Path) -> dict[str, Any]:
-    """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host."""
-    return {
-        "apiVersion": f"{GROUP}/v1alpha1",
-        "kind": "GaudiTrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": IMAGE,
-            "args": ["--device", "cpu", "--max-steps", "100000", "--log-every", str(INTERVAL)],
-            "hpusPerWorker": 1,
-            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
-            "batch": {"globalBatchSize": 16, "microBatchSize": 8},
-            "checkpoint": {"intervalSteps": INTERVAL},
-            "failurePolicy": {"maxRestarts": 10},
-            "template": {
-                "spec": {
-                    # Real nodes have no pod network: host networking, cluster DNS.
-                    "hostNetwork": True,
-                    "dnsPolicy": "ClusterFirstWithHostNet",
-                    "nodeSelector": {REAL: "true"},
-                    "terminationGracePeriodSeconds": 10,
-                    # Pods of one node share its IP and ports: one worker per node.
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "requiredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "topologyKey": "kubernetes.io/hostname",
-                                    "labelSelector": {"matchLabels": {f"{GROUP}/job-name": name}},
-                                }
-                            ]
-                        }
-                    },
-                    "volumes": [
-                        {
-                            "name": "checkpoints",
-                            "hostPath": {"path": str(checkpoints), "type": "Directory"},
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "worker",
-                            "imagePullPolicy": "Never",
-                            # The operator's per-HPU defaults (4 CPUs, 16 GiB, huge pages)
-                            # do not fit this machine; the tiny model needs little.
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "512Mi"},
-                                "limits": {"hugepages-2Mi": "0"},
-                            },
-                        }
-                    ],
-                }
-            },
-        },
-    }
-
-
 def logs(real: Any, ns: str, generation: int = 0) -> str:
-    """The logs of the workers of one restart generation (rank 0, which logs the
-    steps, may be in either pod)."""
-    selector = f"{GROUP}/job-name={JOB},{GROUP}/generation={generation}"
-    pods = real.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
-    return "\n".join(real.kubectl("logs", p, "-n", ns, check=False).stdout for p in pods)
+    return realtraining.logs(real, ns, JOB, generation)
 
 
 def steps(real: Any, ns: str, generation: int = 0) -> list[tuple[int, float]]:
-    """(step, loss) as rank 0 logged them, in step order."""
-    found = STEP_LINE.findall(logs(real, ns, generation))
-    return sorted((int(s), float(loss)) for s, loss in found)
-
-
-def checkpoint_steps(root: Path) -> list[int]:
-    return sorted(
-        int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "COMPLETE.json").exists()
-    )
-
-
-def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
-    """The host PID of a worker container's launcher (its PID 1, `gaudi3-train`)."""
-    want = {
-        f"GAUDI3_JOB_NAME={job_name}".encode(),
-        f"GAUDI3_NAMESPACE={ns}".encode(),
-        f"GAUDI3_WORKER_INDEX={index}".encode(),
-    }
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = set((entry / "environ").read_bytes().split(b"\0"))
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if want <= env and any(part.endswith(b"gaudi3-train") for part in cmd[:2]):
-            return int(entry.name)
-    return None
+    return realtraining.steps(real, ns, JOB, generation)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,166 @@
+"""Real training on the real nodes, shared by the real-node tests and
+`gaudi3 benchmark recovery`: the GaudiTrainingJob they run, reading its workers' logs and
+checkpoints, and finding a worker's launcher process on this machine.
+
+The checkpoint volume is a hostPath directory: both real nodes are this one machine, so
+it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gaudi_devtools.cluster.nodes import REAL_LABEL
+
+GROUP = "gaudi.scalestarter.dev"
+IMAGE = "gaudi3.local/gaudi-train-cpu:dev"
+INTERVAL = 5  # checkpoint and log every 5 steps
+TRAINER_UID = 10001  # the training image's user (training-image/Dockerfile)
+STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
+WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
+RESUME_LINE = re.compile(r"resumed from step (\d+)")
+CHECKPOINT_LINE = re.compile(r"checkpoint of step (\d+) complete")
+
+
+def job(
+    name: str,
+    checkpoints: Path,
+    *,
+    interval: int = INTERVAL,
+    log_every: int = INTERVAL,
+    failure_policy: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host;
+    `env` is added to the worker container's environment."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "GaudiTrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": IMAGE,
+            "args": ["--device", "cpu", "--max-steps", "100000", "--log-every", str(log_every)],
+            "hpusPerWorker": 1,
+            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
+            "batch": {"globalBatchSize": 16, "microBatchSize": 8},
+            "checkpoint": {"intervalSteps": interval},
+            "failurePolicy": failure_policy or {"maxRestarts": 10},
+            "template": {
+                "spec": {
+                    # Real nodes have no pod network: host networking, cluster DNS.
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "nodeSelector": {REAL_LABEL: "true"},
+                    "terminationGracePeriodSeconds": 10,
+                    # Pods of one node share its IP and ports: one worker per node.
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {f"{GROUP}/job-name": name}},
+                                }
+                            ]
+                        }
+                    },
+                    "volumes": [
+                        {
+                            "name": "checkpoints",
+                            "hostPath": {"path": str(checkpoints), "type": "Directory"},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "imagePullPolicy": "Never",
+                            # The operator's per-HPU defaults (4 CPUs, 16 GiB, huge pages)
+                            # do not fit this machine; the tiny model needs little.
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "512Mi"},
+                                "limits": {"hugepages-2Mi": "0"},
+                            },
+                        }
+                    ],
+                }
+            },
+        },
+    }
+    if env:
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return body
+
+
+def pod_logs(
+    cluster: Any, ns: str, job_name: str, generation: int = 0, *, stamps: bool = False
+) -> dict[str, str]:
+    """The log of each worker pod of one restart generation, by pod name; with `stamps`,
+    each line starts with the container runtime's RFC 3339 (nanosecond) time of it."""
+    selector = f"{GROUP}/job-name={job_name},{GROUP}/generation={generation}"
+    pods = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
+    extra = ["--timestamps"] if stamps else []
+    return {
+        p.removeprefix("pod/"): cluster.kubectl("logs", p, "-n", ns, *extra, check=False).stdout
+        for p in pods
+    }
+
+
+def logs(cluster: Any, ns: str, job_name: str, generation: int = 0) -> str:
+    """The logs of the workers of one restart generation (rank 0, which logs the
+    steps, may be in either pod)."""
+    return "\n".join(pod_logs(cluster, ns, job_name, generation).values())
+
+
+def steps(cluster: Any, ns: str, job_name: str, generation: int = 0) -> list[tuple[int, float]]:
+    """(step, loss) as rank 0 logged them, in step order."""
+    found = STEP_LINE.findall(logs(cluster, ns, job_name, generation))
+    return sorted((int(s), float(loss)) for s, loss in found)
+
+
+def stamped_lines(text: str) -> list[tuple[float, str]]:
+    """(epoch seconds, line) of `kubectl logs --timestamps` output, in time order."""
+    out = []
+    for line in text.splitlines():
+        stamp, _, rest = line.partition(" ")
+        try:
+            out.append((parse_time(stamp), rest))
+        except ValueError:
+            continue
+    return sorted(out, key=lambda x: x[0])
+
+
+def parse_time(stamp: str) -> float:
+    """Epoch seconds of a UTC RFC 3339 time ("...T21:40:01Z" as the API writes it,
+    "...T21:40:01.123456789Z" as the container runtime does), its fraction kept."""
+    head, _, frac = stamp.removesuffix("Z").partition(".")
+    base = datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+def checkpoint_steps(root: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "COMPLETE.json").exists()
+    )
+
+
+def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
+    """The host PID of a worker container's launcher (its PID 1, `gaudi3-train`)."""
+    want = {
+        f"GAUDI3_JOB_NAME={job_name}".encode(),
+        f"GAUDI3_NAMESPACE={ns}".encode(),
+        f"GAUDI3_WORKER_INDEX={index}".encode(),
+    }
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set((entry / "environ").read_bytes().split(b"\0"))
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if want <= env and any(part.endswith(b"gaudi3-train") for part in cmd[:2]):
+            return int(entry.name)
+    return None
