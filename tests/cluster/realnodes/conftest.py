@@ -65,6 +65,23 @@ def preloaded_images() -> list[str]:
     return archives
 
 
+def training_image_on_nodes(c: Any) -> None:
+    """The CPU training image on both real nodes (built if its inputs changed; imported if
+    the nodes did not start with it) and the CRD applied: what a training module needs."""
+    build = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    archive = c.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
+    if str(archive) not in c.settings.real_node_images:
+        assert len(c.real_nodes.import_image(archive)) == 2
+    crd = ROOT / "crds" / "gauditrainingjobs.yaml"
+    c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+
+
 @pytest.fixture(scope="package")
 def real() -> Iterator[Any]:
     from gaudi_devtools.cluster import Cluster

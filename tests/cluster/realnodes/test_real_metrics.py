@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.gtj import CRD, OperatorProcess
-from cluster.realnodes.conftest import ROOT
+from cluster.gtj import OperatorProcess
+from cluster.realnodes.conftest import training_image_on_nodes
 from conftest import wait_for
 from gaudi_devtools import realtraining
 
@@ -69,17 +68,7 @@ def training_pods(real: Any) -> list[str]:
 def watched(real: Any) -> Iterator[tuple[str, Path]]:
     """The job trains, watched by this tree's operator allowed to query the cluster's
     Prometheus; its namespace and checkpoint directory."""
-    build = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    archive = real.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
-    if str(archive) not in real.settings.real_node_images:
-        assert len(real.real_nodes.import_image(archive)) == 2
-    real.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    training_image_on_nodes(real)
     # Workers of another job bind the same ports on the same node addresses.
     wait_for(lambda: not training_pods(real), timeout=60, what="no other job's workers")
     op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-metrics.log")

@@ -12,15 +12,14 @@ import json
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.gtj import CRD, OperatorProcess
-from cluster.realnodes.conftest import ROOT
+from cluster.gtj import OperatorProcess
+from cluster.realnodes.conftest import training_image_on_nodes
 from conftest import wait_for
 from gaudi_devtools import realtraining
 from gaudi_devtools.realtraining import (
@@ -41,17 +40,7 @@ JOB = "tiny"
 @pytest.fixture(scope="module")
 def trainer(real: Any) -> Iterator[OperatorProcess]:
     """The training image on both real nodes, the CRD, and this tree's operator."""
-    build = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    archive = real.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
-    if str(archive) not in real.settings.real_node_images:  # the nodes did not start with it
-        assert len(real.real_nodes.import_image(archive)) == 2
-    real.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    training_image_on_nodes(real)
     op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-training.log")
     op.start()
     try:
