@@ -105,6 +105,26 @@ async def _gone(core: Any, ns: str, selector: str, t1: float, limit_s: float) ->
             await asyncio.sleep(0.5)
 
 
+async def _wait_all(
+    what: str, total: int, count: Callable[[], Awaitable[int]], t0: float, limit_s: float
+) -> tuple[float, float]:
+    """Poll `count` until it reaches `total`; seconds since `t0` to the first and to all."""
+    first: float | None = None
+    with console.status(f"waiting for {total} {what} to run") as status:
+        while True:
+            running = await count()
+            if running and first is None:
+                first = time.monotonic() - t0
+            status.update(f"{what}: {running}/{total} Running")
+            if running == total:
+                break
+            if time.monotonic() - t0 > limit_s:
+                raise TimeoutError(f"only {running}/{total} {what} Running after {limit_s}s")
+            await asyncio.sleep(0.5)
+    done = time.monotonic() - t0
+    return (first if first is not None else done), done
+
+
 async def _run_bare(
     kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
 ) -> dict[str, float]:
@@ -126,17 +146,11 @@ async def _run_bare(
         t0 = time.monotonic()
         await asyncio.gather(*(submit(p) for p in pods))
         submitted = time.monotonic() - t0
-        with console.status(f"bare pods: waiting for {len(pods)} pods to run") as status:
-            while True:
-                phases = await _pod_phases(core, ns, BARE_LABEL)
-                running = phases.count("Running")
-                status.update(f"bare pods: {running}/{len(pods)} Running")
-                if running == len(pods):
-                    break
-                if time.monotonic() - t0 > limit_s:
-                    raise TimeoutError(f"only {running}/{len(pods)} bare pods after {limit_s}s")
-                await asyncio.sleep(0.5)
-        all_running = time.monotonic() - t0
+
+        async def running_pods() -> int:
+            return (await _pod_phases(core, ns, BARE_LABEL)).count("Running")
+
+        _, all_running = await _wait_all("bare pods", len(pods), running_pods, t0, limit_s)
         console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
         t1 = time.monotonic()
         await _delete_all(
@@ -176,24 +190,15 @@ async def _run(
         await asyncio.gather(*(submit(i) for i in range(jobs)))
         submitted = time.monotonic() - t0
 
-        first_running = None
-        with console.status(f"waiting for {jobs} jobs x {workers} workers to run") as status:
-            while True:
-                listed = await custom.list_namespaced_custom_object(
-                    api.GROUP, api.VERSION, ns, api.PLURAL
-                )
-                running = sum(
-                    1 for j in listed["items"] if (j.get("status") or {}).get("phase") == "Running"
-                )
-                if running and first_running is None:
-                    first_running = time.monotonic() - t0
-                status.update(f"{running}/{jobs} jobs Running")
-                if running == jobs:
-                    break
-                if time.monotonic() - t0 > limit_s:
-                    raise TimeoutError(f"only {running}/{jobs} jobs Running after {limit_s}s")
-                await asyncio.sleep(0.5)
-        all_running = time.monotonic() - t0
+        async def running_jobs() -> int:
+            listed = await custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.PLURAL
+            )
+            return sum(
+                1 for j in listed["items"] if (j.get("status") or {}).get("phase") == "Running"
+            )
+
+        first_running, all_running = await _wait_all("jobs", jobs, running_jobs, t0, limit_s)
 
         console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
         t1 = time.monotonic()
@@ -205,7 +210,7 @@ async def _run(
         cleaned = await _gone(core, ns, api.LABEL_JOB_NAME, t1, limit_s)
         return {
             "submitted": submitted,
-            "first_running": first_running or all_running,
+            "first_running": first_running,
             "all_running": all_running,
             "cleaned": cleaned,
         }
