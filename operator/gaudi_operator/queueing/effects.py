@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 KUEUE_MISSING = "KueueNotInstalled"
+# Safety nets for a Workload event that never reaches us (a watch restarted, or Kueue
+# installed after the operator: kopf starts watching Workloads only once API discovery
+# lists them): a job waiting for admission, and a deleted job's Workload, are looked at
+# again this often even when no event comes.
+PENDING_RECHECK_SECONDS = 15.0
+ORPHAN_RECHECK_SECONDS = 5.0
 
 
 class Admission:
@@ -46,7 +52,7 @@ class Admission:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return None  # the Workload goes with the job (owner reference)
-        if not _may_be_queued(body):
+        if not may_be_queued(body):
             return None  # never queued: decided without parsing the spec (every event)
         try:
             spec = GaudiTrainingJobSpec.model_validate(dict(body.get("spec") or {}))
@@ -99,11 +105,15 @@ class Admission:
             await self.release(job.namespace, [wl], job.live_workers)
         # An evicted job waits for its workers to go before the quota is handed back:
         # pod events wake us, and this is the safety net.
-        return 5.0 if wl is not None and wl.evicted is not None else None
+        if wl is not None and wl.evicted is not None:
+            return 5.0
+        waiting = d.queued[0] if d.queued is not None else _waiting(job.status)
+        return PENDING_RECHECK_SECONDS if waiting else None
 
     async def release_orphans(self, namespace: str, job: str, live_workers: int) -> bool:
         """The job is gone: let its deleted Workloads go once its last worker has.
-        True when none is left waiting."""
+        True when no Workload of the job is left (the garbage collector deletes them after
+        the job; until it has, there is one to wait for)."""
         try:
             found = await self.clients.custom.list_namespaced_custom_object(
                 policy.KUEUE_GROUP,
@@ -116,13 +126,11 @@ class Admission:
             if kube.status_code(err) == 404:
                 return True
             raise
-        waiting = [
-            w
-            for w in (policy.read_workload(o) for o in found.get("items") or [])
-            if w.deleting and policy.FINALIZER in w.finalizers
-        ]
+        left = [policy.read_workload(o) for o in found.get("items") or []]
+        waiting = [w for w in left if w.deleting and policy.FINALIZER in w.finalizers]
         await self.release(namespace, waiting, live_workers)
-        return live_workers == 0
+        released = live_workers == 0 and len(waiting) == len(left)
+        return not left or released
 
     async def release(
         self, namespace: str, workloads: Iterable[policy.WorkloadView], live_workers: int
@@ -201,8 +209,13 @@ class Admission:
                 manifest,
             )
         except Exception as err:
-            if kube.status_code(err) != 409:
-                raise
+            if kube.status_code(err) == 409:
+                return
+            if kube.status_code(err) == 403 and "NamespaceTerminating" in str(
+                getattr(err, "body", "")
+            ):
+                return  # the job goes with its namespace: nothing to queue
+            raise
 
     async def _delete_workload(self, namespace: str, name: str) -> None:
         try:
@@ -351,6 +364,8 @@ class AdmissionController:
                     live = sum(1 for p in pods if not p.terminal)
                     if await self.admission.release_orphans(key[0], key[1], live):
                         self._deleting.discard(key)
+                    else:
+                        again = ORPHAN_RECHECK_SECONDS
                 else:
                     self.queue.forget(key)
             else:
@@ -372,7 +387,12 @@ class AdmissionController:
             self.queue.add_after(key, again)
 
 
-def _may_be_queued(body: Mapping[str, Any]) -> bool:
+def _waiting(status: Any) -> bool:
+    queued = api.get_condition(status.conditions, policy.QUEUED)
+    return queued is not None and queued.status == "True"
+
+
+def may_be_queued(body: Mapping[str, Any]) -> bool:
     """A queue name in the raw spec or a Queued condition: the cheap half of the checks
     below (`policy.managed` needs a queue), run on every job and pod event."""
     scheduling = (body.get("spec") or {}).get("scheduling") or {}

@@ -10,7 +10,8 @@ import kopf
 from gaudi_operator import api
 from gaudi_operator.clients import kube
 from gaudi_operator.queueing import policy
-from gaudi_operator.queueing.effects import Admission, AdmissionController
+from gaudi_operator.queueing.effects import Admission, AdmissionController, may_be_queued
+from gaudi_operator.runtime import failpoints
 
 CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
 
@@ -40,10 +41,19 @@ def _wake(
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="queueing")
 async def job_event(
-    type: str | None, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any
+    type: str | None,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
     if type != "DELETED":
         _wake(memo, (namespace, name), kwargs)
+    elif may_be_queued(body):
+        # The garbage collector deletes its Workload next: look after it even if the
+        # Workload's own events never reach us (see effects.PENDING_RECHECK_SECONDS).
+        _wake(memo, (namespace, name), kwargs, workload_deleting=True)
 
 
 @kopf.on.event(
@@ -52,6 +62,8 @@ async def job_event(
 async def workload_event(
     namespace: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any
 ) -> None:
+    if failpoints.armed("drop-workload-events"):
+        return  # tests: a watch that never delivers (the safety nets must cope)
     deleting = bool(meta.get("deletionTimestamp"))
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs, deleting)
 

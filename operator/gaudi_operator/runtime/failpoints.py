@@ -17,3 +17,16 @@ def hit(name: str) -> None:
         log.error("failpoint %s: exiting now, as a crash would", name)
         logging.shutdown()
         os._exit(137)
+
+
+def armed(name: str) -> bool:
+    """For failpoints that change behaviour rather than crash (e.g. drop an event)."""
+    if name not in _ARMED:
+        return False
+    if name not in _announced:
+        _announced.add(name)
+        log.warning("failpoint %s: active", name)
+    return True
+
+
+_announced: set[str] = set()
