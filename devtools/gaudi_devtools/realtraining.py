@@ -216,12 +216,15 @@ def world_progress(texts: Iterable[str]) -> WorldProgress:
 
     world, step = top("gaudi3_train_world_size"), top("gaudi3_train_step")
     sps = found.get("gaudi3_train_samples_per_second")
+    # Before its first step a world reports the step it resumed from, but its loss and
+    # throughput gauges still hold their initial 0: not a measurement.
+    stepped = bool(top("gaudi3_train_samples_total"))
     return WorldProgress(
         ranks=ranks,
         world_size=None if world is None else int(world),
         step=None if step is None else int(step),
-        loss=top("gaudi3_train_loss"),
-        samples_per_second=sum(sps) if sps else None,
+        loss=top("gaudi3_train_loss") if stepped else None,
+        samples_per_second=sum(sps) if sps and stepped else None,
     )
 
 
