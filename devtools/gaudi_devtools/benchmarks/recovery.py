@@ -16,7 +16,7 @@ and reads:
 - resumed: rank 0's "resumed from step N"; first step: rank 0's first step after it.
 
 Steps lost are the last step the old world completed (rank 0's last step or checkpoint
-line) minus the step resumed from.
+line, or the newest complete checkpoint on disk) minus the step resumed from.
 """
 
 from __future__ import annotations
@@ -165,10 +165,15 @@ class Recovery:
         # (a step, or a checkpoint, which is written before its step's line) was done
         # before the kill, even when the line came after it.
         lines = [line for pod in before.values() for _, line in pod]
+        # A busy rank 0 may log its last line after this read; a checkpoint complete on
+        # disk now is for a step done before the kill (the killed rank took part in it).
         last_before = max(
-            int(m.group(1))
-            for line in lines
-            if (m := rt.STEP_LINE.search(line) or rt.CHECKPOINT_LINE.search(line))
+            [
+                int(m.group(1))
+                for line in lines
+                if (m := rt.STEP_LINE.search(line) or rt.CHECKPOINT_LINE.search(line))
+            ]
+            + rt.checkpoint_steps(self.checkpoints)
         )
         losses = {int(m.group(1)): float(m.group(2)) for m in map(rt.STEP_LINE.search, lines) if m}
         return Kill(at=at, pid=pid, generation=gen, last_before=last_before, losses=losses)
