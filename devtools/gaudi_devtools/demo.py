@@ -534,13 +534,15 @@ def _run(c: Cluster, nodes: int, real: bool) -> None:
         _step("8. Real training on real nodes survives a killed worker")
         _real_training(c)
 
-    console.print(
-        Panel.fit(
-            f"The demo cluster keeps running.\n"
-            f'  eval "$(.venv/bin/gaudi3 cluster env --name {NAME})"\n'
-            f"  kubectl get gtj,pods -n default\n"
-            f"  kubectl get nodes -L type           # simulated (kwok) and real nodes\n"
-            f"  .venv/bin/gaudi3 demo --down        # stop everything",
-            title="explore",
-        )
-    )
+    lines = [
+        "The demo cluster keeps running.",
+        f'  eval "$(.venv/bin/gaudi3 cluster env --name {NAME})"',
+        "  kubectl get gtj,pods -n default",
+        *(
+            ["  kubectl get nodes -L type           # simulated (kwok) and real nodes"]
+            if real
+            else []
+        ),
+        "  .venv/bin/gaudi3 demo --down        # stop everything",
+    ]
+    console.print(Panel.fit("\n".join(lines), title="explore"))
