@@ -1,41 +1,58 @@
 """`gaudi3 demo`: the main job. Starts the local Gaudi cluster, runs the operator against
-it, applies the elastic example job and shows the operator at work.
+it, applies the elastic example job and shows the operator at work on simulated (kwok)
+nodes; then trains for real on two real kubelet nodes, SIGKILLs a worker and shows the
+world restart and resume from its checkpoint, live.
 
-It leaves the cluster and operator running so you can explore with kubectl afterwards;
-`gaudi3 demo --down` (or `gaudi3 cluster down --name demo`) stops everything.
+It leaves the cluster and operator running so you can explore with kubectl afterwards
+(the real training job is deleted: it would keep the CPUs busy); `gaudi3 demo --down`
+(or `gaudi3 cluster down --name demo`) stops everything.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
+from rich.live import Live
 from rich.panel import Panel
+from rich.table import Table
 
+from gaudi_devtools import realtraining as rt
 from gaudi_devtools.cluster import Cluster, ClusterError
 from gaudi_devtools.cluster.cluster import Settings
+from gaudi_devtools.cluster.nodes import REAL_LABEL
 from gaudi_devtools.crd import install_crds
 from gaudi_operator.api import GROUP, LABEL_JOB_NAME, PLURAL
 
 console = Console()
+if not console.is_terminal:
+    console = Console(width=150)  # tables unabridged in a log file
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo"
 JOB = "elastic"
+# The simulated jobs stay off the real nodes: a real kubelet would try to run their image.
+ON_SIMULATED_NODES = {"type": "kwok"}
+REAL_JOB = "train"
+KILL_AT_STEP = 23  # some seconds of training on screen first
+STEPS_AFTER = 15  # steps the new world trains on screen before the demo ends it
 
 
 def _step(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def _show(c: Cluster, *args: str) -> str:
+def _show(c: Cluster, *args: str, input: str | None = None) -> str:
     console.print(f"[dim]$ kubectl {' '.join(args)}[/]")
-    out = c.kubectl(*args, check=False)
+    out = c.kubectl(*args, input=input, check=False)
     text = out.stdout if out.returncode == 0 else out.stderr
     console.print(text.rstrip(), highlight=False, markup=False)
     return out.stdout
@@ -100,7 +117,7 @@ def _autoscale(c: Cluster) -> None:
     exporter = MetricExporter(c.targets_dir, "demo-load")
     try:
         exporter.set_load(name, "default", 50)
-        manifest = job_manifest(name, step=2, hpus=8)
+        manifest = _on_simulated_nodes(job_manifest(name, step=2, hpus=8))
         c.kubectl("delete", "gtj", name, "-n", "default", "--ignore-not-found", "--wait=true")
         c.kubectl("apply", "-n", "default", "-f", "-", input=json.dumps(manifest))
         console.print(
@@ -156,9 +173,198 @@ def _start_operator(c: Cluster) -> None:
     )
 
 
+def _on_simulated_nodes(manifest: dict[str, Any]) -> dict[str, Any]:
+    template = manifest["spec"].setdefault("template", {})
+    template.setdefault("spec", {}).setdefault("nodeSelector", {}).update(ON_SIMULATED_NODES)
+    return manifest
+
+
+COLUMNS = ("phase", "restarts", "world size", "step", "loss", "samples/s")
+
+
+def progress_cells(status: dict[str, Any], p: rt.WorldProgress) -> list[str]:
+    """One row of the live view: the job's phase and restarts, then what its ranks'
+    metrics endpoints report (a dash while none answers, e.g. during a restart)."""
+
+    def shown(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    return [
+        str(status.get("phase") or "-"),
+        str(status.get("restarts", 0)),
+        shown(p.world_size, "d"),
+        shown(p.step, "d"),
+        shown(p.loss, ".4f"),
+        shown(p.samples_per_second, ".1f"),
+    ]
+
+
+class TrainingView:
+    """The real job's numbers in a live table, with what happens printed above it.
+
+    Without a terminal (a log file, CI) rich draws the table once at the end, so the
+    numbers are also printed as a line every few seconds."""
+
+    def __init__(self, c: Cluster, ns: str, status: Callable[[], dict[str, Any]]) -> None:
+        self.c, self.ns, self._status = c, ns, status
+        self.t0 = time.monotonic()
+        self.status: dict[str, Any] = {}
+        self.progress = rt.WorldProgress(ranks=0)
+        self.live = Live(self._table(), console=console, refresh_per_second=4)
+        self._printed = 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _table(self) -> Table:
+        table = Table(title=f"gtj/{REAL_JOB}: its ranks' metrics, read live")
+        for col in ("s", *COLUMNS):
+            table.add_column(col, justify="right")
+        table.add_row(f"{self.elapsed():.0f}", *progress_cells(self.status, self.progress))
+        return table
+
+    def update(self) -> rt.WorldProgress:
+        self.status = self._status()
+        self.progress = rt.scrape_world(self.c, self.ns, REAL_JOB)
+        self.live.update(self._table())
+        if not console.is_terminal and self.elapsed() - self._printed >= 3:
+            self._printed = self.elapsed()
+            cells = progress_cells(self.status, self.progress)
+            console.print(
+                f"  +{self.elapsed():5.1f} s  "
+                + "  ".join(f"{k} {v}" for k, v in zip(COLUMNS, cells, strict=True)),
+                highlight=False,
+            )
+        return self.progress
+
+    def event(self, text: str) -> None:
+        console.print(f"[bold]+{self.elapsed():5.1f} s[/] {text}", highlight=False)
+
+
+def _numbers(view: TrainingView) -> str:
+    cells = progress_cells(view.status, view.progress)
+    return ", ".join(f"{k} {v}" for k, v in zip(COLUMNS[2:], cells[2:], strict=True))
+
+
+def _until(view: TrainingView, what: str, done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+        view.update()
+
+
+def _real_training(c: Cluster) -> None:
+    from gaudi_devtools.benchmarks.recovery import Recovery, per_trial_table
+
+    ns = "default"
+    console.print(
+        "2 workers of 1 process each, one per real node (a kubelet on containerd + runc, "
+        "host network on its own 127.0.20.x), the CPU training image (torch, gloo), a "
+        f"checkpoint every {rt.INTERVAL} steps into a host directory both nodes share, "
+        "backoffSeconds 0:"
+    )
+    _show(c, "get", "nodes", "-l", f"{REAL_LABEL}=true", "-o", "wide")
+    c.kubectl("delete", "gtj", REAL_JOB, "-n", ns, "--ignore-not-found", "--wait=true")
+    selector = f"{LABEL_JOB_NAME}={REAL_JOB}"
+    # A previous run's workers hold the nodes' ports (host network) until they are gone.
+    _wait(
+        "no workers of an earlier run",
+        lambda: not c.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout,
+        120,
+    )
+    checkpoints = c.dir / "checkpoints" / REAL_JOB
+    shutil.rmtree(checkpoints, ignore_errors=True)  # train from step 0
+    checkpoints.mkdir(parents=True)
+    os.chown(checkpoints, rt.TRAINER_UID, -1)
+    body = rt.job(
+        REAL_JOB,
+        checkpoints,
+        log_every=1,
+        failure_policy={"maxRestarts": 10, "backoffSeconds": 0},
+        env={"LOGLEVEL": "INFO"},  # torchrun's rendezvous line: one of the milestones
+    )
+    _show(c, "apply", "-n", ns, "-f", "-", input=json.dumps(body))
+    bench = Recovery(c, ns, checkpoints, worker=1, job=REAL_JOB)
+    view = TrainingView(c, ns, bench.status)
+    try:
+        with view.live:
+            view.event("job applied; each worker starts Python and torch, then joins the world")
+            _until(view, "the first training step", lambda: (view.progress.step or 0) >= 1, 300)
+            view.event(f"training: {_numbers(view)}")
+            _until(
+                view,
+                f"step {KILL_AT_STEP}",
+                lambda: (view.progress.step or 0) >= KILL_AT_STEP,
+                120,
+            )
+            node = _node_of(c, f"{REAL_JOB}-worker-1")
+            kill = bench.kill()
+            view.event(
+                f"[red]SIGKILL[/] worker 1's launcher (pid {kill.pid} on {node}); its world "
+                f"had completed step {kill.last_before}"
+            )
+            trial = None
+            said: set[str] = set()
+            deadline = time.monotonic() + 300
+            while trial is None:
+                if time.monotonic() > deadline:
+                    raise ClusterError("timed out after 300 s waiting for the new world's step")
+                time.sleep(0.5)
+                trial = bench.poll(kill)
+                view.update()
+                if kill.detected is not None and "detected" not in said:
+                    said.add("detected")
+                    view.event(
+                        "the operator recorded the failure (Restarting) "
+                        f"{kill.detected - kill.at:.1f} s after the kill; it recreates the world"
+                    )
+                if kill.new_world and "new" not in said:
+                    said.add("new")
+                    view.event("new workers Running; they rendezvous and load the checkpoint")
+            view.event(
+                f"[green]resumed from step {trial.resumed_from}[/] (checkpoint); first new step "
+                f"{trial.resumed_from + 1} came {trial.total:.1f} s after the kill; "
+                f"steps redone: {trial.lost}"
+            )
+            first = trial.resumed_from + 1
+            again = dict(rt.steps(c, ns, REAL_JOB, trial.generation)).get(first)
+            if again is not None and first in kill.losses:
+                view.event(
+                    f"step {first}'s loss is {again:.4f}; the killed world had "
+                    f"{kill.losses[first]:.4f} at step {first} (same weights, same data)"
+                )
+            last = first + STEPS_AFTER
+            _until(view, f"step {last}", lambda: (view.progress.step or 0) >= last, 120)
+            view.event(f"training goes on: {_numbers(view)}")
+        if not console.is_terminal:
+            console.line()  # rich leaves a file's cursor after the table's last line
+        console.print(per_trial_table([trial]))
+    finally:
+        # Training would keep both CPUs busy after the demo.
+        c.kubectl("delete", "gtj", REAL_JOB, "-n", ns, "--ignore-not-found", "--wait=false")
+        console.print(f"deleted gtj/{REAL_JOB} (the real nodes stay up, idle)")
+
+
+def _real_nodes_possible() -> str | None:
+    """Why the real part cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "real nodes need root (cgroups, mounts, containerd): run the demo as root"
+    return None
+
+
 def demo(
     down: Annotated[bool, typer.Option(help="Stop the demo cluster and exit.")] = False,
     nodes: Annotated[int, typer.Option(min=2, max=32, help="Simulated Gaudi nodes.")] = 4,
+    real: Annotated[
+        bool,
+        typer.Option(
+            "--real/--no-real",
+            help="Also train for real on 2 real kubelet nodes and recover from a killed "
+            "worker (needs root; builds the CPU training image once).",
+        ),
+    ] = True,
 ) -> None:
     """Run the main job on the local cluster and show the operator at work."""
     c = Cluster(NAME, say=lambda m: console.print(f"[cyan]>[/] {m}"))
@@ -166,17 +372,37 @@ def demo(
         c.down()
         console.print("demo cluster stopped")
         return
+    if real and (why := _real_nodes_possible()):
+        console.print(f"[yellow]skipping real training:[/] {why} (--no-real skips it quietly)")
+        real = False
     try:
-        _run(c, nodes)
-    except ClusterError as e:
+        _run(c, nodes, real)
+    except (ClusterError, RuntimeError) as e:
         console.print(f"[red]error:[/] {e}")
         console.print(f"logs: {c.dir / 'logs'}")
         raise typer.Exit(1) from e
 
 
-def _run(c: Cluster, nodes: int) -> None:
-    _step("1. A real control plane with simulated Gaudi 3 nodes")
-    c.up(Settings(gaudi_nodes=nodes, node_monitor_grace_seconds=20))
+def _up(c: Cluster, nodes: int, real: bool) -> None:
+    images = [str(rt.training_image())] if real else []
+    c.up(
+        Settings(
+            gaudi_nodes=nodes,
+            node_monitor_grace_seconds=20,
+            real_nodes=2 if real else 0,
+            real_node_images=images,
+        )
+    )
+    s = c.settings
+    if real and s is not None and images[0] not in s.real_node_images:
+        # Nodes that started without the image (another `up`): import it into each.
+        console.print("importing the training image into the real nodes")
+        c.real_nodes.import_image(Path(images[0]))
+
+
+def _run(c: Cluster, nodes: int, real: bool) -> None:
+    _step(f"1. A real control plane, simulated Gaudi 3 nodes{' and 2 real ones' if real else ''}")
+    _up(c, nodes, real)
     _show(c, "version")
     _show(
         c,
@@ -187,7 +413,8 @@ def _run(c: Cluster, nodes: int) -> None:
         "READY:.status.conditions[?(@.type=='Ready')].status,"
         "HPUS:.status.allocatable.habana\\.ai/gaudi,"
         "HUGEPAGES:.status.allocatable.hugepages-2Mi,"
-        "TYPE:.metadata.labels.habana\\.ai/device\\.type",
+        "TYPE:.metadata.labels.habana\\.ai/device\\.type,"
+        "KIND:.metadata.labels.type",
     )
 
     _step("2. The GaudiTrainingJob API and the operator")
@@ -201,7 +428,12 @@ def _run(c: Cluster, nodes: int) -> None:
 
     _step("3. An elastic 4-worker job (2..8 workers, 8 HPUs each)")
     c.kubectl("delete", "gtj", JOB, "-n", "default", "--ignore-not-found", "--wait=true")
-    _show(c, "apply", "-n", "default", "-f", str(REPO / "examples" / "elastic-4-workers.yaml"))
+    example = REPO / "examples" / "elastic-4-workers.yaml"
+    console.print(
+        f"{example.relative_to(REPO)}, kept on the simulated nodes (nodeSelector type=kwok)"
+    )
+    manifest = _on_simulated_nodes(yaml.safe_load(example.read_text()))
+    _show(c, "apply", "-n", "default", "-f", "-", input=json.dumps(manifest))
     _wait("the job to reach Running", lambda: _status(c).get("phase") == "Running", 90)
     _show(c, "get", "gtj", "-n", "default")
     _show_workers(c)
@@ -298,12 +530,19 @@ def _run(c: Cluster, nodes: int) -> None:
     _step("7. Autoscaling on a real Prometheus metric, within what the cluster can place")
     _autoscale(c)
 
-    console.print(
-        Panel.fit(
-            f"The demo cluster keeps running.\n"
-            f'  eval "$(.venv/bin/gaudi3 cluster env --name {NAME})"\n'
-            f"  kubectl get gtj,pods -n default\n"
-            f"  .venv/bin/gaudi3 demo --down        # stop everything",
-            title="explore",
-        )
-    )
+    if real:
+        _step("8. Real training on real nodes survives a killed worker")
+        _real_training(c)
+
+    lines = [
+        "The demo cluster keeps running.",
+        f'  eval "$(.venv/bin/gaudi3 cluster env --name {NAME})"',
+        "  kubectl get gtj,pods -n default",
+        *(
+            ["  kubectl get nodes -L type           # simulated (kwok) and real nodes"]
+            if real
+            else []
+        ),
+        "  .venv/bin/gaudi3 demo --down        # stop everything",
+    ]
+    console.print(Panel.fit("\n".join(lines), title="explore"))

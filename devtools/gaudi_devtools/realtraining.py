@@ -1,6 +1,7 @@
-"""Real training on the real nodes, shared by the real-node tests and
-`gaudi3 benchmark recovery`: the GaudiTrainingJob they run, reading its workers' logs and
-checkpoints, and finding a worker's launcher process on this machine.
+"""Real training on the real nodes, shared by the real-node tests, `gaudi3 benchmark
+recovery` and `gaudi3 demo`: the training image, the GaudiTrainingJob they run, reading its
+workers' logs, metrics and checkpoints, and finding a worker's launcher process on this
+machine.
 
 The checkpoint volume is a hostPath directory: both real nodes are this one machine, so
 it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
@@ -8,12 +9,20 @@ it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from gaudi_devtools.cluster.nodes import REAL_LABEL
+from gaudi_devtools.cluster.realnodes import scrape_targets
 
 GROUP = "gaudi.scalestarter.dev"
 IMAGE = "gaudi3.local/gaudi-train-cpu:dev"
@@ -23,6 +32,19 @@ STEP_LINE = re.compile(r"step (\d+) loss ([0-9.]+)")
 WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation (\d+)")
 RESUME_LINE = re.compile(r"resumed from step (\d+)")
 CHECKPOINT_LINE = re.compile(r"checkpoint of step (\d+) complete")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def training_image() -> Path:
+    """The CPU training image's archive, built by hack/build-images.sh if its inputs
+    changed (well under a second when they did not; minutes from nothing, its progress on
+    stderr). Needs root, like the real nodes."""
+    from gaudi_devtools.cluster.cluster import CLUSTERS
+
+    build = subprocess.run(["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"])
+    if build.returncode != 0:
+        raise RuntimeError("building the training image failed (hack/build-images.sh)")
+    return CLUSTERS.parent / "images" / "gaudi-train-cpu.tar"
 
 
 def job(
@@ -164,3 +186,64 @@ def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
         if want <= env and any(part.endswith(b"gaudi3-train") for part in cmd[:2]):
             return int(entry.name)
     return None
+
+
+@dataclass(frozen=True)
+class WorldProgress:
+    """What a training world's ranks report on their metrics endpoints."""
+
+    ranks: int  # endpoints that answered
+    world_size: int | None = None
+    step: int | None = None
+    loss: float | None = None
+    samples_per_second: float | None = None
+
+
+def world_progress(texts: Iterable[str]) -> WorldProgress:
+    """Fold the ranks' /metrics texts the way the operator reads them: throughput summed
+    over ranks (the autoscaler's query), the highest step and world size, the loss (every
+    rank holds the same all-reduced mean)."""
+    found: dict[str, list[float]] = {}
+    ranks = 0
+    for text in texts:
+        ranks += 1
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.setdefault(sample.name, []).append(sample.value)
+
+    def top(name: str) -> float | None:
+        return max(found[name]) if name in found else None
+
+    world, step = top("gaudi3_train_world_size"), top("gaudi3_train_step")
+    sps = found.get("gaudi3_train_samples_per_second")
+    # Before its first step a world reports the step it resumed from, but its loss and
+    # throughput gauges still hold their initial 0: not a measurement.
+    stepped = bool(top("gaudi3_train_samples_total"))
+    return WorldProgress(
+        ranks=ranks,
+        world_size=None if world is None else int(world),
+        step=None if step is None else int(step),
+        loss=top("gaudi3_train_loss") if stepped else None,
+        samples_per_second=sum(sps) if sps and stepped else None,
+    )
+
+
+def scrape_world(cluster: Any, ns: str, job_name: str, timeout: float = 2) -> WorldProgress:
+    """Scrape the job's running workers' metrics endpoints (pod IP and the
+    prometheus.io/port annotation, as Prometheus finds them) from this machine."""
+    selector = f"{GROUP}/job-name={job_name}"
+    out = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json", check=False)
+    if out.returncode != 0:
+        return WorldProgress(ranks=0)
+    texts = []
+    for group in scrape_targets(json.loads(out.stdout)["items"]):
+        path = group["labels"].get("__metrics_path__", "/metrics")
+        for target in group["targets"]:
+            try:
+                # Loopback only: never through a proxy from the environment.
+                r = httpx.get(f"http://{target}{path}", timeout=timeout, trust_env=False)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200:
+                texts.append(r.text)
+    return world_progress(texts)

@@ -16,7 +16,7 @@ and reads:
 - resumed: rank 0's "resumed from step N"; first step: rank 0's first step after it.
 
 Steps lost are the last step the old world completed (rank 0's last step or checkpoint
-line) minus the step resumed from.
+line, or the newest complete checkpoint on disk) minus the step resumed from.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -44,7 +44,6 @@ from gaudi_devtools.benchmarks.failover import percentile
 from gaudi_devtools.benchmarks.support import start_operator
 from gaudi_devtools.cluster.nodes import REAL_LABEL
 
-ROOT = Path(__file__).resolve().parents[3]
 JOB = "recovery"
 RDZV_LINE = "Rendezvous complete for workers"
 PHASES = ("detection", "pod replacement", "rendezvous", "checkpoint load", "first step")
@@ -102,43 +101,62 @@ def wait(what: str, check: Callable[[], T | None], timeout: float, interval: flo
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@dataclass
+class Kill:
+    """A SIGKILL sent to a worker's launcher, and what was seen of the restart since."""
+
+    at: float  # this machine's clock at os.kill
+    pid: int
+    generation: int  # the world that was killed
+    last_before: int  # the last step that world completed
+    losses: dict[int, float] = field(default_factory=dict)  # the killed world's, by step
+    detected: float | None = None  # Restarting=True, API time
+    new_world: bool = False  # a later generation is Running (its logs are read from now on)
+
+
 class Recovery:
-    def __init__(self, cluster: Any, ns: str, checkpoints: Path, worker: int) -> None:
+    def __init__(
+        self, cluster: Any, ns: str, checkpoints: Path, worker: int, job: str = JOB
+    ) -> None:
         self.c, self.ns, self.checkpoints, self.worker = cluster, ns, checkpoints, worker
+        self.job = job
 
     def status(self) -> dict[str, Any]:
-        out = self.c.kubectl("get", "gtj", JOB, "-n", self.ns, "-o", "json")
+        out = self.c.kubectl("get", "gtj", self.job, "-n", self.ns, "-o", "json")
         return dict(json.loads(out.stdout).get("status") or {})
 
     def generation(self) -> int:
         return int(self.status().get("restartGeneration", 0))
 
     def stamped(self, generation: int) -> dict[str, list[tuple[float, str]]]:
-        logs = rt.pod_logs(self.c, self.ns, JOB, generation, stamps=True)
+        logs = rt.pod_logs(self.c, self.ns, self.job, generation, stamps=True)
         return {pod: rt.stamped_lines(text) for pod, text in logs.items()}
+
+    def trained(self, generation: int, interval: int) -> bool:
+        """The world has trained a checkpoint interval past its start."""
+        lines = [line for pod in self.stamped(generation).values() for _, line in pod]
+        start = max([int(m.group(1)) for m in map(rt.RESUME_LINE.search, lines) if m] or [0])
+        done = [int(m.group(1)) for m in map(rt.STEP_LINE.search, lines) if m]
+        return bool(done) and max(done) > start + interval
 
     def warm(self, generation: int, interval: int, timeout: float) -> None:
         """Until the current world has trained a checkpoint interval past its start."""
+        wait(
+            f"generation {generation} training",
+            lambda: self.trained(generation, interval),
+            timeout,
+            interval=2,
+        )
 
-        def trained() -> bool:
-            lines = [line for pod in self.stamped(generation).values() for _, line in pod]
-            start = max([int(m.group(1)) for m in map(rt.RESUME_LINE.search, lines) if m] or [0])
-            done = [int(m.group(1)) for m in map(rt.STEP_LINE.search, lines) if m]
-            return bool(done) and max(done) > start + interval
-
-        wait(f"generation {generation} training", trained, timeout, interval=2)
-
-    def trial(
-        self, interval: int, step_seconds: float, rng: random.Random, timeout: float
-    ) -> Trial:
+    def kill(self) -> Kill:
+        """SIGKILL the current world's worker launcher; the last step that world completed
+        is read from its logs around the kill."""
         gen = self.generation()
-        self.warm(gen, interval, timeout)
-        time.sleep(rng.uniform(0, interval * step_seconds))  # anywhere in the interval
-        pid = rt.launcher_pid(self.ns, JOB, self.worker)
+        pid = rt.launcher_pid(self.ns, self.job, self.worker)
         if pid is None:
             raise RuntimeError(f"no launcher process of worker {self.worker} on this machine")
         before = self.stamped(gen)
-        kill = time.time()
+        at = time.time()
         os.kill(pid, signal.SIGKILL)
         # Rank 0's pod may be deleted soon (RecreateAll): read the old world's log now.
         for pod, lines in self.stamped(gen).items():
@@ -146,35 +164,39 @@ class Recovery:
         # Every step all-reduces with the killed worker, so whatever the old world logged
         # (a step, or a checkpoint, which is written before its step's line) was done
         # before the kill, even when the line came after it.
+        lines = [line for pod in before.values() for _, line in pod]
+        # A busy rank 0 may log its last line after this read; a checkpoint complete on
+        # disk now is for a step done before the kill (the killed rank took part in it).
         last_before = max(
-            int(m.group(1))
-            for _, line in (x for pod in before.values() for x in pod)
-            if (m := rt.STEP_LINE.search(line) or rt.CHECKPOINT_LINE.search(line))
+            [
+                int(m.group(1))
+                for line in lines
+                if (m := rt.STEP_LINE.search(line) or rt.CHECKPOINT_LINE.search(line))
+            ]
+            + rt.checkpoint_steps(self.checkpoints)
         )
+        losses = {int(m.group(1)): float(m.group(2)) for m in map(rt.STEP_LINE.search, lines) if m}
+        return Kill(at=at, pid=pid, generation=gen, last_before=last_before, losses=losses)
 
-        detected: float | None = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.status()
-            for cond in status.get("conditions") or []:
-                if cond["type"] == "Restarting" and cond["status"] == "True" and detected is None:
-                    detected = rt.parse_time(cond["lastTransitionTime"])
-            new_gen = int(status.get("restartGeneration", 0))
-            if new_gen > gen and status.get("phase") == "Running":
-                got = self._resumed(new_gen)
-                if got is not None:
-                    after, resumed_at, resumed_from, first_step = got
-                    break
-                time.sleep(1)
-            else:
-                time.sleep(0.4)  # the Restarting condition lasts a few seconds
-        else:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for the new world")
-
+    def poll(self, kill: Kill) -> Trial | None:
+        """One look at the restart: notes when it was detected; the trial's milestones once
+        the new world has logged its first step after the resume, else None."""
+        status = self.status()
+        for cond in status.get("conditions") or []:
+            if cond["type"] == "Restarting" and cond["status"] == "True" and kill.detected is None:
+                kill.detected = rt.parse_time(cond["lastTransitionTime"])
+        new_gen = int(status.get("restartGeneration", 0))
+        kill.new_world = new_gen > kill.generation and status.get("phase") == "Running"
+        if not kill.new_world:
+            return None
+        got = self._resumed(new_gen)
+        if got is None:
+            return None
+        after, resumed_at, resumed_from, first_step = got
         pods = self._pods(new_gen)
         return Trial(
-            kill=kill,
-            detected=detected,
+            kill=kill.at,
+            detected=kill.detected,
             created=max(rt.parse_time(p["metadata"]["creationTimestamp"]) for p in pods),
             running=max(self._started(p) for p in pods),
             launched=max(lines[0][0] for lines in after.values() if lines),
@@ -184,9 +206,24 @@ class Recovery:
             resumed=resumed_at,
             first_step=first_step,
             resumed_from=resumed_from,
-            last_before=last_before,
+            last_before=kill.last_before,
             generation=new_gen,
         )
+
+    def trial(
+        self, interval: int, step_seconds: float, rng: random.Random, timeout: float
+    ) -> Trial:
+        self.warm(self.generation(), interval, timeout)
+        time.sleep(rng.uniform(0, interval * step_seconds))  # anywhere in the interval
+        kill = self.kill()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.poll(kill)
+            if got is not None:
+                return got
+            # The Restarting condition lasts a few seconds; the new world's logs take longer.
+            time.sleep(1 if kill.new_world else 0.4)
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for the new world")
 
     def _resumed(
         self, generation: int
@@ -203,7 +240,7 @@ class Recovery:
         return (after, at, step, steps[0]) if steps else None
 
     def _pods(self, generation: int) -> list[dict[str, Any]]:
-        selector = f"{rt.GROUP}/job-name={JOB},{rt.GROUP}/generation={generation}"
+        selector = f"{rt.GROUP}/job-name={self.job},{rt.GROUP}/generation={generation}"
         out = self.c.kubectl("get", "pods", "-n", self.ns, "-l", selector, "-o", "json")
         return list(json.loads(out.stdout)["items"])
 
@@ -277,10 +314,11 @@ def ensure_cluster(name: str, up: bool) -> Any:
             "or pass --up"
         )
         raise typer.Exit(1)
-    build = subprocess.run(["bash", str(ROOT / "hack" / "build-images.sh"), "training-cpu"])
-    if build.returncode != 0:
-        raise typer.Exit(1)
-    archive = c.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
+    try:
+        archive = rt.training_image()
+    except RuntimeError as e:
+        typer.echo(str(e))
+        raise typer.Exit(1) from e
     c.up(Settings(gaudi_nodes=1, real_nodes=2, real_node_images=[str(archive)]))
     return c
 

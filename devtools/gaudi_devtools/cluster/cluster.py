@@ -237,6 +237,7 @@ class Cluster:
                 self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes} wanted)")
                 self.real_nodes.down(api_up=True)
                 current.real_nodes = wanted.real_nodes
+                current.real_node_images = wanted.real_node_images  # the new nodes start with them
                 self._allocate_addresses(current)
                 self._start_real_nodes(current)
             elif same:
