@@ -77,7 +77,11 @@ async def _namespace(core: Any, ns: str) -> None:
 
 async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
     # Raw JSON: the generated models for 10,000 pods would cost this process seconds.
-    resp = await core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False)
+    # resourceVersion 0: served from the API server's watch cache (as the Kubeflow run
+    # polls), not a quorum read of every object from etcd twice a second.
+    resp = await core.list_namespaced_pod(
+        ns, label_selector=selector, resource_version="0", _preload_content=False
+    )
     items = json.loads(await resp.read())["items"]
     return [(p.get("status") or {}).get("phase", "") for p in items]
 
@@ -94,11 +98,28 @@ async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
                 raise
 
 
+# A loaded API server answers a big LIST with these now and then; the next poll will do.
+TRANSIENT = (429, 500, 503, 504)
+
+
+async def _poll(read: Callable[[], Awaitable[int]]) -> int | None:
+    """One reading of a poll, or None when the API server could not answer this time."""
+    try:
+        return await read()
+    except Exception as err:
+        if kube.status_code(err) not in TRANSIENT:
+            raise
+        return None
+
+
 async def _gone(core: Any, ns: str, selector: str, t1: float, limit_s: float) -> float:
+    async def count() -> int:
+        return len(await _pod_phases(core, ns, selector))
+
     with console.status("waiting for every worker to be garbage-collected"):
         while True:
-            left = len(await _pod_phases(core, ns, selector))
-            if not left:
+            left = await _poll(count)
+            if left == 0:
                 return time.monotonic() - t1
             if time.monotonic() - t1 > limit_s:
                 raise TimeoutError(f"{left} workers left after {limit_s}s")
@@ -112,10 +133,11 @@ async def _wait_all(
     first: float | None = None
     with console.status(f"waiting for {total} {what} to run") as status:
         while True:
-            running = await count()
+            running = await _poll(count)
             if running and first is None:
                 first = time.monotonic() - t0
-            status.update(f"{what}: {running}/{total} Running")
+            if running is not None:
+                status.update(f"{what}: {running}/{total} Running")
             if running == total:
                 break
             if time.monotonic() - t0 > limit_s:
@@ -192,7 +214,7 @@ async def _run(
 
         async def running_jobs() -> int:
             listed = await custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL
+                api.GROUP, api.VERSION, ns, api.PLURAL, resource_version="0"
             )
             return sum(
                 1 for j in listed["items"] if (j.get("status") or {}).get("phase") == "Running"
