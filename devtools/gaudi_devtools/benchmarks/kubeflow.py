@@ -325,15 +325,19 @@ async def run_load(
 
         async def call(method: str, url: str, **kw: Any) -> dict[str, Any]:
             # Pooled connections idle for minutes while the jobs start may be closed by
-            # then: every call here is safe to send again.
-            for attempt in range(3):
+            # then, and a loaded API server times a big LIST or collection DELETE out (504,
+            # part-way for a DELETE): every call here is safe to send again.
+            for attempt in range(5):
                 try:
                     r = await http.request(method, url, **kw)
-                    break
                 except httpx.TransportError:
-                    if attempt == 2:
+                    if attempt == 4:
                         raise
                     await asyncio.sleep(0.5)
+                    continue
+                if r.status_code not in (429, 500, 503, 504) or attempt == 4:
+                    break
+                await asyncio.sleep(0.5)
             if r.is_error:
                 raise RuntimeError(f"{method} {url}: {r.status_code} {r.text}")
             return dict(r.json())
