@@ -42,6 +42,7 @@ class OperatorProcess:
         self.metrics_port = 0
         self.health_port = 0
         self.env: dict[str, str] = {}  # extra environment, e.g. GAUDI3_FAILPOINTS
+        self.started_with: tuple[object, ...] = ()
 
     def command(self, extra: list[str]) -> list[str]:
         # This tree's operator (PYTHONPATH below), not whichever one the venv installed.
@@ -75,8 +76,24 @@ class OperatorProcess:
             self.proc = subprocess.Popen(
                 self.command(list(extra)), env=env, stdout=out, stderr=subprocess.STDOUT
             )
+        self.started_with = self.config(extra)
         if wait:
             wait_for(self.healthy, timeout=60, what="the operator's /healthz")
+
+    def config(self, extra: tuple[str, ...]) -> tuple[object, ...]:
+        """The arguments and the settings of the environment a start would use now."""
+        env = {**os.environ, **self.env}
+        mine = sorted(
+            (k, v) for k, v in env.items() if k.startswith("GAUDI3_") or k == "PYTHONPATH"
+        )
+        return tuple(extra), tuple(mine)
+
+    def ensure(self, *extra: str) -> None:
+        """restart(*extra), unless it runs with exactly that already: modules that want the
+        same operator (the autoscaling ones) then share one, and a restart costs seconds."""
+        running = self.proc is not None and self.proc.poll() is None
+        if not (running and self.started_with == self.config(extra)):
+            self.restart(*extra)
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

@@ -19,10 +19,11 @@ QUERY = f'sum({LOAD_METRIC}{{gtj="$job",gtj_namespace="$namespace"}})'
 
 @contextmanager
 def autoscaling_operator(operator: Any, cluster: Any) -> Iterator[Any]:
-    """Restart the session's operator with the autoscaler settings these tests need."""
+    """The session's operator with the autoscaler settings these tests need (restarted
+    unless the previous autoscaling module left it so)."""
     saved = {k: os.environ.get(k) for k in ("GAUDI3_AUTOSCALE_INTERVAL_SECONDS",)}
     os.environ["GAUDI3_AUTOSCALE_INTERVAL_SECONDS"] = str(INTERVAL)
-    operator.restart("--prometheus-url", cluster.prometheus_url)
+    operator.ensure("--prometheus-url", cluster.prometheus_url)
     try:
         yield operator
     finally:

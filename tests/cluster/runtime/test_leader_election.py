@@ -39,8 +39,16 @@ class Candidate(OperatorProcess):
             namespace,
             "--leader-election-namespace",
             namespace,
+            # Shorter than the defaults (10, 7, 2 s): a takeover and a deposed leader's exit
+            # wait these out; enough retries left that a slow renewal is no lost lease.
+            "--lease-duration",
+            "6",
+            "--renew-deadline",
+            "4",
+            "--retry-period",
+            "1",
             "--leader-election-id",
-            lease,
+            lease,  # last: lease_name() reads it there
         )
 
     def start(self, *extra: str, wait: bool = True) -> None:
