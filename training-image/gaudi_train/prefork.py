@@ -69,9 +69,9 @@ PER_WORKER_ENV = frozenset(
 )
 PER_WORKER_PREFIXES = ("TORCHELASTIC_",)
 WORKER_NAME = "gaudi3-worker"  # the process name (comm) of a forked worker
-# Imported by each zygote while the launcher waits for its peers (the built-in worker's
-# own modules; a user script imports what it imports itself).
-PRELOAD = ("gaudi_train.session", "gaudi_train.workload")
+# Imported by each zygote while the launcher waits for its peers: the helper API
+# (torch.nn, DDP, torch.distributed.checkpoint) and the built-in workload's model and data.
+PRELOAD = ("gaudi_train.session", "gaudi_train.model", "gaudi_train.data")
 
 
 def wanted(env: Mapping[str, str], nproc_known: bool) -> bool:
