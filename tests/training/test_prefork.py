@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -96,3 +97,34 @@ def test_forking_early_is_switchable_and_needs_the_worker_count_without_probing(
     assert not prefork.wanted({}, nproc_known=False)
     assert not prefork.wanted({"GAUDI3_PREFORK": "0"}, nproc_known=True)
     assert prefork.wanted({"GAUDI3_PREFORK": "1"}, nproc_known=True)
+
+
+def test_a_handed_off_worker_reports_its_exit_code_and_death_by_signal_as_popen_would(
+    tmp_path: Path,
+) -> None:
+    exits = tmp_path / "exits.py"
+    exits.write_text("import os, sys\nsys.exit(3 + int(os.environ['RANK']))\n")
+    sleeps = tmp_path / "sleeps.py"
+    sleeps.write_text("import time\ntime.sleep(60)\n")
+    pool = prefork.fork_zygotes(2, preload=())
+    assert pool is not None
+    done = pool.hand_off(0, [sys.executable, "-u", str(exits)], {**pool.env, "RANK": "2"})
+    stuck = pool.hand_off(1, [sys.executable, "-u", str(sleeps)], {**pool.env, "RANK": "1"})
+    assert done.wait(timeout=30) == 5
+    assert stuck.poll() is None
+    stuck.kill()
+    assert stuck.wait(timeout=30) == -9
+
+
+def test_unused_and_mismatched_zygotes_are_dismissed_without_leaving_a_process(
+    tmp_path: Path,
+) -> None:
+    pool = prefork.fork_zygotes(2, preload=())
+    assert pool is not None
+    pids = [pid for pid, _ in pool.waiting.values()]
+    odd = {**pool.env, "LD_PRELOAD": "x.so"}  # read at start-up: a fork cannot honour it
+    assert pool.hand_off(0, [sys.executable, "-u", str(tmp_path / "t.py")], odd) is None
+    pool.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no zombie, no orphan

@@ -190,13 +190,17 @@ class Pool:
         return ForkedProcess(pid, args)
 
     def close(self) -> None:
-        """Dismiss the zygotes no worker used (an empty message makes them exit)."""
+        """Dismiss the zygotes no worker used."""
         for pid, fd in self.waiting.values():
             self._dismiss(pid, fd)
         self.waiting.clear()
 
     @staticmethod
     def _dismiss(pid: int, fd: int) -> None:
+        # Killed, not told: one may still be importing, and the launcher must not wait
+        # for that when it stops. A zygote holds no files or state of its own.
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         os.close(fd)
         _reap_quietly(pid)
 
