@@ -15,13 +15,22 @@ from gaudi_train import prefork
 pytestmark = pytest.mark.training
 
 SCRIPT = """\
-import json, os, sys
+import json, os, sys, time
 seen = {k: os.environ.get(k) for k in (
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
     "TORCHELASTIC_RESTART_COUNT", "OMP_NUM_THREADS", "GAUDI3_JOB_NAME")}
 print("WORKER " + json.dumps({"pid": os.getpid(), "argv": sys.argv, "path0": sys.path[0],
     "name": __name__, "env": seen}), flush=True)
-raise SystemExit(int(sys.argv[1]) if os.environ["RANK"] == "1" else 0)
+# Rank 1 fails only after rank 0 has reported (torchrun then stops the others).
+marker = sys.argv[2] + os.environ.get("GAUDI3_PREFORK", "")
+if os.environ["RANK"] == "0":
+    open(marker, "w").close()
+    raise SystemExit(0)
+for _ in range(600):
+    if os.path.exists(marker):
+        break
+    time.sleep(0.05)
+raise SystemExit(int(sys.argv[1]))
 """
 
 
@@ -40,7 +49,9 @@ def test_forked_workers_see_what_fresh_ones_see_and_their_exit_code_fails_the_la
 ) -> None:
     script = tmp_path / "report.py"
     script.write_text(SCRIPT)
-    flags = ("--nproc", "2", "--no-metrics", "--max-restarts", "0", "--script", str(script), "2")
+    marker = str(tmp_path / "rank0-reported")
+    flags = ("--nproc", "2", "--no-metrics", "--max-restarts", "0", "--script", str(script))
+    flags += ("2", marker)
 
     forked = launch(*flags, env=job_env(GAUDI3_JOB_NAME="fork"))
     fresh = launch(*flags, env=job_env(GAUDI3_JOB_NAME="fork", GAUDI3_PREFORK="0"))
@@ -54,7 +65,7 @@ def test_forked_workers_see_what_fresh_ones_see_and_their_exit_code_fails_the_la
     assert "forked before the rendezvous" not in fresh.text()
     assert workers(forked.text()) == workers(fresh.text())
     assert workers(fresh.text())["1"] == {
-        "argv": [str(script), "2"],
+        "argv": [str(script), "2", marker],
         "path0": str(tmp_path),
         "name": "__main__",
         "env": {
