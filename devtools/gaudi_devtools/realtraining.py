@@ -175,17 +175,21 @@ def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
         f"GAUDI3_NAMESPACE={ns}".encode(),
         f"GAUDI3_WORKER_INDEX={index}".encode(),
     }
+    found: dict[int, int] = {}  # pid: parent pid
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             env = set((entry / "environ").read_bytes().split(b"\0"))
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
         if want <= env and any(part.endswith(b"gaudi3-train") for part in cmd[:2]):
-            return int(entry.name)
-    return None
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    # Workers forked by the launcher (gaudi_train.prefork) show its command line too.
+    roots = [pid for pid, parent in found.items() if parent not in found]
+    return roots[0] if len(roots) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,13 @@ TRAINING_IMAGE = REPO / "training-image"
 STEP_LINE = re.compile(r"\[rank 0\] gaudi_train\.workload INFO: step (\d+) loss ([0-9.]+)")
 
 
+def comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def free_port_pair() -> int:
     """A port P with P and P + 1 free (two processes serve metrics on P + local rank)."""
     for _ in range(50):
@@ -94,7 +101,9 @@ class Run:
                 cmdline = (stat.parent / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid and b"gaudi_train.worker" in cmdline:
+            # Started by torchrun, or forked by the launcher (gaudi_train.prefork, named so).
+            worker = b"gaudi_train.worker" in cmdline or comm(stat.parent) == "gaudi3-worker"
+            if int(fields[1]) == self.proc.pid and worker:
                 found.append(int(stat.parent.name))
         return sorted(found)
 

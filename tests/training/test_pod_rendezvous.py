@@ -4,6 +4,7 @@ local to every pod, so torch's own guess would make every worker a host)."""
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,3 +59,43 @@ def test_the_store_listens_on_its_address_only_and_clients_reach_it() -> None:
     assert ("0.0.0.0", server.port) not in listeners()
     server.set("k", "v")
     assert client_store("127.0.31.9", server.port, timedelta(seconds=5)).get("k") == b"v"
+
+
+def test_waiting_nodes_poll_faster_in_small_worlds_and_as_torch_does_in_large_ones() -> None:
+    from gaudi_train.rendezvous import poll_seconds
+
+    assert poll_seconds(2) == 0.1
+    assert poll_seconds(50) == 0.5
+    assert poll_seconds(1000) == 1.0
+
+
+def test_only_torchs_one_second_poll_is_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    from gaudi_train.rendezvous import poll_faster
+
+    slept: list[object] = []
+    monkeypatch.setattr(dynamic_rendezvous, "_delay", lambda seconds: slept.append(seconds))
+    poll_faster(0.2)
+    poll_faster(0.1)  # a second handler in the process replaces, never stacks
+    dynamic_rendezvous._delay(seconds=1)
+    dynamic_rendezvous._delay(seconds=(0, 0.3))
+    assert slept == [0.1, (0, 0.3)]
+
+
+def test_a_client_started_before_its_store_connects_once_the_store_listens() -> None:
+    import threading
+
+    from gaudi_train.rendezvous import client_store, listening_store
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.31.9", 0))
+        port = probe.getsockname()[1]
+    wait = timedelta(seconds=10)
+    servers = []
+    later = threading.Timer(0.5, lambda: servers.append(listening_store("127.0.31.9", port, wait)))
+    later.start()
+    client = client_store("127.0.31.9", port, wait)
+    later.join()
+    servers[0].set("k", "v")
+    assert client.get("k") == b"v"

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gaudi_train import prefork
 from gaudi_train.batching import valid_replica_counts, valid_world_sizes
 from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSettings, JobSettings
 
@@ -146,20 +147,42 @@ def launch(request: LaunchRequest) -> int:
     paths = [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
 
+    nproc_known = (
+        request.nproc is not None
+        or request.elastic.nproc_per_node is not None
+        or request.settings.device == "cpu"
+    )
+    early = prefork.wanted(os.environ, nproc_known)
+    if early and nproc > 1:
+        # torchrun's own default, set before the fork so the workers' environment (read
+        # by OpenMP when torch loads) is the one they were forked with.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     argv = torchrun_argv(request, nproc)
     log.info("torchrun %s", " ".join(argv))
+    # Before torchrun starts any thread: the workers import while the launcher rendezvous.
+    pool = prefork.fork_zygotes(nproc, preload_for(request.entry)) if early else None
     try:
-        run(get_args_parser().parse_args(argv))
+        with prefork.installed(pool):
+            run(get_args_parser().parse_args(argv))
     except SignalException as exc:
         # The pod is being stopped; the workers got the signal too and checkpointed.
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         return failure_exit_code([f.exitcode for f in exc.failures.values()])
     return 0
+
+
+def preload_for(entry: list[str]) -> tuple[str, ...]:
+    """What the early workers import while they wait: the built-in worker's modules, or
+    the helper API's for a user script (its own imports run when it starts)."""
+    if entry[:2] == ["--module", "gaudi_train.worker"]:
+        return prefork.PRELOAD
+    return ("gaudi_train.session",)
 
 
 def failure_exit_code(codes: list[int]) -> int:

@@ -11,7 +11,11 @@ default. This backend (`--rdzv-backend gaudi3-c10d`) instead:
 - hosts each round's bootstrap store (the one the workers' process group uses) on the
   rendezvous rank 0, on that pod's IP (torchrun's `--local-addr`), and a fresh one per
   round, so a restarted world never reads the previous world's keys;
-- uses TCPStore's classic (non-libuv) server, which every torch build has.
+- uses TCPStore's classic (non-libuv) server, which every torch build has;
+- waits for peers without torch's fixed 1 s sleeps: the rendezvous state is polled every
+  `poll_seconds(max_nodes)` (0.1 s for small worlds, torch's 1 s from 100 nodes on, so the
+  store host answers about 100 polls a second whatever the size), and a client that starts
+  before the store is up retries its connection every 0.05 s, not TCPStore's 1 s.
 
 Workers reach the bootstrap store through `client_store` (see `Session`).
 """
@@ -19,6 +23,7 @@ Workers reach the bootstrap store through `client_store` (see `Session`).
 from __future__ import annotations
 
 import socket
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +34,14 @@ if TYPE_CHECKING:
 BACKEND = "gaudi3-c10d"
 DEFAULT_PORT = 29400
 READ_TIMEOUT_SECONDS = 60
+POLLS_PER_SECOND = 100  # at the store host, from all waiting nodes together
+MIN_POLL_SECONDS = 0.1
+CONNECT_RETRY_SECONDS = 0.05
+
+
+def poll_seconds(max_nodes: int) -> float:
+    """How long a waiting node sleeps between two reads of the rendezvous state."""
+    return min(1.0, max(MIN_POLL_SECONDS, max_nodes / POLLS_PER_SECOND))
 
 
 def listening_store(addr: str, port: int, timeout: timedelta) -> TCPStore:
@@ -64,7 +77,42 @@ def client_store(
     """A TCPStore client; waits (up to `timeout`) for the server to come up."""
     from torch.distributed import TCPStore
 
+    wait_for_listener(host, port, timeout.total_seconds())
     return TCPStore(host, port, world_size, is_master=False, timeout=timeout, use_libuv=False)
+
+
+def wait_for_listener(host: str, port: int, timeout: float) -> bool:
+    """Until `host`:`port` accepts a connection (True) or `timeout` passes (False).
+
+    TCPStore's client sleeps 1 s after a refused connection; a new world's non-host
+    workers often start before worker 0's store is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(CONNECT_RETRY_SECONDS)
+
+
+def poll_faster(interval: float) -> None:
+    """Make torch's dynamic rendezvous sleep `interval` seconds, not 1 s, between polls.
+
+    Its op executor calls `dynamic_rendezvous._delay(seconds=1)` when it must wait for
+    other nodes (the only 1 s delay there); every other delay is passed on unchanged."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+
+    current = dynamic_rendezvous._delay
+    original = getattr(current, "__wrapped__", current)
+
+    def _delay(seconds: float | tuple[float, float]) -> None:
+        # torch calls it by keyword: `seconds` must stay the parameter's name.
+        original(seconds=interval if seconds == 1 else seconds)
+
+    _delay.__wrapped__ = original  # type: ignore[attr-defined]
+    dynamic_rendezvous._delay = _delay
 
 
 def create_handler(params: RendezvousParameters) -> RendezvousHandler:
@@ -84,6 +132,7 @@ def create_handler(params: RendezvousParameters) -> RendezvousHandler:
     else:
         store = client_store(host, port, timeout)
     handler: Any = dynamic_handler(store, C10dRendezvousBackend(store, params.run_id), params)
+    poll_faster(poll_seconds(params.max_nodes))
 
     def bootstrap_server(addr: str, port: int) -> TCPStore:
         return listening_store(addr, port, timeout)

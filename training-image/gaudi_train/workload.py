@@ -1,4 +1,8 @@
-"""The built-in reference workload: train the tiny LM on the synthetic corpus."""
+"""The built-in reference workload: train the tiny LM on the synthetic corpus.
+
+Importing it is torch-free: the launcher reads `WorkloadConfig` for its flags before it
+imports torch, and the workers import the rest (gaudi_train.prefork) while it rendezvous.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,11 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
-import torch
-from torch.nn.parallel import DistributedDataParallel
-
-from gaudi_train.data import CorpusSpec, GlobalBatchSampler, SyntheticCorpus
-from gaudi_train.model import ModelConfig, TinyLM
-from gaudi_train.session import Session
+if TYPE_CHECKING:
+    from gaudi_train.model import ModelConfig
+    from gaudi_train.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class WorkloadConfig:
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
     def model_config(self) -> ModelConfig:
+        from gaudi_train.model import ModelConfig
+
         return ModelConfig(self.vocab_size, self.seq_len, self.d_model, self.n_heads, self.n_layers)
 
 
@@ -61,6 +65,12 @@ def train(
     cfg: WorkloadConfig, session: Session, warmup_steps: int = 0, times: StepTimes | None = None
 ) -> int:
     """Run optimizer steps up to `cfg.max_steps` (resuming); return the exit code."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gaudi_train.data import CorpusSpec, GlobalBatchSampler, SyntheticCorpus
+    from gaudi_train.model import TinyLM
+
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     corpus = SyntheticCorpus(CorpusSpec(cfg.vocab_size, cfg.seq_len, seed=cfg.seed))
     sampler = GlobalBatchSampler(len(corpus), seed=cfg.seed)

@@ -348,6 +348,15 @@ def recovery(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the kill times.")] = 1,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            metavar="KEY=VALUE",
+            help="KEY=VALUE for the workers (repeatable), e.g. GAUDI3_PREFORK=0 to compare "
+            "with workers started as fresh interpreters.",
+        ),
+    ] = None,
     start_op: Annotated[
         bool,
         typer.Option("--start-operator/--no-start-operator", help="Run one for the run."),
@@ -360,6 +369,8 @@ def recovery(
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)  # the tables unabridged in a file or the README
+    if any("=" not in kv for kv in env or []):
+        raise typer.BadParameter("--env takes KEY=VALUE")
     c = ensure_cluster(cluster, up)
     install_crds(c)
     proc = (
@@ -386,7 +397,8 @@ def recovery(
             interval=interval,
             log_every=1,  # the first step after the resume, and the last before the kill
             failure_policy={"maxRestarts": 1000, "backoffSeconds": backoff},
-            env={"LOGLEVEL": "INFO"},  # torchrun's "Rendezvous complete" line
+            # torchrun's "Rendezvous complete" line, and what --env adds.
+            env={"LOGLEVEL": "INFO", **dict(kv.split("=", 1) for kv in env or [])},
         )
         body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = grace
         c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
@@ -413,7 +425,8 @@ def recovery(
     console.print(summary_table(done))
     console.print(
         f"2 workers (one per real node), checkpoint every {interval} steps, backoffSeconds="
-        f"{backoff}, terminationGracePeriodSeconds={grace}, worker {worker}'s launcher "
+        f"{backoff}, terminationGracePeriodSeconds={grace}, {' '.join(env or [])} "
+        f"worker {worker}'s launcher "
         f"SIGKILLed; API times have 1 s resolution, log times ns. Load average (1/5/15 min) "
         f"at start and after each trial: {'; '.join(loads)}"
     )
