@@ -35,7 +35,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     reconciler = Reconciler(clients, pod_concurrency=cfg.pod_concurrency)
     controller = Controller(reconciler, workers=cfg.workers, resync_seconds=cfg.resync_seconds)
     controller.start()
-    await queueing_wiring.start(memo, clients)
+    await queueing_wiring.start(memo, clients, cfg.resync_seconds)
     memo["clients"] = clients
     memo["controller"] = controller
     metrics.serve(cfg.metrics_port, cfg.metrics_address)

@@ -32,9 +32,9 @@ Key = tuple[str, str]
 KUEUE_MISSING = "KueueNotInstalled"
 # Safety nets for a Workload event that never reaches us (a watch restarted, or Kueue
 # installed after the operator: kopf starts watching Workloads only once API discovery
-# lists them): a job waiting for admission, and a deleted job's Workload, are looked at
-# again this often even when no event comes.
-PENDING_RECHECK_SECONDS = 15.0
+# lists them, and can miss that moment): every queued job that has not finished gets a
+# pass each resync interval (the jobs controller's, `--resync-seconds`), and a deleted
+# queued job's Workload is looked at this often until it is gone.
 ORPHAN_RECHECK_SECONDS = 5.0
 
 
@@ -42,10 +42,14 @@ class Admission:
     """One pass for one job: its Workload in step with it, and it in step with Kueue."""
 
     def __init__(
-        self, clients: kube.Clients, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        clients: kube.Clients,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        resync_seconds: float = 30.0,
     ) -> None:
         self.clients = clients
         self._clock = clock
+        self.resync_seconds = resync_seconds
 
     async def sync(self, body: Mapping[str, Any], pods: Iterable[WorkerPod]) -> float | None:
         """Returns when to look again (None: the next event will do)."""
@@ -107,8 +111,9 @@ class Admission:
         # pod events wake us, and this is the safety net.
         if wl is not None and wl.evicted is not None:
             return 5.0
-        waiting = d.queued[0] if d.queued is not None else _waiting(job.status)
-        return PENDING_RECHECK_SECONDS if waiting else None
+        if job.status.phase.finished or not policy.managed(spec):
+            return None
+        return self.resync_seconds
 
     async def release_orphans(self, namespace: str, job: str, live_workers: int) -> bool:
         """The job is gone: let its deleted Workloads go once its last worker has.
@@ -385,11 +390,6 @@ class AdmissionController:
         self._failures.pop(key, None)
         if again is not None:
             self.queue.add_after(key, again)
-
-
-def _waiting(status: Any) -> bool:
-    queued = api.get_condition(status.conditions, policy.QUEUED)
-    return queued is not None and queued.status == "True"
 
 
 def may_be_queued(body: Mapping[str, Any]) -> bool:

@@ -16,8 +16,8 @@ from gaudi_operator.runtime import failpoints
 CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
 
 
-async def start(memo: kopf.Memo, clients: kube.Clients) -> None:
-    controller = AdmissionController(Admission(clients))
+async def start(memo: kopf.Memo, clients: kube.Clients, resync_seconds: float = 30.0) -> None:
+    controller = AdmissionController(Admission(clients, resync_seconds=resync_seconds))
     controller.start()
     memo["queueing"] = controller
 
@@ -52,7 +52,7 @@ async def job_event(
         _wake(memo, (namespace, name), kwargs)
     elif may_be_queued(body):
         # The garbage collector deletes its Workload next: look after it even if the
-        # Workload's own events never reach us (see effects.PENDING_RECHECK_SECONDS).
+        # Workload's own events never reach us (see effects.ORPHAN_RECHECK_SECONDS).
         _wake(memo, (namespace, name), kwargs, workload_deleting=True)
 
 

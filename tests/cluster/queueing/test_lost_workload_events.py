@@ -1,7 +1,8 @@
 """Kueue admission without Workload events: an operator whose Workload watch delivers
 nothing (a failpoint drops every event; in a real cluster, kopf serves Workloads only once
 API discovery lists them, so an operator started before Kueue can miss them) still admits,
-hands quota back and lets a deleted job's Workload go, from its own re-checks."""
+lets a deleted job's Workload go, and notices a preemption, from its own passes (every
+queued job each resync interval: 5 s for the tests' operator)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def deaf_operator(operator: Any) -> Iterator[Any]:
         operator.start()
 
 
-def test_jobs_are_admitted_and_deleted_jobs_release_quota_without_workload_events(
+def test_admission_deletion_and_preemption_converge_without_workload_events(
     queue: dict[str, str],
+    priority_classes: dict[str, str],
     deaf_operator: Any,
     core: Any,
     custom: Any,
@@ -39,10 +41,11 @@ def test_jobs_are_admitted_and_deleted_jobs_release_quota_without_workload_event
     hpus_free: Any,
 ) -> None:
     hpus_free()
-    create_job(custom, namespace, queued_job("first", queue["local"]))
+    low = priority_classes["low"]
+    create_job(custom, namespace, queued_job("first", queue["local"], low))
     wait_admitted(custom, namespace, "first")
     wait_running_workers(core, namespace, "first", 2)
-    create_job(custom, namespace, queued_job("second", queue["local"]))
+    create_job(custom, namespace, queued_job("second", queue["local"], low))
     wait_queued(custom, namespace, "second", reason="Pending")
     assert worker_pods(core, namespace, "second") == []
 
@@ -55,4 +58,15 @@ def test_jobs_are_admitted_and_deleted_jobs_release_quota_without_workload_event
     wait_admitted(custom, namespace, "second")
     wait_running_workers(core, namespace, "second", 2)
     wait_phase(custom, namespace, "second", "Running")
+
+    # Kueue evicts `second` for a higher priority: only its Workload says so.
+    create_job(custom, namespace, queued_job("urgent", queue["local"], priority_classes["high"]))
+    wait_queued(custom, namespace, "second", reason="Preempted")
+    wait_for(
+        lambda: worker_pods(core, namespace, "second") == [],
+        timeout=60,
+        what="second's workers gone",
+    )
+    wait_admitted(custom, namespace, "urgent")
+    wait_running_workers(core, namespace, "urgent", 2)
     assert "failpoint drop-workload-events: active" in deaf_operator.tail(400)
