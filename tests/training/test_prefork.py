@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -110,32 +112,69 @@ def test_forking_early_is_switchable_and_needs_the_worker_count_without_probing(
     assert prefork.wanted({"GAUDI3_PREFORK": "1"}, nproc_known=True)
 
 
+def run_alone(code: str, cwd: Path) -> None:
+    """Run `code` in a fresh interpreter. `fork_zygotes` refuses to fork a process that
+    runs other threads, and by this point of a full run pytest's process does (earlier
+    tests' client pools), so these checks cannot run in it."""
+    tree = str(Path(prefork.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "PYTHONPATH": path},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CHECKED" in r.stdout
+
+
 def test_a_handed_off_worker_reports_its_exit_code_and_death_by_signal_as_popen_would(
     tmp_path: Path,
 ) -> None:
-    exits = tmp_path / "exits.py"
-    exits.write_text("import os, sys\nsys.exit(3 + int(os.environ['RANK']))\n")
-    sleeps = tmp_path / "sleeps.py"
-    sleeps.write_text("import time\ntime.sleep(60)\n")
-    pool = prefork.fork_zygotes(2, preload=())
-    assert pool is not None
-    done = pool.hand_off(0, [sys.executable, "-u", str(exits)], {**pool.env, "RANK": "2"})
-    stuck = pool.hand_off(1, [sys.executable, "-u", str(sleeps)], {**pool.env, "RANK": "1"})
-    assert done.wait(timeout=30) == 5
-    assert stuck.poll() is None
-    stuck.kill()
-    assert stuck.wait(timeout=30) == -9
+    (tmp_path / "exits.py").write_text("import os, sys\nsys.exit(3 + int(os.environ['RANK']))\n")
+    (tmp_path / "sleeps.py").write_text("import time\ntime.sleep(60)\n")
+    run_alone(
+        """
+        import sys
+        from gaudi_train import prefork
+
+        pool = prefork.fork_zygotes(2, preload=())
+        assert pool is not None
+        done = pool.hand_off(0, [sys.executable, "-u", "exits.py"], {**pool.env, "RANK": "2"})
+        stuck = pool.hand_off(1, [sys.executable, "-u", "sleeps.py"], {**pool.env, "RANK": "1"})
+        assert done.wait(timeout=30) == 5
+        assert stuck.poll() is None
+        stuck.kill()
+        assert stuck.wait(timeout=30) == -9
+        print("CHECKED")
+        """,
+        tmp_path,
+    )
 
 
 def test_unused_and_mismatched_zygotes_are_dismissed_without_leaving_a_process(
     tmp_path: Path,
 ) -> None:
-    pool = prefork.fork_zygotes(2, preload=())
-    assert pool is not None
-    pids = [pid for pid, _ in pool.waiting.values()]
-    odd = {**pool.env, "LD_PRELOAD": "x.so"}  # read at start-up: a fork cannot honour it
-    assert pool.hand_off(0, [sys.executable, "-u", str(tmp_path / "t.py")], odd) is None
-    pool.close()
-    for pid in pids:
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reaped: no zombie, no orphan
+    run_alone(
+        """
+        import os, sys
+        from gaudi_train import prefork
+
+        pool = prefork.fork_zygotes(2, preload=())
+        assert pool is not None
+        pids = [pid for pid, _ in pool.waiting.values()]
+        odd = {**pool.env, "LD_PRELOAD": "x.so"}  # read at start-up: a fork cannot honour it
+        assert pool.hand_off(0, [sys.executable, "-u", "t.py"], odd) is None
+        pool.close()
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # reaped: no zombie, no orphan
+            raise AssertionError(f"zygote {pid} was not reaped")
+        print("CHECKED")
+        """,
+        tmp_path,
+    )

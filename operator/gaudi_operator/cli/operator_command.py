@@ -141,7 +141,7 @@ def run_operator(
     namespaces = list(namespace or [])
     health = f"http://{health_address}:{health_port}/healthz" if health_port else None
 
-    def operator() -> Coroutine[Any, Any, None]:
+    def operator(stop: asyncio.Event | None = None) -> Coroutine[Any, Any, None]:
         # Standalone: the Lease, not kopf's peering, decides which replica acts.
         return kopf.operator(
             standalone=True,
@@ -149,6 +149,7 @@ def run_operator(
             namespaces=namespaces,
             liveness_endpoint=health,
             memo=kopf.Memo(config=config),
+            stop_flag=stop,
         )
 
     from gaudi_operator.runtime.leader import LeaderElectionSettings, run_as_leader

@@ -136,7 +136,7 @@ async def release(api: client.CoordinationV1Api, le: LeaderElectionSettings) -> 
 
 
 async def run_as_leader(
-    operator: Callable[[], Awaitable[Any]],
+    operator: Callable[[asyncio.Event], Awaitable[Any]],
     le: LeaderElectionSettings,
     *,
     kubeconfig: str | None,
@@ -190,9 +190,10 @@ async def run_as_leader(
             return 0
         log.info("leading: the lease %s/%s is held by %s", le.namespace, le.name, le.identity)
         metrics.LEADER.set(1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        running = asyncio.create_task(_run(operator), name="operator")
+        # Our handlers stay until kopf installs its own over them: a signal in between
+        # sets `stop`, which kopf also watches, so it stops at once and the Lease is
+        # released (removing ours first left a window where SIGTERM killed the process).
+        running = asyncio.create_task(_run(lambda: operator(stop)), name="operator")
         await asyncio.wait([election, running], return_when=asyncio.FIRST_COMPLETED)
         if not running.done():
             log.error(
