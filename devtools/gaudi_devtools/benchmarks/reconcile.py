@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -87,14 +88,17 @@ async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
 
 
 async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
-    """A collection delete that outlasts a loaded API server's request timeout (504) stops
-    there part-way: ask again until one call gets through."""
+    """A collection delete that outlasts a loaded API server's request timeout stops there
+    part-way (a 504, or the connection closed under us): ask again until one call gets
+    through."""
     while True:
         try:
             await call()
             return
+        except (TimeoutError, aiohttp.ClientError):
+            continue
         except Exception as err:
-            if kube.status_code(err) != 504:
+            if kube.status_code(err) not in TRANSIENT:
                 raise
 
 
