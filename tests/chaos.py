@@ -72,3 +72,39 @@ def set_node_hpus(core: Any, node: str, allocatable: int) -> None:
     """Change the node's allocatable habana.ai/gaudi, as the device plugin does when a
     card turns unhealthy."""
     core.patch_node_status(node, {"status": {"allocatable": {"habana.ai/gaudi": str(allocatable)}}})
+
+
+def resync_pod_readiness(core: Any, namespace: str) -> list[str]:
+    """Do what a kubelet's status sync does and kwok does not: a running pod whose
+    containers are ready, on a node that is Ready again, is marked Ready again (the node
+    controller marked it NotReady while the node's heartbeats were late). Returns the pods
+    it marked."""
+    ready_nodes = {
+        n.metadata.name
+        for n in core.list_node().items
+        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+    }
+    marked = []
+    for pod in core.list_namespaced_pod(namespace).items:
+        conds = {c.type: c.status for c in pod.status.conditions or []}
+        if (
+            pod.metadata.deletion_timestamp is None
+            and pod.status.phase == "Running"
+            and pod.spec.node_name in ready_nodes
+            and conds.get("ContainersReady") == "True"
+            and conds.get("Ready") == "False"
+        ):
+            body = {
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }
+            }
+            # Strategic merge: the conditions list merges by type, the others stay.
+            core.patch_namespaced_pod_status(
+                pod.metadata.name,
+                namespace,
+                body,
+                _content_type="application/strategic-merge-patch+json",
+            )
+            marked.append(pod.metadata.name)
+    return marked
