@@ -195,10 +195,11 @@ def close_when_world_joined(handler: Any, world_pods: int) -> None:
                     ctx.state, ctx.node, min_nodes, world_pods
                 ):
                     log.info(
-                        "closing rendezvous round %d with %d nodes: the world's %d pods joined",
+                        "closing rendezvous round %d with %d of at most %d nodes: "
+                        "the pods this world was created with have joined",
                         ctx.state.round,
                         len(ctx.state.participants),
-                        world_pods,
+                        ctx.settings.max_nodes,
                     )
                     return dr._Action.MARK_RENDEZVOUS_COMPLETE
                 return action
