@@ -77,6 +77,8 @@ def test_rank_info_comes_from_torchrun_variables() -> None:
         ("PET_NNODES", "4:2", "PET_NNODES='4:2'"),
         ("GAUDI3_CHECKPOINT_INTERVAL", "often", "GAUDI3_CHECKPOINT_INTERVAL='often'"),
         ("GAUDI3_DEVICE", "tpu", "use auto, hpu, cuda or cpu"),
+        ("GAUDI3_WORLD_PODS", "0", "GAUDI3_WORLD_PODS=0"),
+        ("GAUDI3_WORLD_PODS", "two", "GAUDI3_WORLD_PODS='two'"),
     ],
 )
 def test_bad_variables_are_named_in_the_error(name: str, value: str, message: str) -> None:

@@ -5,8 +5,12 @@ local to every pod, so torch's own guess would make every worker a host)."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +47,132 @@ def test_worker_zero_hosts_and_every_store_binds_the_pod_ip(index: str, host: st
     assert argv[argv.index("--rdzv-backend") + 1] == "gaudi3-c10d"
     assert argv[argv.index("--rdzv-conf") + 1] == f"is_host={host},bind_addr=127.0.20.3"
     assert argv[argv.index("--local-addr") + 1] == "127.0.20.3"
+
+
+def test_the_pods_world_size_reaches_the_rendezvous_as_world_pods() -> None:
+    env = {**POD_ENV, "GAUDI3_WORKER_INDEX": "1", "GAUDI3_WORLD_PODS": "2"}
+    request = LaunchRequest(JobSettings.from_env(env), ElasticSettings.from_env(env), ["m.py"])
+    argv = torchrun_argv(request, nproc=1)
+    conf = argv[argv.index("--rdzv-conf") + 1]
+    assert conf == "is_host=0,bind_addr=127.0.20.3,world_pods=2"
+
+
+@dataclass
+class Round:
+    """The fields of torch's `_RendezvousState` that the early close reads."""
+
+    participants: dict[str, int] = field(default_factory=dict)
+    wait_list: set[str] = field(default_factory=set)
+    redundancy_list: set[str] = field(default_factory=set)
+    complete: bool = False
+    closed: bool = False
+
+
+def joined(*nodes: str, **fields: Any) -> Round:
+    return Round(participants=dict.fromkeys(nodes, 0), **fields)
+
+
+def test_a_round_closes_early_once_the_worlds_pods_joined() -> None:
+    from gaudi_train.rendezvous import closes_early
+
+    assert closes_early(joined("a"), "a", min_nodes=1, world_pods=1)
+    assert closes_early(joined("a", "b"), "b", min_nodes=1, world_pods=2)
+    assert not closes_early(joined("a"), "a", min_nodes=1, world_pods=2)  # b not there yet
+
+
+def test_a_round_never_closes_early_while_a_node_waits_to_join() -> None:
+    from gaudi_train.rendezvous import closes_early
+
+    # A pod kept through a scale-up still says 1; the new pod waits for the next round.
+    assert not closes_early(joined("a", wait_list={"b"}), "a", min_nodes=1, world_pods=1)
+    assert not closes_early(joined("a", redundancy_list={"b"}), "a", min_nodes=1, world_pods=1)
+
+
+def test_only_a_participant_of_an_open_round_closes_it_and_never_below_min_nodes() -> None:
+    from gaudi_train.rendezvous import closes_early
+
+    assert not closes_early(joined("a"), "b", min_nodes=1, world_pods=1)
+    assert not closes_early(joined("a", complete=True), "a", min_nodes=1, world_pods=1)
+    assert not closes_early(joined("a", closed=True), "a", min_nodes=1, world_pods=1)
+    assert not closes_early(joined("a"), "a", min_nodes=2, world_pods=1)
+
+
+def free_port(addr: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((addr, 0))
+        return int(probe.getsockname()[1])
+
+
+def rendezvous(port: int, run_id: str, host: bool, **conf: str) -> Any:
+    """A `gaudi3-c10d` handler of a 1:2 job on 127.0.31.9, as torchrun would make it."""
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from gaudi_train.rendezvous import create_handler
+
+    addr = "127.0.31.9"
+    params = RendezvousParameters(
+        "gaudi3-c10d",
+        f"{addr}:{port}",
+        run_id,
+        1,
+        2,
+        local_addr=addr,
+        is_host="1" if host else "0",
+        bind_addr=addr,
+        **conf,
+    )
+    return create_handler(params)
+
+
+def test_a_one_pod_world_of_a_one_to_two_job_forms_without_torchs_last_call() -> None:
+    # join_timeout < last_call: without the early close the join times out and raises.
+    handler = rendezvous(
+        free_port("127.0.31.9"), "early", True,
+        world_pods="1", join_timeout="20", last_call_timeout="600",
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        info = handler.next_rendezvous()
+        print(f"1-pod world of nnodes 1:2 formed in {time.monotonic() - started:.2f} s")
+        assert (info.rank, info.world_size) == (0, 1)
+    finally:
+        handler.shutdown()
+
+
+def test_without_world_pods_a_round_below_max_nodes_waits_for_torchs_last_call() -> None:
+    handler = rendezvous(free_port("127.0.31.9"), "unchanged", True, last_call_timeout="1")
+    try:
+        started = time.monotonic()
+        assert handler.next_rendezvous().world_size == 1
+        assert time.monotonic() - started >= 1
+    finally:
+        handler.shutdown()
+
+
+def test_a_pod_kept_through_a_scale_up_waits_for_the_new_pod_instead_of_closing_alone() -> None:
+    port = free_port("127.0.31.9")
+    conf = {"join_timeout": "20", "last_call_timeout": "600"}
+    kept = rendezvous(port, "grow", True, world_pods="1", **conf)
+    new = rendezvous(port, "grow", False, world_pods="2", **conf)
+    worlds: dict[str, int] = {}
+
+    def join(name: str, handler: Any) -> None:
+        worlds[name] = handler.next_rendezvous().world_size
+
+    try:
+        join("kept", kept)  # the world of 1 it was created for
+        arrival = threading.Thread(target=join, args=("new", new), daemon=True)
+        arrival.start()
+        deadline = time.monotonic() + 20
+        while kept.num_nodes_waiting() == 0:  # what torchrun's agent watches
+            assert time.monotonic() < deadline, "the new pod never waited to join"
+            time.sleep(0.05)
+        join("kept", kept)  # the agent's re-rendezvous
+        arrival.join(timeout=30)
+        assert worlds == {"kept": 2, "new": 2}
+    finally:
+        new.shutdown()
+        kept.shutdown()
 
 
 def test_metrics_listen_on_the_pod_ip_unless_told_otherwise() -> None:

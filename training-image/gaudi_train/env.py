@@ -121,6 +121,9 @@ class ElasticSettings:
     # The pod's IP (downward API status.podIP): every store listens there, not on 0.0.0.0.
     pod_ip: str | None = None
     worker_index: int = 0  # worker 0 hosts the rendezvous store
+    # Worker pods the operator created this pod's world with (workers.replicas then): a
+    # rendezvous round closes once that many joined and nobody waits to join.
+    world_pods: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ElasticSettings:
@@ -136,7 +139,10 @@ class ElasticSettings:
             master_port=_int(env, "MASTER_PORT", None),
             pod_ip=env.get("GAUDI3_POD_IP", "").strip() or None,
             worker_index=_int(env, "GAUDI3_WORKER_INDEX", 0) or 0,
+            world_pods=_int(env, "GAUDI3_WORLD_PODS", None),
         )
+        if settings.world_pods is not None and settings.world_pods < 1:
+            raise EnvError(f"GAUDI3_WORLD_PODS={settings.world_pods}: expected at least 1")
         settings.node_range()  # validate early, with the variable's name in the message
         return settings
 

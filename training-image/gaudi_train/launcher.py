@@ -110,7 +110,10 @@ def torchrun_argv(request: LaunchRequest, nproc: int) -> list[str]:
             # Worker 0 hosts the store (the endpoint names it); every store listens on
             # this pod's IP, and the node is known to its peers by that IP.
             host = "1" if elastic.worker_index == 0 else "0"
-            argv += ["--rdzv-conf", f"is_host={host},bind_addr={elastic.pod_ip}"]
+            conf = f"is_host={host},bind_addr={elastic.pod_ip}"
+            if elastic.world_pods is not None:  # close a round once they joined
+                conf += f",world_pods={elastic.world_pods}"
+            argv += ["--rdzv-conf", conf]
             argv += ["--local-addr", elastic.pod_ip]
         if elastic.rdzv_id:
             argv += ["--rdzv-id", elastic.rdzv_id]

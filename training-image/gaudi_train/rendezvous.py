@@ -15,17 +15,22 @@ default. This backend (`--rdzv-backend gaudi3-c10d`) instead:
 - waits for peers without torch's fixed 1 s sleeps: the rendezvous state is polled every
   `poll_seconds(max_nodes)` (0.1 s for small worlds, torch's 1 s from 100 nodes on, so the
   store host answers about 100 polls a second whatever the size), and a client that starts
-  before the store is up retries its connection every 0.05 s, not TCPStore's 1 s.
+  before the store is up retries its connection every 0.05 s, not TCPStore's 1 s;
+- with `world_pods=N` (the operator's GAUDI3_WORLD_PODS, see `closes_early`) closes a
+  round as soon as the N pods the world was created for have joined, instead of waiting
+  torch's last call (30 s) for pods up to `max_nodes` that the operator never created.
 
 Workers reach the bootstrap store through `client_store` (see `Session`).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
+from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from torch.distributed import TCPStore
@@ -37,6 +42,8 @@ READ_TIMEOUT_SECONDS = 60
 POLLS_PER_SECOND = 100  # at the store host, from all waiting nodes together
 MIN_POLL_SECONDS = 0.1
 CONNECT_RETRY_SECONDS = 0.05
+
+log = logging.getLogger(__name__)
 
 
 def poll_seconds(max_nodes: int) -> float:
@@ -115,6 +122,94 @@ def poll_faster(interval: float) -> None:
     dynamic_rendezvous._delay = _delay
 
 
+class RoundState(Protocol):
+    """What `closes_early` reads of torch's `_RendezvousState`."""
+
+    closed: bool
+    complete: bool
+    participants: Mapping[Any, int]
+    wait_list: Collection[Any]
+    redundancy_list: Collection[Any]
+
+
+def closes_early(state: RoundState, node: object, min_nodes: int, world_pods: int) -> bool:
+    """Whether `node` may close the open round now, before torch's last call.
+
+    torch closes a round at `max_nodes` participants, or `last_call` (30 s) after
+    `min_nodes` joined. A pod knows how many worker pods the operator created its world
+    with (`world_pods`); once that many are participants, waiting longer only waits for
+    pods that do not exist, unless a node is waiting to join. Why that guard suffices
+    (torch's `dynamic_rendezvous`):
+
+    - A node that finds the round complete and not full joins `wait_list`
+      (`_RendezvousJoinOp`); that is how a grow starts: the running nodes' agents see
+      `num_nodes_waiting() > 0` and re-rendezvous.
+    - It leaves `wait_list` only by becoming a participant (`_add_to_participants`
+      removes it), by its own join timeout, or when its heartbeat expires (the state
+      sanitizer drops dead nodes). Neither a round advancing
+      (`_remove_participant_epilogue`) nor anything else clears it.
+    - So while a newcomer has not joined yet, `wait_list` is not empty and no one closes
+      early; nodes that stayed through a scale-up still carry their old, smaller
+      `world_pods`, and this is what keeps them from closing the round without the new
+      pods. The same holds for `redundancy_list` (nodes beyond `max_nodes`, about to join
+      a round with room).
+    - A stale entry (a node that died waiting) only costs torch's last call, as before.
+    """
+    return (
+        not state.closed
+        and not state.complete
+        and node in state.participants
+        and len(state.participants) >= max(world_pods, min_nodes)
+        and not state.wait_list
+        and not state.redundancy_list
+    )
+
+
+def close_when_world_joined(handler: Any, world_pods: int) -> None:
+    """Make `handler`'s rendezvous rounds close as `closes_early` allows.
+
+    torch builds its join operation inside `next_rendezvous` from the module's class, with
+    no arguments, and hands it to the handler's op executor. `world_pods` is a setting of
+    this handler, so rather than replace torch's class for the whole process, this
+    handler's executor wraps the join operation it is given: torch decides first, and
+    only its "keep waiting" answer (SYNC) to a participant of an open round is turned into
+    completing the round when `closes_early` says so. Errors, timeouts, keep-alives and
+    every other transition stay torch's."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    executor = handler._op_executor
+    run = executor.run
+
+    def run_op(
+        state_handler: Callable[[Any, float], Any],
+        deadline: float,
+        update_deadline: Callable[[timedelta], float] | None = None,
+    ) -> None:
+        op = state_handler
+        if isinstance(op, dr._RendezvousJoinOp):
+
+            def join_or_close(ctx: Any, deadline: float) -> Any:
+                action = op(ctx, deadline)
+                min_nodes = ctx.settings.min_nodes
+                if action == dr._Action.SYNC and closes_early(
+                    ctx.state, ctx.node, min_nodes, world_pods
+                ):
+                    log.info(
+                        "closing rendezvous round %d with %d of at most %d nodes: "
+                        "the pods this world was created with have joined",
+                        ctx.state.round,
+                        len(ctx.state.participants),
+                        ctx.settings.max_nodes,
+                    )
+                    return dr._Action.MARK_RENDEZVOUS_COMPLETE
+                return action
+
+            state_handler = join_or_close
+        run(state_handler, deadline, update_deadline)
+
+    executor.run = run_op
+
+
 def create_handler(params: RendezvousParameters) -> RendezvousHandler:
     """torchrun's dynamic rendezvous over a store placed as this module's doc says."""
     from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import (
@@ -133,6 +228,9 @@ def create_handler(params: RendezvousParameters) -> RendezvousHandler:
         store = client_store(host, port, timeout)
     handler: Any = dynamic_handler(store, C10dRendezvousBackend(store, params.run_id), params)
     poll_faster(poll_seconds(params.max_nodes))
+    world_pods = params.get_as_int("world_pods")
+    if world_pods is not None:
+        close_when_world_joined(handler, world_pods)
 
     def bootstrap_server(addr: str, port: int) -> TCPStore:
         return listening_store(addr, port, timeout)

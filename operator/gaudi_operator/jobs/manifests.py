@@ -113,6 +113,9 @@ def worker_env(
         "GAUDI3_NAMESPACE": job.namespace,
         "GAUDI3_WORKER_INDEX": str(index),
         "GAUDI3_GENERATION": str(generation),
+        # The world this pod is created for: its rendezvous need not wait for the rest of
+        # PET_NNODES' maximum (pods kept through a scale-up keep their smaller count).
+        "GAUDI3_WORLD_PODS": str(w.replicas),
         "GAUDI3_CHECKPOINT_DIR": spec.checkpoint.path,
         "GAUDI3_CHECKPOINT_INTERVAL": str(spec.checkpoint.interval_steps),
         "GAUDI3_METRICS_PORT": str(api.METRICS_PORT),

@@ -88,6 +88,7 @@ def test_worker_env_is_the_torchrun_elastic_contract() -> None:
     assert env["MASTER_ADDR"] == master and env["MASTER_PORT"] == "29500"
     assert env["GAUDI3_JOB_NAME"] == "llama" and env["GAUDI3_NAMESPACE"] == "team-a"
     assert env["GAUDI3_WORKER_INDEX"] == "3" and env["GAUDI3_GENERATION"] == "5"
+    assert env["GAUDI3_WORLD_PODS"] == "4"  # replicas: the world this pod is created for
     assert env["GAUDI3_CHECKPOINT_DIR"] == "/checkpoints"
     assert env["GAUDI3_CHECKPOINT_INTERVAL"] == "100"
     assert env["GAUDI3_GLOBAL_BATCH_SIZE"] == "1024"
