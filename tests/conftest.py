@@ -30,6 +30,7 @@ _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
 
 
 _TESTS = Path(__file__).resolve().parent
+REALNODES_UNIT = "tests/cluster/realnodes/"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,6 +42,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = _DIR_MARKERS.get(parts[0]) if len(parts) > 1 else None
         if kind and not item.get_closest_marker(kind):
             item.add_marker(getattr(pytest.mark, kind))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The longest group first: not the tail one worker runs alone at the end.
+        items.sort(key=lambda i: _work_unit(i.nodeid) != REALNODES_UNIT)
+
+
+def _work_unit(nodeid: str) -> str:
+    """The tests one pytest-xdist worker runs together: a module, or the whole real-node
+    package (one cluster of real nodes, its down test last)."""
+    path = nodeid.split("::")[0]
+    return REALNODES_UNIT if path.startswith(REALNODES_UNIT) else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test` runs two workers, each with its own session cluster: most cluster tests
+    wait on the control plane's timers, so two overlap well on two cores. A module's tests
+    stay on one worker, so its module fixtures (an operator, a cluster of its own) start
+    once and its tests keep their order. (xdist's own `loadgroup` marks do not take with
+    pytest 9.2, which no longer reads the node id xdist rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
 
 
 def _sweep_abandoned_test_clusters() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,18 +15,13 @@ import httpx
 import yaml
 
 from conftest import wait_for
+from gaudi_devtools.cluster.processes import free_port
 
 ROOT = Path(__file__).parents[2]
 CRD = ROOT / "crds" / "gauditrainingjobs.yaml"
 EXAMPLES = ROOT / "examples"
 GROUP, VERSION, PLURAL = "gaudi.scalestarter.dev", "v1alpha1", "gauditrainingjobs"
 MANAGED = "app.kubernetes.io/managed-by=gaudi-operator"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,8 +28,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Ports for servers we start are chosen below the kernel's ephemeral range: a port that
+# bind(0) hands out is in that range, and until our server binds it, any client's outgoing
+# connection may take it as its local port (seen here as kwok's "address already in use"
+# with two test clusters starting at once). Chosen at random from a wide range, so that
+# two clusters choosing their ports at the same time rarely pick the same one.
+LOWEST_SERVER_PORT = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server about to listen there."""
+    low = _ephemeral_low()
+    first = min(LOWEST_SERVER_PORT, max(1024, low - 1000))
+    for _ in range(64 if low - first >= 64 else 0):
+        port = random.randrange(first, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
