@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -31,6 +32,7 @@ _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
 
 _TESTS = Path(__file__).resolve().parent
 REALNODES_UNIT = "tests/cluster/realnodes/"
+_TEST_CLUSTER = re.compile(r"(?:pytest|chaos|helm|crd-upgrade)-(\d+)(?:-.*)?")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,9 +77,11 @@ def _sweep_abandoned_test_clusters() -> None:
     from gaudi_devtools.cluster import Cluster
     from gaudi_devtools.cluster.cluster import CLUSTERS
 
-    for d in CLUSTERS.glob("pytest-*") if CLUSTERS.exists() else []:
-        owner = d.name.removeprefix("pytest-").split("-")[0]  # pytest-<pid>[-<what>]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+    for d in CLUSTERS.iterdir() if CLUSTERS.exists() else []:
+        # pytest-<pid>[-<what>], and the modules' own: chaos-, helm-, crd-upgrade-<pid>
+        # (also left when a start fails before the fixture's teardown is armed).
+        m = _TEST_CLUSTER.fullmatch(d.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
             Cluster(d.name).delete()
 
 
