@@ -15,6 +15,7 @@ mounted once a seed is made, and `gaudi3 cluster down` is unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,29 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+# A unix socket's path has at most 104 bytes for containerd (its ttrpc socket adds
+# ".ttrpc"); a folder under the user's cache can be longer than that (a cache in /home/<user>
+# is, with the cluster and node names), so containerd's socket lives in a short folder named
+# for the containerd's own folder.
+SOCKETS = Path("/run/gaudi3")
+
+
+def socket_for(d: Path) -> Path:
+    """The grpc socket of the containerd whose files are in `d`."""
+    return SOCKETS / hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:16] / "containerd.sock"
+
+
+def make_socket_folder(d: Path) -> None:
+    socket_for(d).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def remove_socket_folder(d: Path) -> None:
+    """The short folder of `d`'s containerd socket, once that containerd has stopped."""
+    shutil.rmtree(socket_for(d).parent, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        SOCKETS.rmdir()  # only when empty: another cluster's nodes may still run
+
 
 SEEDS = "containerd-seeds"
 SEED_VERSION = "seed-v1"  # bump when the seed's layout or import options change
@@ -64,7 +88,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
   "io.containerd.internal.v1.tracing"]
 
 [grpc]
-  address = "{d / "containerd.sock"}"
+  address = "{socket_for(d)}"
 
 [debug]
   address = ""
@@ -98,7 +122,8 @@ def ensure_seed(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "root").mkdir(parents=True)
     (tmp / "state").mkdir()
-    sock = tmp / "containerd.sock"
+    sock = socket_for(tmp)
+    make_socket_folder(tmp)
     with (tmp / "containerd.log").open("wb") as log:
         proc = subprocess.Popen(
             [containerd, "--config", str(_config(tmp))], stdout=log, stderr=subprocess.STDOUT
@@ -126,6 +151,7 @@ def ensure_seed(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+        remove_socket_folder(tmp)
     shutil.rmtree(tmp / "state", ignore_errors=True)
     (tmp / "COMPLETE").write_text(json.dumps([str(a) for a in archives]))
     try:

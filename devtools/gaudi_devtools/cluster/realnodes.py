@@ -1,8 +1,10 @@
 """Real nodes beside the kwok ones: a kubelet on its own containerd + runc per node, and
 CoreDNS for the cluster's names.
 
-Each node lives in ``<cluster>/nodes/<node>/`` (containerd root, state and socket, runc
-state, CNI config, kubelet root and pod logs) with its own cgroup root
+Each node lives in ``<cluster>/nodes/<node>/`` (containerd root and state, runc state,
+CNI config and pod logs; its containerd socket and kubelet root are in short folders
+named for it, since socket paths are limited: ``RealNode.socket``, ``.kubelet_root``)
+with its own cgroup root
 ``/gaudi3-<cluster>-<node>`` in every cgroup v1 hierarchy and its own loopback address
 127.0.20.x. There is no pod network: pods run with ``hostNetwork: true`` on the node's
 address (the kubelet reports it as the pod IP), so every listener in a pod must bind the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -228,6 +231,9 @@ def write_if_changed(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+KUBELET_ROOTS = Path("/var/lib/gaudi3")
+
+
 @dataclass
 class RealNode:
     name: str
@@ -237,7 +243,15 @@ class RealNode:
 
     @property
     def socket(self) -> Path:
-        return self.dir / "containerd" / "containerd.sock"
+        return image_seed.socket_for(self.dir / "containerd")
+
+    @property
+    def kubelet_root(self) -> Path:
+        """The kubelet's --root-dir. It makes unix sockets there (pod-resources/<n>), whose
+        path may have at most 107 bytes: under the user's cache (/home/<user>/.cache/…
+        plus the cluster and node names) it can be longer, so the root is a short folder
+        named for the node's, linked from `<node>/kubelet`."""
+        return KUBELET_ROOTS / hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:16]
 
     @property
     def kubelet(self) -> str:
@@ -491,8 +505,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _start_node(self, node: RealNode, s: Settings, archive: Path) -> None:
         self.c.say(f"starting real node {node.name} on {node.ip} (containerd + kubelet)")
-        for sub in ("containerd/root", "containerd/state", "cni", "kubelet", "runc", "pod-logs"):
+        for sub in ("containerd/root", "containerd/state", "cni", "runc", "pod-logs"):
             (node.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._remove_kubelet_root(node)  # a previous start's, if its down was skipped
+        node.kubelet_root.mkdir(parents=True, exist_ok=True)
+        link = node.dir / "kubelet"
+        if not link.is_symlink():
+            link.symlink_to(node.kubelet_root)
         (node.dir / "cni" / "10-loopback.conflist").write_text(
             json.dumps(
                 {"cniVersion": "1.0.0", "name": "gaudi3-host", "plugins": [{"type": "loopback"}]}
@@ -515,6 +534,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
         kubeconfig = self._write_node_kubeconfig(node, client_crt, client_key)
 
+        image_seed.make_socket_folder(node.dir / "containerd")
         self.c.procs.start(
             node.containerd,
             [self.c.tool("containerd"), "--config", str(self._containerd_config(node))],
@@ -540,7 +560,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 self.c.tool("kubelet"),
                 f"--config={self._kubelet_config(node, s, serve_crt, serve_key)}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={node.dir / 'kubelet'}",
+                f"--root-dir={node.kubelet_root}",
                 f"--hostname-override={node.name}",
                 # Refused (loopback) but keeps the kubelet from reporting the host's own
                 # interfaces; the address is patched in after registration.
@@ -704,9 +724,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self._kill_cgroup(node)
             self.c.procs.stop(node.containerd)
             self._kill_shims(node)
+            image_seed.remove_socket_folder(node.dir / "containerd")
             self._unmount(node.dir)
             self._kill_cgroup(node)
             self._remove_cgroups(node)
+            self._remove_kubelet_root(node)
             if api_up:
                 with contextlib.suppress(httpx.HTTPError, OSError), self._api() as api:
                     api.delete(f"/api/v1/nodes/{node.name}")
@@ -776,6 +798,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(pid, os.WNOHANG)
             time.sleep(0.05)
+
+    def _remove_kubelet_root(self, node: RealNode) -> None:
+        """Unmount and delete the node's kubelet root; never while anything stays mounted
+        there (a subPath bind mount would lead the delete into the host's own files)."""
+        root = node.kubelet_root
+        if not root.exists():
+            return
+        self._unmount(root)
+        if mounts_under(root):
+            self.c.say(f"{root}: still mounted, left in place: {mounts_under(root)}")
+            return
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            KUBELET_ROOTS.rmdir()  # only when empty: another cluster's nodes may run
 
     @staticmethod
     def _unmount(root: Path) -> None:

@@ -36,16 +36,16 @@ def _processes_naming(marker: str) -> list[int]:
 def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns: str) -> None:
     # Something running on each real node, so down has containers to clean up.
     for n in nodes(real, f"{REAL}=true"):
-        real.kubectl(
-            "apply",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input=json.dumps(
-                host_pod(f"busy-{n['metadata']['name']}", n["metadata"]["name"], "sleep 3600")
-            ),
+        pod = host_pod(
+            f"busy-{n['metadata']['name']}",
+            n["metadata"]["name"],
+            "sleep 3600",
+            # A memory emptyDir: a tmpfs the kubelet mounts under its root (only for a
+            # volume a container mounts).
+            volumes=[{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
         )
+        pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": "/x"}]
+        real.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
 
     def running() -> bool:
         pods = json.loads(real.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
@@ -61,6 +61,10 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
     ]
     assert all(d.is_dir() for d in cgroups)
     assert _mounts_under(real.dir / "nodes")
+    # The kubelets' roots live in short folders (their sockets' paths are limited).
+    kubelet_roots = [n.kubelet_root for n in real.real_nodes.nodes(real.settings)]
+    assert len(kubelet_roots) == 2 and all(r.is_dir() for r in kubelet_roots)
+    assert all(_mounts_under(r) for r in kubelet_roots)  # the pods' memory emptyDirs
     pids_before = _processes_naming(str(real.dir / "nodes"))
     assert pids_before
 
@@ -73,6 +77,7 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
 
     assert _processes_naming(str(real.dir)) == []
     assert _mounts_under(real.dir) == []
+    assert [r for r in kubelet_roots if r.exists() or _mounts_under(r)] == []
     assert [
         str(h / f"gaudi3-{real.name}-{n}")
         for h in Path("/sys/fs/cgroup").iterdir()
