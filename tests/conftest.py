@@ -35,7 +35,7 @@ REALNODES_UNIT = "tests/cluster/realnodes/"
 _TEST_CLUSTER = re.compile(r"(?:pytest|chaos|helm|crd-upgrade)-(\d+)(?:-.*)?")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The first folder under tests/ names a test's kind, so `-m unit` never starts a
     # cluster by accident (tests/unit/failover/… is a unit test).
     for item in items:
@@ -47,6 +47,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # The longest group first: not the tail one worker runs alone at the end.
         items.sort(key=lambda i: _work_unit(i.nodeid) != REALNODES_UNIT)
+    # `make test` runs the tests marked serial in a second, one-process run.
+    serial = os.environ.get("GAUDI3_SERIAL", "")
+    if serial in ("skip", "only"):
+        keep = [i for i in items if (i.get_closest_marker("serial") is None) == (serial == "skip")]
+        dropped = [i for i in items if i not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
 
 
 def _work_unit(nodeid: str) -> str:

@@ -23,7 +23,12 @@ from chaos import fail_pod, resync_pod_readiness
 from cluster.gtj import GROUP, PLURAL, VERSION, create_job, job_body, worker_pods
 from conftest import wait_for
 
-pytestmark = pytest.mark.cluster
+# Alone, after the two-worker part of `make test`: kwok v0.8.0 finishes a pod's deletion by
+# name with no uid precondition (a kubelet uses one), so when it lags under load its late
+# delete of a worker the operator replaced takes the new worker of the same name, and the
+# restart that follows is kwok's, not a fault the test injected (seen twice in four
+# two-worker runs: a new pod "deleted by another client" 19-90 ms after its creation).
+pytestmark = [pytest.mark.cluster, pytest.mark.serial]
 
 SEED = int(os.environ.get("GAUDI3_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
 SECONDS = float(os.environ.get("GAUDI3_CHAOS_SECONDS", "45"))
