@@ -50,8 +50,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # `make test` runs the tests marked serial in a second, one-process run.
     serial = os.environ.get("GAUDI3_SERIAL", "")
     if serial in ("skip", "only"):
-        keep = [i for i in items if (i.get_closest_marker("serial") is None) == (serial == "skip")]
-        dropped = [i for i in items if i not in keep]
+        wanted = serial == "skip"  # skip: keep what is not serial
+        keep = [i for i in items if (i.get_closest_marker("serial") is None) == wanted]
+        dropped = [i for i in items if (i.get_closest_marker("serial") is None) != wanted]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
