@@ -32,9 +32,14 @@ from pathlib import Path
 SOCKETS = Path("/run/gaudi3")
 
 
+def short_folder(base: Path, d: Path) -> Path:
+    """A folder under `base` with a short name that stands for folder `d`."""
+    return base / hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:16]
+
+
 def socket_for(d: Path) -> Path:
     """The grpc socket of the containerd whose files are in `d`."""
-    return SOCKETS / hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:16] / "containerd.sock"
+    return short_folder(SOCKETS, d) / "containerd.sock"
 
 
 def make_socket_folder(d: Path) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -251,7 +250,7 @@ class RealNode:
         path may have at most 107 bytes: under the user's cache (/home/<user>/.cache/…
         plus the cluster and node names) it can be longer, so the root is a short folder
         named for the node's, linked from `<node>/kubelet`."""
-        return KUBELET_ROOTS / hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:16]
+        return image_seed.short_folder(KUBELET_ROOTS, self.dir)
 
     @property
     def kubelet(self) -> str:
