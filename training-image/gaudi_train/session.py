@@ -3,12 +3,13 @@
     import gaudi_train
 
     session = gaudi_train.init()                 # process group, device, batch plan, metrics
-    model = session.wrap(MyModel())              # to the device, DDP when world > 1
+    model = session.wrap(MyModel())              # to the device, DDP when world > 1, --compile
     optimizer = torch.optim.AdamW(model.parameters())
     step = session.restore(model, optimizer)     # 0, or the step of the latest checkpoint
     while step < max_steps:
         step += 1
-        ...  # session.batch.accumulation_steps micro batches of session.batch.micro_batch
+        ...  # session.batch.accumulation_steps micro batches of session.batch.micro_batch,
+        ...  # session.device.mark_step() after each backward and after optimizer.step()
         if session.step_done(step, loss=loss.item(), samples=n):
             break                                # SIGTERM somewhere: checkpoint written
     raise SystemExit(session.finish())           # final checkpoint, exit code for the pod
