@@ -13,13 +13,15 @@ So the launcher settles the variable in its own environment before it imports to
 process inherits it. Nothing else in the package writes it; the workers only read it
 (`current`).
 
-- eager (`PT_HPU_LAZY_MODE=0`): Intel's default execution mode since 1.21 ("Eager mode
-  with torch.compile is the default mode. Lazy mode is a legacy fallback that is no
-  longer developed", PyTorch Support Matrix; Runtime Environment Variables lists 0 as the
-  default). The only mode `torch.compile(backend="hpu_backend")` supports.
+- eager (`PT_HPU_LAZY_MODE=0`): Intel's default execution mode in current releases
+  ("Eager mode with torch.compile is the default mode. Lazy mode is a legacy fallback
+  that is no longer developed", PyTorch Support Matrix; Runtime Environment Variables
+  lists 0 as the default, where older versions of that page listed 1). The only mode
+  `torch.compile(backend="hpu_backend")` supports. The launcher always writes the
+  variable, so the default of the bridge in a given image does not matter under it.
 - lazy (`PT_HPU_LAZY_MODE=1`): ops accumulate into a graph that `mark_step()` flushes;
-  the loop calls it after backward and after `optimizer.step()` (Intel's Getting Started
-  lazy example; Model-References PyTorch/computer_vision/classification/torchvision/train.py).
+  the loop calls it after backward and after `optimizer.step()` (Model-References
+  PyTorch/computer_vision/classification/torchvision/train.py).
 
 No torch import here: the launcher calls this before torch is loaded.
 """
@@ -38,7 +40,7 @@ SETTING = "GAUDI3_HPU_MODE"  # ours: eager | lazy, also the launcher's --hpu-mod
 EAGER, LAZY = "eager", "lazy"
 MODES = (EAGER, LAZY)
 VALUES = {EAGER: "0", LAZY: "1"}
-DEFAULT = EAGER  # Intel's default since 1.21
+DEFAULT = EAGER  # Intel's default in current releases
 BRIDGE = "habana_frameworks"
 
 
@@ -100,7 +102,8 @@ def apply(
 
 def current(env: Mapping[str, str] | None = None) -> str:
     """The mode this process runs in, as the bridge read it at import: from the inherited
-    PT_HPU_LAZY_MODE; unset means the bridge's own default, eager since 1.21."""
+    PT_HPU_LAZY_MODE; unset (a script run without the launcher) is taken as the bridge's
+    current default, eager."""
     env = os.environ if env is None else env
     raw = env.get(ENV, "").strip()
     return _from_value(raw) if raw else DEFAULT
