@@ -42,12 +42,16 @@ async def start(memo: kopf.Memo) -> None:
     probes = signals.PROBES
     probes.url = getattr(cfg, "prometheus_url", "") or os.environ.get("GAUDI3_PROMETHEUS_URL", "")
     probes.allowed_urls = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
-    # The health query is the operator's (cluster-wide hardware), not a job's.
+    # The health query is the operator's (cluster-wide hardware), not a job's. An empty
+    # query turns it off; an unset one is Intel's exporter's default (docs/gaudi.md).
     probes.hpu_health_query = os.environ.get(
-        "GAUDI3_HPU_HEALTH_QUERY", signals.DEFAULT_HPU_HEALTH_QUERY
+        signals.HPU_HEALTH_QUERY_ENV, signals.DEFAULT_HPU_HEALTH_QUERY
     )
-    probes.hpu_health_node_label = os.environ.get(
-        "GAUDI3_HPU_HEALTH_NODE_LABEL", signals.DEFAULT_HPU_HEALTH_NODE_LABEL
+    probes.hpu_health_interval = float(
+        os.environ.get(signals.HPU_HEALTH_INTERVAL_ENV, signals.DEFAULT_HPU_HEALTH_INTERVAL)
+    )
+    probes.hpu_pod_grace = float(
+        os.environ.get(signals.HPU_HEALTH_POD_GRACE_ENV, signals.DEFAULT_HPU_HEALTH_POD_GRACE)
     )
     memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo))
 
