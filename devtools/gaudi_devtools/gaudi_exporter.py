@@ -498,9 +498,8 @@ class GaudiExporterFleet:
                 self._pods_at = time.monotonic()
             pods = self._pods
         mine = [p for p in pods if (p.get("spec") or {}).get("nodeName") == ex.node]
-        holders = self.allocators[ex.node].sync(mine)
-        with ex._lock:
-            ex.holders = holders
+        with ex._lock:  # a scrape and a test may sync the same node at once
+            ex.holders = self.allocators[ex.node].sync(mine)
 
     def scrape(self, node: str) -> str:
         ex = self.exporters[node]

@@ -119,10 +119,9 @@ def start(
     pods: list[Any] = wait_for(
         lambda: running(core, ns, name, replicas), timeout=90, what=f"{name} running"
     )  # type: ignore[assignment]
+    held = f'habanalabs_device_config{{pod_namespace="{ns}",pod_name=~"{name}-worker-[0-9]+"}}'
     wait_for(
-        lambda: (
-            len(prom(cluster, f'habanalabs_device_config{{pod_namespace="{ns}"}}')) >= 4 * replicas
-        ),
+        lambda: len(prom(cluster, held)) == 4 * replicas,
         timeout=30,
         what=f"{name}'s cards scraped with its workers' names",
     )
