@@ -108,3 +108,27 @@ def test_another_card_going_bad_later_is_a_drop_seen_while_watching() -> None:
     cache.update("MODIFIED", node(6))
     reason, _, _ = verdict(cache, T0 - timedelta(days=3))
     assert reason == FailureReason.HPU_UNHEALTHY
+
+
+# --- waking the jobs a new fault concerns (the HPU health loop) ---------------------------
+
+
+def test_a_new_fault_wakes_the_job_whose_worker_holds_the_card_once() -> None:
+    from types import SimpleNamespace
+
+    from gaudi_operator.failover.wiring import jobs_with_new_faults
+
+    pods = {
+        ("team-a", "llama"): [SimpleNamespace(name="llama-worker-0")],
+        ("team-a", "bert"): [SimpleNamespace(name="bert-worker-0")],
+        ("team-b", "llama"): [SimpleNamespace(name="llama-worker-0")],
+    }
+    ecc = failover.HpuFault(Kind.ECC, "HPU 3: ECC")
+    faults = {("team-a", "llama-worker-0"): (ecc,)}
+    wake, seen = jobs_with_new_faults(pods, faults, frozenset())
+    assert wake == [("team-a", "llama")]  # not team-b's job of the same name
+    wake, seen = jobs_with_new_faults(pods, faults, seen)
+    assert wake == []  # the same fault again: the job was woken already
+    hot = failover.HpuFault(Kind.TEMPERATURE, "HPU 1: hot")
+    wake, _ = jobs_with_new_faults(pods, {("team-a", "llama-worker-0"): (ecc, hot)}, seen)
+    assert wake == [("team-a", "llama")]
