@@ -28,8 +28,9 @@ pytestmark = pytest.mark.cluster
 GEN = "gaudi.scalestarter.dev/generation"
 HEALTH_INTERVAL = 1.0  # the operator's HPU health query, every second here (default 5 s)
 POD_GRACE = 2.0  # one scrape (1 s) and the fixture's pod refresh (0.5 s), with a margin
-# Long enough to have seen a fault: a scrape, a health query, the grace and a pass take
-# 2-4 s on this machine (the failover tests below measure it); twice the slowest.
+# Long enough to have seen a fault: from injection to lastFailure takes 1-2 s here (a
+# scrape, a health query, a pass; the failover tests below print it), and 10 s holds ten
+# scrapes and ten health queries.
 QUIET_WINDOW = 10.0
 
 
