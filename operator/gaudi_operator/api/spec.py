@@ -53,6 +53,8 @@ class FailureReason(StrEnum):
     PREEMPTED = "Preempted"
     NODE_LOST = "NodeLost"  # node NotReady past nodeFailureGraceSeconds, or gone
     HPU_UNHEALTHY = "HPUUnhealthy"
+    # A scale-out (external) NIC port of a worker's card went down; multi-worker jobs only.
+    SCALE_OUT_LINK_DOWN = "ScaleOutLinkDown"
     STALLED = "Stalled"  # no training progress for stallTimeoutSeconds
     # Some workers hold HPUs while others could not be placed for placementTimeoutSeconds.
     PLACEMENT_TIMEOUT = "PlacementTimeout"
@@ -67,6 +69,7 @@ INFRASTRUCTURE_REASONS = frozenset(
         FailureReason.PREEMPTED,
         FailureReason.NODE_LOST,
         FailureReason.HPU_UNHEALTHY,
+        FailureReason.SCALE_OUT_LINK_DOWN,
         FailureReason.PLACEMENT_TIMEOUT,
     }
 )
