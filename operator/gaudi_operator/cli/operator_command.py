@@ -112,11 +112,11 @@ def run_operator(
         typer.Option(
             "--hugepages-mi-per-hpu",
             min=0,
-            help="hugepages-2Mi (MiB) each worker requests per HPU unless its "
+            help="hugepages-2Mi (MiB, even) each worker requests per HPU unless its "
             "spec.resources says otherwise; 0 requests none. Default: Intel's sizing "
             "(docs/gaudi.md).",
         ),
-    ] = 3625,
+    ] = 3624,
     scale_out_label: Annotated[
         str,
         typer.Option(
@@ -138,6 +138,11 @@ def run_operator(
         NodeLabel.parse(scale_out_label)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--scale-out-label") from err
+    if hugepages_mi_per_hpu % 2:
+        raise typer.BadParameter(
+            f"{hugepages_mi_per_hpu}: whole 2 MiB pages only (an even number of MiB)",
+            param_hint="--hugepages-mi-per-hpu",
+        )
     # Registers every handler in kopf's default registry.
     from gaudi_operator import app  # noqa: F401
     from gaudi_operator.observability import metrics

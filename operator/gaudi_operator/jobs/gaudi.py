@@ -16,8 +16,9 @@ from gaudi_operator.api import GaudiTrainingJobSpec
 # hugepages-2Mi per HPU, in MiB. Intel's installation guide reserves 15000 2 MiB pages
 # (30000 MiB) on an 8-card server ("Set number of huge pages", HabanaAI/Setup_and_Install
 # README, 1.2.0), and Intel's own 8-card Kubernetes pods request 29000Mi of it
-# (Setup_and_Install utils/intel_gaudi_health_screen/template/k8s/*.yaml): 29000 / 8.
-HUGEPAGES_MI_PER_HPU = 3625
+# (Setup_and_Install utils/intel_gaudi_health_screen/template/k8s/*.yaml): 29000 / 8 is
+# 3625, rounded down to whole 2 MiB pages (the API refuses any other amount).
+HUGEPAGES_MI_PER_HPU = 3624
 # The capability Intel's examples add to every HPU container ("Running a Job on the
 # Cluster", "Running Workloads on Kubernetes"; `--cap-add=sys_nice` in "Pull Prebuilt
 # Containers"): the runtime raises its threads' scheduling priority.

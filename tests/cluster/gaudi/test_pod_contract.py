@@ -60,7 +60,7 @@ def test_hpu_workers_carry_host_ipc_sys_nice_and_intels_huge_pages(
         (worker,) = pod.spec.containers
         assert worker.security_context.capabilities.add == ["SYS_NICE"]
         res = worker.resources
-        assert res.requests["hugepages-2Mi"] == res.limits["hugepages-2Mi"] == "7250Mi"
+        assert res.requests["hugepages-2Mi"] == res.limits["hugepages-2Mi"] == "7248Mi"
         # The node's /dev/shm with hostIPC: no volume of the operator's hides it.
         assert "/dev/shm" not in [m.mount_path for m in worker.volume_mounts]
         assert not {e.name for e in worker.env or []} & {"HABANA_VISIBLE_DEVICES"}

@@ -129,10 +129,10 @@ def test_no_container_may_set_what_the_device_plugin_sets() -> None:
         "template.spec.initContainers[].env[]",
     ]
     for kind in ("containers", "initContainers"):
-        # Bounded: the API server's cost estimate multiplies by both lists' lengths.
-        assert spec[kind]["maxItems"] == gen.MAX_CONTAINERS
+        # No bound added: Kubernetes has none, and the API server accepts the rule without.
+        assert "maxItems" not in spec[kind]
         env = spec[kind]["items"]["properties"]["env"]
-        assert env["maxItems"] == gen.MAX_ENV
+        assert "maxItems" not in env
         (rule,) = env["items"]["x-kubernetes-validations"]
         assert all(f"'{n}'" in rule["rule"] for n in api.DEVICE_PLUGIN_ENV)
         assert rule["message"] == gen.DEVICE_PLUGIN_ENV_MESSAGE

@@ -44,8 +44,9 @@ def test_the_gate_switched_off_passes_an_empty_label() -> None:
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
+        ("gaudi.hugepagesMiPerHPU=3625", "'/gaudi/hugepagesMiPerHPU': multipleOf"),
         ("gaudi.hugepagesMiPerHPU=-1", "'/gaudi/hugepagesMiPerHPU': minimum: got -1, want 0"),
-        ("gaudi.hugepagesMiPerHPU=3625Mi", "'/gaudi/hugepagesMiPerHPU': got string, want integer"),
+        ("gaudi.hugepagesMiPerHPU=3624Mi", "'/gaudi/hugepagesMiPerHPU': got string, want integer"),
         ("gaudi.scaleOut.readyLabel=a b", "'/gaudi/scaleOut/readyLabel': 'a b' does not match"),
         ("gaudi.scaleOut.requireReady=true", "'/gaudi/scaleOut': additional properties"),
         ("gaudi.scaleOut.readyLabel=", "gaudi.scaleOut.readyLabel is empty"),

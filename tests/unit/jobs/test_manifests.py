@@ -27,8 +27,8 @@ def test_worker_pod_requests_hpus_and_hugepages_and_is_owned_by_the_job() -> Non
     pod = manifests.worker_pod_manifest(spec(hpusPerWorker=4), JOB, index=2, generation=1)
     res = pod["spec"]["containers"][0]["resources"]
     assert res["requests"][api.GAUDI_RESOURCE] == 4 == res["limits"][api.GAUDI_RESOURCE]
-    # Intel's sizing: 29000Mi for 8 cards (docs/gaudi.md), 3625Mi a card.
-    assert res["requests"]["hugepages-2Mi"] == res["limits"]["hugepages-2Mi"] == "14500Mi"
+    # Intel's sizing: about 29000Mi for 8 cards (docs/gaudi.md), 3624Mi a card.
+    assert res["requests"]["hugepages-2Mi"] == res["limits"]["hugepages-2Mi"] == "14496Mi"
     owner = pod["metadata"]["ownerReferences"][0]
     assert owner == {
         "apiVersion": api.API_VERSION,
