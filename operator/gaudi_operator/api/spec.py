@@ -311,7 +311,8 @@ def device_plugin_env_in(template: dict[str, Any]) -> list[str]:
     out = []
     for kind in ("containers", "initContainers"):
         for i, c in enumerate(spec.get(kind) or []):
-            for j, e in enumerate((c or {}).get("env") or [] if isinstance(c, dict) else []):
+            env = c.get("env") if isinstance(c, dict) else None
+            for j, e in enumerate(env or []):
                 if isinstance(e, dict) and e.get("name") in DEVICE_PLUGIN_ENV:
                     out.append(f"spec.template.spec.{kind}[{i}].env[{j}]")
     return out

@@ -7,7 +7,7 @@ document or source it follows; docs/gaudi.md has the full text and what tests co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gaudi_operator import api
@@ -73,7 +73,7 @@ class GaudiSettings:
 
     hugepages_mi_per_hpu: int = HUGEPAGES_MI_PER_HPU
     # None: the scale-out gate is off for every job.
-    scale_out_label: NodeLabel | None = field(default=DEFAULT_SCALE_OUT_LABEL)
+    scale_out_label: NodeLabel | None = DEFAULT_SCALE_OUT_LABEL
 
 
 DEFAULTS = GaudiSettings()
@@ -159,6 +159,6 @@ def scale_out_message(label: NodeLabel) -> str:
         f"that can have more than one worker run only on such nodes. Configure the nodes' "
         f"scale-out network (Intel network operator) or label the ready ones, set "
         f"spec.gaudi.requireScaleOutReady: false for a job that does not use the Gaudi NICs "
-        f"across nodes, or turn the gate off for all jobs (chart value "
-        f"gaudi.scaleOut.requireReadyNodes: false)"
+        f"across nodes, or turn the gate off for all jobs (gaudi3 operator "
+        f"--scale-out-label='', chart value gaudi.scaleOut.requireReadyNodes: false)"
     )
