@@ -1,5 +1,5 @@
-"""What templates/admission-policy.yaml renders from admissionPolicy.*: the policy, its binding
-and its parameter, switched off, narrowed to the watched namespaces, widened per namespace;
+"""What templates/admission-policy.yaml renders from admissionPolicy.*: the policy and its
+binding, switched off, narrowed to the watched namespaces, widened per namespace;
 bad values refused by the schema. The policy's behaviour is proved against the real API
 server in tests/cluster/chart/test_admission_policy.py; kubeconform checks the objects in
 test_rendered_manifests.py."""
@@ -31,26 +31,22 @@ def render(tmp_path: Path, *sets: str, values: dict[str, Any] | None = None) -> 
     return {d["kind"]: d for d in yaml.safe_load_all(out) if d}
 
 
-def test_by_default_the_policy_denies_in_every_namespace_with_its_parameter(
-    tmp_path: Path,
-) -> None:
+def test_by_default_the_policy_denies_in_every_namespace(tmp_path: Path) -> None:
     docs = render(tmp_path)
     vap, binding = docs["ValidatingAdmissionPolicy"], docs["ValidatingAdmissionPolicyBinding"]
-    param = docs["ConfigMap"]  # the only one by default (no dashboards)
     assert vap["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert vap["metadata"]["name"] == binding["spec"]["policyName"] == NAME
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["matchResources"] == {"namespaceSelector": {}}
-    assert binding["spec"]["paramRef"] == {
-        "name": NAME, "namespace": "gaudi-system", "parameterNotFoundAction": "Deny"
-    }  # fmt: skip
-    assert vap["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     assert vap["spec"]["failurePolicy"] == "Fail"
+    # No paramKind and every version: nothing the API server looks up in its admission
+    # plugins' shared RESTMapper when the policy loads (the template says why).
+    assert "paramKind" not in vap["spec"] and "paramRef" not in binding["spec"]
     (rule,) = vap["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiVersions"] == ["*"]
     assert rule["resources"] == ["gauditrainingjobs"]  # not /status, /scale
     assert rule["operations"] == ["CREATE", "UPDATE"]
-    assert param["metadata"]["namespace"] == "gaudi-system"
-    assert param["data"] == {"allow": "", "serviceAccounts": "default"}
+    assert "ConfigMap" not in docs
 
 
 def test_every_refusal_is_forbidden_and_names_a_field_under_the_template(tmp_path: Path) -> None:
@@ -66,7 +62,6 @@ def test_switched_off_renders_no_policy(tmp_path: Path) -> None:
     kinds = render(tmp_path, "--set", "admissionPolicy.enabled=false")
     assert "ValidatingAdmissionPolicy" not in kinds
     assert "ValidatingAdmissionPolicyBinding" not in kinds
-    assert "ConfigMap" not in kinds
 
 
 def test_with_watch_namespaces_the_binding_covers_only_those(tmp_path: Path) -> None:
@@ -88,7 +83,7 @@ def test_with_watch_namespaces_the_binding_covers_only_those(tmp_path: Path) -> 
     }  # fmt: skip
 
 
-def test_per_namespace_widening_becomes_the_parameters_keys(tmp_path: Path) -> None:
+def test_the_values_widening_becomes_cel_literals_in_the_policy(tmp_path: Path) -> None:
     values = {
         "admissionPolicy": {
             "allow": ["node-name"],
@@ -99,14 +94,20 @@ def test_per_namespace_widening_becomes_the_parameters_keys(tmp_path: Path) -> N
             },
         }
     }
-    assert render(tmp_path, values=values)["ConfigMap"]["data"] == {
-        "allow": "node-name",
-        "serviceAccounts": "default,shared",
-        "gaudi-demo.allow": "host-network,host-path",
-        "gaudi-demo.serviceAccounts": "",
-        "team-a.allow": "",
-        "team-a.serviceAccounts": "trainer,builder",
-    }
+    vap = render(tmp_path, values=values)["ValidatingAdmissionPolicy"]["spec"]
+    variables = {v["name"]: v["expression"] for v in vap["variables"]}
+    assert variables["granted"] == (
+        '["node-name"] + {"gaudi-demo":["host-network","host-path"],"team-a":[]}'
+        "[?request.namespace].orValue([])"
+    )
+    assert variables["serviceAccounts"].startswith(
+        '["default","shared"] + {"gaudi-demo":[],"team-a":["trainer","builder"]}'
+        "[?request.namespace].orValue([])"
+    )
+    defaults = render(tmp_path)["ValidatingAdmissionPolicy"]["spec"]["variables"]
+    assert {v["name"]: v["expression"] for v in defaults}["granted"] == (
+        "[] + {}[?request.namespace].orValue([])"
+    )
 
 
 def test_the_dev_tools_label_what_the_policy_reads(tmp_path: Path) -> None:
