@@ -67,6 +67,7 @@ def training(real: Any, trainer: OperatorProcess) -> Iterator[tuple[str, Path]]:
     checkpoints.mkdir(parents=True)
     os.chown(checkpoints, TRAINER_UID, -1)
     real.kubectl("create", "namespace", ns)
+    realtraining.allow_host_access(real, ns)
     wait_for(
         lambda: real.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
         timeout=30,
