@@ -366,7 +366,18 @@ async def _halt(grace: float = HALT_GRACE_SECONDS) -> None:
     if others:
         _, stuck = await asyncio.wait(others, timeout=grace)
         if stuck:
-            log.warning("%d tasks still running after %.0fs (they cannot write)", len(stuck), grace)
+            names = sorted(_task_name(t) for t in stuck)
+            log.warning(
+                "%d tasks still running after %.0fs (they cannot write): %s",
+                len(stuck),
+                grace,
+                ", ".join(names),
+            )
+
+
+def _task_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return f"{task.get_name()} ({getattr(coro, '__qualname__', coro)})"
 
 
 async def _wait_first(*aws: Awaitable[Any]) -> None:
