@@ -1,7 +1,8 @@
 """Leader election on a `coordination.k8s.io` Lease, so that of several operator replicas
 only one acts, and a deposed leader stops acting before anyone else can start.
 
-The election follows client-go's leaderelection on the Lease API: read the Lease, take it
+The election follows client-go's leaderelection (kubernetes/kubernetes,
+staging/src/k8s.io/client-go/tools/leaderelection) on the Lease API: read the Lease, take it
 when it is free or its holder has not renewed it for a lease duration (counted from when
 *we* saw it change, never from the timestamps in it), and write it back guarded by the
 resourceVersion just read. Around it, this module runs the process:
@@ -138,6 +139,12 @@ class LeaseAPI(Protocol):
     async def replace(self, lease: Lease) -> Lease: ...  # guarded by lease.resource_version
 
 
+def _micro_time(t: datetime | None) -> Any:
+    """MicroTime as the API server parses it (RFC 3339 with exactly six fractional digits):
+    `isoformat()` drops the fraction when it is zero, and the server would refuse that."""
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class KubeLeases:
     """LeaseAPI on the real API server."""
 
@@ -167,8 +174,8 @@ class KubeLeases:
                 holder_identity=lease.holder or None,
                 lease_duration_seconds=lease.duration,
                 lease_transitions=lease.transitions,
-                acquire_time=lease.acquire_time,
-                renew_time=lease.renew_time,
+                acquire_time=_micro_time(lease.acquire_time),
+                renew_time=_micro_time(lease.renew_time),
             ),
         )
 

@@ -12,6 +12,7 @@ import asyncio
 import selectors
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
@@ -322,3 +323,14 @@ def test_timings_where_two_leaders_could_act_are_refused(
     with pytest.raises(ValueError, match=r"--") as err:
         le.validate()
     assert says in str(err.value)
+
+
+def test_lease_times_always_carry_six_fractional_digits() -> None:
+    # The API server parses MicroTime with a fixed layout; isoformat() drops a zero fraction.
+    assert leader._micro_time(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)) == (
+        "2025-01-02T03:04:05.000000Z"
+    )
+    plus_two = timezone(timedelta(hours=2))
+    assert leader._micro_time(datetime(2025, 1, 2, 5, 4, 5, 7, tzinfo=plus_two)) == (
+        "2025-01-02T03:04:05.000007Z"
+    )
