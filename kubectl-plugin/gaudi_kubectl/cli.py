@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +107,10 @@ def run(cmd: Command) -> int:
     from gaudi_kubectl.prometheus import PrometheusError
 
     a = cmd.args
+    # A closed terminal or a `kill` ends the run like Ctrl-C: the proxy and its socket
+    # directory are cleaned up on the way out.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     console = _console()
     flags = KubectlFlags(a.kubeconfig, a.context, a.cluster, a.user, a.as_user)
     try:
@@ -123,6 +128,10 @@ def run(cmd: Command) -> int:
         return 1
     except KeyboardInterrupt:
         return 0 if a.watch else 130
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _console() -> Any:
@@ -286,5 +295,9 @@ def _why(kube: Any, namespace: str, name: str, console: Any) -> int:
     job = kube.job(namespace, name)
     pods = kube.pods(namespace, name)
     events = kube.events(namespace, name, [p["metadata"]["name"] for p in pods])
-    show(console, why.render(why.explain(job, pods, events, datetime.now(UTC))))
+    logs = {
+        pod: kube.log_tail(namespace, pod, container, why.LOG_LINES)
+        for pod, container in why.failed_containers(pods)
+    }
+    show(console, why.render(why.explain(job, pods, events, datetime.now(UTC), logs)))
     return 0

@@ -274,6 +274,16 @@ class Kube:
             out += items
         return out
 
+    def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        """The last lines of a container's log ("" when it cannot be read)."""
+        query = urlencode({"container": container, "tailLines": lines})
+        path = f"{_ns('/api/v1', namespace, 'pods')}/{quote(pod)}/log?{query}"
+        try:
+            resp = self.get(path, timeout=10, accept="*/*")  # the log API refuses text/plain
+        except OSError:
+            return ""
+        return resp.body.decode("utf-8", errors="replace") if resp.status == 200 else ""
+
     # -- metrics ---------------------------------------------------------------------------
     def scrape(self, targets: Sequence[Target], timeout: float = 3) -> Scraped:
         """Every endpoint's /metrics text through the API server's pod proxy, at once."""

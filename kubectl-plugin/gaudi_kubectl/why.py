@@ -157,7 +157,7 @@ def pod_state(pod: Obj, now: datetime) -> PodState:
         return PodState(name, phase, node, state, ok)
 
     if meta.get("deletionTimestamp"):
-        return out(f"being deleted ({age(meta['deletionTimestamp'], now)})")
+        return out("being deleted")  # its timestamp is when the grace period ends
     for c in st.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             return out(f"cannot be placed: {c.get('message') or c.get('reason') or ''}".rstrip())
@@ -374,29 +374,78 @@ def _waiting_findings(job: Obj, pods: Sequence[PodState]) -> list[Finding]:
     return out
 
 
-def _failed_workers(pods: Sequence[PodState]) -> Finding | None:
+LOG_PODS = 2  # failed workers whose log tail `why` shows
+LOG_LINES = 5
+
+
+def failed_containers(pods: Sequence[Obj]) -> list[tuple[str, str]]:
+    """(pod, container) of the workers whose container exited non-zero and still exist:
+    their last log lines usually say why (the first LOG_PODS of them, by index)."""
+    out = []
+    for pod in sorted(pods, key=lambda p: _index((p.get("metadata") or {}).get("name", ""))):
+        meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+        for cs in st.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode", 0) != 0 and not meta.get("deletionTimestamp"):
+                out.append((str(meta.get("name")), str(cs.get("name"))))
+                break
+    return out[:LOG_PODS]
+
+
+def _failed_workers(pods: Sequence[PodState], logs: Mapping[str, str]) -> Finding | None:
+    """The workers that exited non-zero, with the last lines of their logs."""
     exited = [p for p in pods if "exit code" in p.state or p.phase == "Failed"]
     if not exited:
         return None
-    lines = "; ".join(f"{p.name}: {p.state}" for p in exited[:3])
-    more = f" (and {len(exited) - 3} more)" if len(exited) > 3 else ""
-    return Finding("Workers that failed", lines + more, "", severity="info")
+    lines = []
+    for p in exited[:3]:
+        lines.append(f"{p.name}: {p.state}")
+        tail = [line for line in (logs.get(p.name) or "").splitlines() if line.strip()]
+        lines += [f"  │ {line}" for line in tail[-LOG_LINES:]]
+    if len(exited) > 3:
+        lines.append(f"(and {len(exited) - 3} more)")
+    return Finding("Workers that failed", "\n".join(lines), "", severity="info")
 
 
-def explain(job: Obj, pods: Sequence[Obj], events: Sequence[Obj], now: datetime) -> Explanation:
-    """Why the job is where it is, from its conditions, its pods and its events."""
+def own_events(job: Obj, events: Sequence[Obj]) -> list[Obj]:
+    """This job's events and its pods': a job deleted and created again under the same
+    name leaves its predecessor's events behind for an hour."""
+    meta = job.get("metadata") or {}
+    uid, created = meta.get("uid"), parse_time(meta.get("creationTimestamp"))
+    out = []
+    for e in events:
+        obj = e.get("involvedObject") or e.get("regarding") or {}
+        if obj.get("kind") == names.KIND:
+            if uid and obj.get("uid") and obj["uid"] != uid:
+                continue
+        elif created is not None and _event_time(e) < created:
+            continue
+        out.append(e)
+    return out
+
+
+def explain(
+    job: Obj,
+    pods: Sequence[Obj],
+    events: Sequence[Obj],
+    now: datetime,
+    logs: Mapping[str, str] | None = None,
+) -> Explanation:
+    """Why the job is where it is, from its conditions, its pods, its events and the log
+    tails of its failed workers (`logs`, by pod name: see failed_containers)."""
     meta, spec, st = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     name, ns = str(meta.get("name", "")), str(meta.get("namespace", ""))
     phase = str(st.get("phase") or "")
+    logs = logs or {}
     states = tuple(sorted((pod_state(p, now) for p in pods), key=lambda p: _index(p.name)))
-    lines = recent_events(events, now)
+    lines = recent_events(own_events(job, events), now)
     findings: list[Finding] = []
 
     def done(summary: str, ok: bool = False) -> Explanation:
         return Explanation(name, ns, phase or "-", ok, summary, tuple(findings), states, lines)
 
     if meta.get("deletionTimestamp"):
-        return done(f"gtj/{name} is being deleted ({age(meta['deletionTimestamp'], now)} ago).")
+        return done(f"gtj/{name} is being deleted.")
     if not phase:
         findings.append(
             Finding(
@@ -464,7 +513,7 @@ def explain(job: Obj, pods: Sequence[Obj], events: Sequence[Obj], now: datetime)
         lf = _last_failure(job, now)
         if lf is not None:
             findings.append(lf)
-        failed = _failed_workers(states)
+        failed = _failed_workers(states, logs)
         if failed is not None:
             findings.append(failed)
         return done(f"gtj/{name} Failed ({reason}): {message}".rstrip(": "))
@@ -522,10 +571,10 @@ def explain(job: Obj, pods: Sequence[Obj], events: Sequence[Obj], now: datetime)
         lf = _last_failure(job, now)
         if lf is not None:
             findings.append(lf)
-        findings += [f for f in (sched, *waiting) if f is not None]
+        findings += [f for f in (sched, *waiting, _failed_workers(states, logs)) if f is not None]
         return done(
-            f"gtj/{name} is Restarting after {reason}: {st.get('restarts', 0)} restarts "
-            f"counted of failurePolicy.maxRestarts {policy.get('maxRestarts', 5)}."
+            f"gtj/{name} is Restarting after {reason} (restarts: {st.get('restarts', 0)} of "
+            f"failurePolicy.maxRestarts {policy.get('maxRestarts', 5)})."
         )
 
     if phase in ("Pending", "Starting", "Scaling"):
@@ -635,7 +684,9 @@ def pod_lines(pods: Sequence[PodState]) -> list[str]:
     if len(groups) > POD_LINES:
         out.append(f"... and {len(groups) - POD_LINES} more kinds of trouble")
     if fine:
-        out.append(f"{len(fine)} more {'is' if len(fine) == 1 else 'are'} fine ({_summary(fine)})")
+        verb = "is" if len(fine) == 1 else "are"
+        more = " more" if out else ""
+        out.append(f"{len(fine)}{more} {verb} fine ({_summary(fine)})")
     return out
 
 

@@ -3,7 +3,14 @@ its pods and its events, with what to do; a healthy job is said to be fine."""
 
 from __future__ import annotations
 
-from gaudi_kubectl.why import explain, recent_events, render, unschedulable_reason
+from gaudi_kubectl.why import (
+    explain,
+    failed_containers,
+    own_events,
+    recent_events,
+    render,
+    unschedulable_reason,
+)
 
 from .support import NOW, ago, cond, event, job, pod, text
 
@@ -90,7 +97,7 @@ def test_a_restarting_job_says_what_failed_where_and_how_many_restarts_are_left(
     e = explain(body, [pod("tiny-worker-0")], [], NOW)
     assert (
         e.summary
-        == "gtj/tiny is Restarting after Error: 2 restarts counted of failurePolicy.maxRestarts 5."
+        == "gtj/tiny is Restarting after Error (restarts: 2 of failurePolicy.maxRestarts 5)."
     )
     restarting, last = e.findings
     assert restarting.detail == "restart 2 of 5: recreating all workers (RecreateAll)"
@@ -147,7 +154,7 @@ def test_a_running_job_is_fine() -> None:
     e = explain(job(), [pod("tiny-worker-0"), pod("tiny-worker-1", node="gaudi3-real-1")], [], NOW)
     assert e.ok and e.findings == ()
     assert e.summary == "gtj/tiny is Running: 2/2 workers ready. Nothing to do."
-    assert "2 more are fine (2 running)" in text(render(e))
+    assert "2 are fine (2 running)" in text(render(e))
 
 
 def test_a_running_job_whose_autoscaler_is_blind_runs_but_says_so() -> None:
@@ -231,3 +238,33 @@ def test_fifty_unplaceable_workers_fit_on_one_screen() -> None:
     assert len(out.splitlines()) <= 24, out
     assert "big-worker-4 (+45 more)" in out and "4 more are fine" in out
     assert "pod/big-worker-4 (+45 more): 0/4 nodes" in out  # alike events folded too
+
+
+def test_a_failed_workers_last_log_lines_say_why() -> None:
+    pods = [
+        pod("bad-worker-0", "Failed", terminated=(2, "Error", "")),
+        pod("bad-worker-1"),
+    ]
+    assert failed_containers(pods) == [("bad-worker-0", "worker")]
+    body = job("bad", phase="Failed")
+    body["status"]["conditions"] = [cond("Failed", "True", "FailurePolicyRule", "exit code 2")]
+    log = "usage: gaudi3-train [-h]\ngaudi3-train: error: argument --lr: invalid float value: 'x'\n"
+    workers = explain(body, pods, [], NOW, {"bad-worker-0": log}).findings[-1]
+    assert workers.title == "Workers that failed"
+    assert workers.detail.splitlines() == [
+        "bad-worker-0: worker exit code 2, Error",
+        "  │ usage: gaudi3-train [-h]",
+        "  │ gaudi3-train: error: argument --lr: invalid float value: 'x'",
+    ]
+
+
+def test_events_of_an_earlier_job_of_the_same_name_are_left_out() -> None:
+    body = job()
+    body["metadata"]["uid"] = "new"
+    mine = event("GaudiTrainingJob/tiny", "Running", "all 2 workers are running", 60, "Normal")
+    mine["involvedObject"]["uid"] = "new"
+    theirs = event("GaudiTrainingJob/tiny", "FailurePolicyRule", "job failed", 700)
+    theirs["involvedObject"]["uid"] = "old"
+    old_pod = event("Pod/tiny-worker-0", "BackOff", "restarting", 650)  # before creation
+    new_pod = event("Pod/tiny-worker-0", "Started", "started", 30, "Normal")
+    assert own_events(body, [mine, theirs, old_pod, new_pod]) == [mine, new_pod]
