@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster.gtj import OperatorProcess
-from cluster.kubectl_gtj import gtj
+from cluster.kubectl_gtj import gtj, gtj_for
 from cluster.realnodes.conftest import training_image_on_nodes
 from conftest import wait_for
 from gaudi_devtools import realtraining
@@ -161,6 +161,12 @@ def test_kubectl_gtj_shows_each_ranks_step_loss_and_samples_per_second(
         assert pod.startswith(f"{JOB}-worker-") and node.startswith("gaudi3-real-")
         assert int(step) > 0 and float(loss) > 0 and float(sps) > 0 and world == "2"
     assert float(rows["all"][3]) > 0  # samples/s summed over the ranks
+
+    # --watch: a new frame every interval, with the steps moving on (no terminal here, so
+    # frames follow each other, as `kubectl get -w` prints them).
+    frames = gtj_for(real, 8, JOB, "-n", ns, "-w", "--interval", "1").split("Every 1s: ")[1:]
+    seen = [int(m.group(1)) for f in frames if (m := re.search(r"\n\d +\S+ +\S+ +(\d+) ", f))]
+    assert len(seen) >= 3 and seen[-1] > seen[0], frames
 
     # The same series through Prometheus (realnodes-sync has it scrape the workers).
     prom = wait_for(
