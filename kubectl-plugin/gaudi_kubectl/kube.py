@@ -143,7 +143,11 @@ class Kube:
             return False
 
     def __enter__(self) -> Kube:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # an error or a Ctrl-C while starting: leave nothing behind
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

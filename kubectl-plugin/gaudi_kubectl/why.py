@@ -9,7 +9,7 @@ the kubelet's and scheduler's own (a pod's waiting reason, its PodScheduled mess
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,7 +108,6 @@ class Explanation:
     findings: tuple[Finding, ...] = ()
     pods: tuple[PodState, ...] = ()
     events: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default=())
 
 
 # --- reading the objects ------------------------------------------------------------------
@@ -648,6 +647,11 @@ def explain(
     if phase == "Running" and not problems:
         tail = " Nothing to do." if not findings else " It runs; see below."
         return done(f"gtj/{name} is Running: {ready} workers ready.{tail}", ok=not findings)
+    if problems:  # e.g. a running job whose new worker the API server refused
+        said = problems[0].title.split(" (")[0]
+        return done(
+            f"gtj/{name} is {phase} ({ready} workers ready), but: {said[0].lower()}{said[1:]}."
+        )
     return done(f"gtj/{name} is {phase}: {ready} workers ready.")
 
 

@@ -268,3 +268,16 @@ def test_events_of_an_earlier_job_of_the_same_name_are_left_out() -> None:
     old_pod = event("Pod/tiny-worker-0", "BackOff", "restarting", 650)  # before creation
     new_pod = event("Pod/tiny-worker-0", "Started", "started", 30, "Normal")
     assert own_events(body, [mine, theirs, old_pod, new_pod]) == [mine, new_pod]
+
+
+def test_a_running_job_with_a_refused_worker_is_not_called_fine() -> None:
+    body = job()
+    body["status"]["conditions"] = [
+        cond("InvalidSpec", "True", "PodRejected", "pods is forbidden: exceeded quota: hpus")
+    ]
+    e = explain(body, [pod("tiny-worker-0")], [], NOW)
+    assert not e.ok
+    assert e.summary == (
+        "gtj/tiny is Running (2/2 workers ready), but: "
+        "the API server refused a worker pod built from this spec."
+    )
