@@ -43,7 +43,7 @@ ACCEPT_PATHS = ",".join(
         r"^/api/v1/namespaces/[^/]+/(pods|events)(/|$)",
     )
 )
-REJECT_METHODS = "POST,PUT,PATCH,DELETE,CONNECT,OPTIONS"
+REJECT_METHODS = "POST,PUT,PATCH,DELETE,CONNECT,OPTIONS,TRACE"
 START_TIMEOUT = 30.0
 
 
