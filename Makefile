@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[operator,training,frameworks,dev]'
+	$(BIN)/python -m pip install -q -e '.[operator,training,frameworks,cli,dev]'
 	# The dev extra installs the dev tools from devtools/; make them editable too.
 	$(BIN)/python -m pip install -q --no-deps -e ./devtools
 	@touch $(STAMP)
