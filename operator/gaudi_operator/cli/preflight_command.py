@@ -60,9 +60,12 @@ def render_table(results: Sequence[Result], width: int | None = None) -> None:
     table.add_column("check", min_width=max(len(title) for _, title in CHECKS))
     table.add_column("result", no_wrap=True)
     table.add_column("found", ratio=1, overflow="fold")  # a URL or a long name: folded
-    table.add_column("fix", ratio=1, overflow="fold")
+    fixes = any(r.fix for r in results)
+    if fixes:  # all passed: no empty column
+        table.add_column("fix", ratio=1, overflow="fold")
     for r in results:
-        table.add_row(r.title, Text(r.status.value, style=STYLES[r.status]), r.found, r.fix)
+        row = [r.title, Text(r.status.value, style=STYLES[r.status]), r.found]
+        table.add_row(*row, *([r.fix] if fixes else []))
     console.print(table)
     console.print(summary(results))
 

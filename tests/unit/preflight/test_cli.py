@@ -42,6 +42,7 @@ def invoke(*args: str) -> Any:
 def test_defaults_are_the_operators_and_the_charts(ran: dict[str, Any]) -> None:
     out = invoke()
     assert out.exit_code == 0, out.output
+    assert "ready: 10 pass" in out.output and " fix " not in out.output  # nothing to fix
     s: Settings = ran["settings"]
     assert (s.namespace, s.lease_namespace, s.lease_name) == (
         "default",
@@ -110,7 +111,7 @@ def test_the_table_has_a_row_per_check_and_the_verdict(ran: dict[str, Any]) -> N
     assert out.exit_code == 0, out.output
     for _, title in CHECKS:
         assert title in out.output
-    assert "ready: 9 pass, 1 warn" in out.output
+    assert "ready: 9 pass, 1 warn" in out.output and " fix " in out.output
 
 
 def test_a_pod_log_gets_a_wide_table(capsys: pytest.CaptureFixture[str]) -> None:
