@@ -642,7 +642,9 @@ class DryRun:
     unanswered: bool = False
 
 
-def check_pod_security(namespace: str, ns_obj: Obj | None, dry_run: DryRun | None) -> Result:
+def check_pod_security(
+    namespace: str, ns_obj: Obj | None, dry_run: DryRun | None, labels_known: bool = True
+) -> Result:
     """The namespace admits a worker with hostIPC and SYS_NICE (Intel's pod contract,
     docs/gaudi.md "Pod Security"). The dry run is the API server's own answer, whatever
     decides it (Pod Security, a policy engine); the enforce label is the fallback."""
@@ -660,6 +662,8 @@ def check_pod_security(namespace: str, ns_obj: Obj | None, dry_run: DryRun | Non
         )
     level = (_get(ns_obj, "metadata", "labels") or {}).get(PSA_ENFORCE, "")
     shown = f"{PSA_ENFORCE}={level}" if level else f"no {PSA_ENFORCE} label"
+    if not labels_known:
+        shown = "the namespace's labels are not readable to you"
     if dry_run is not None and not dry_run.unanswered:
         if dry_run.allowed:
             return result(
