@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gaudi_train.env import ElasticSettings, EnvError, JobSettings
+from gaudi_train.env import ControlSettings, ElasticSettings, EnvError, JobSettings
 
 BENCHMARK_FIELDS = (
     ("device", "device"),
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         elastic = ElasticSettings.from_env()
+        control = ControlSettings.from_env()
     except EnvError as exc:
         parser.error(str(exc))
     workload = WorkloadConfig.from_namespace(args)
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return benchmark(args, settings, elastic, workload)
     else:
         entry = ["--module", "gaudi_train.worker", *workload.to_argv()]
-    return launch(LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts))
+    request = LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts)
+    return launch(dataclasses.replace(request, control=control))
 
 
 def benchmark(
