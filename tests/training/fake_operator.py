@@ -165,7 +165,9 @@ def launch_world(
             **({"GAUDI3_SPARE": "1"} if spare else {"GAUDI3_WORKER_INDEX": str(i)}),
             **(extra_env or {}),
         )
-        run = start_launcher(("--nproc", str(nproc), *args), tmp_path / f"{name}.log", tmp_path, env)
+        run = start_launcher(
+            ("--nproc", str(nproc), *args), tmp_path / f"{name}.log", tmp_path, env
+        )
         client = ControlClient(addr, control_port, token)
         op.pods.append(Pod(name, addr, None if spare else i, run, client))
     return op

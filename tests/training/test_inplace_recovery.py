@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gaudi_train.control_protocol import (
+    PEER_STOPPED,
     PROCESS_EXIT,
     RENDEZVOUS,
     RUNNING,
@@ -68,7 +69,9 @@ def world(tmp_path: Path):
     """`world(pods, nproc=1, spares=0, args=())`: launch a world; stopped at teardown."""
     started: list[FakeOperator] = []
 
-    def launch(pods: int, nproc: int = 1, spares: int = 0, args: tuple[str, ...] = ()) -> FakeOperator:
+    def launch(
+        pods: int, nproc: int = 1, spares: int = 0, args: tuple[str, ...] = ()
+    ) -> FakeOperator:
         op = launch_world(tmp_path, pods, (*ARGS, *args), nproc=nproc, spares=spares)
         started.append(op)
         return op
@@ -240,3 +243,31 @@ def test_a_spare_takes_the_place_of_a_lost_launcher_and_resumes_from_peers(
     assert worker0.run.wait() == 0 and spare.run.wait() == 0
     step = check_resumed_exactly(worker0.run.text(), reference(1), stalled)
     assert f"rank 1 resumed from peer rank 0 at step {step}" in spare.run.text()
+
+
+def test_a_pod_that_leaves_checkpoints_with_its_world_and_the_rest_resumes_from_peers(
+    world, reference, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    op = world(2, args=("--checkpoint-dir", str(ckpt), "--checkpoint-interval", "1000"))
+    worker0, worker1 = op.pods
+    wait_step(worker0, 12)
+    worker1.run.proc.send_signal(signal.SIGTERM)  # scale-down, eviction, preemption
+    assert worker1.run.wait(60) == 128 + signal.SIGTERM
+    op.wait_states(WAITING, ["worker-0"])
+    stopped = re.findall(r"stopping at step (\d+): checkpoint saved", worker1.run.text())
+    assert stopped, worker1.run.tail()
+    step = int(stopped[0])
+    assert {f.kind for f in op.failures()} == {PEER_STOPPED}
+    assert max(int(p.name.split("-")[1]) for p in ckpt.glob("step-*")) == step
+
+    # The operator shrinks the world to the pod that is left: its worker kept the state.
+    op.pods.remove(worker1)
+    op.restart({"worker-0": 0}, reason="worker-1 was scaled down")
+    op.wait_states(RUNNING, ["worker-0"], generation=1)
+    assert worker0.run.wait() == 0
+    text = worker0.run.text()
+    assert "global batch 16 = micro 8 x world 1 x accumulation 2" in text
+    # One process accumulating two micro batches reads the samples two ranks read, and
+    # halving each gradient is exact: the losses are the two-rank run's.
+    assert check_resumed_exactly(text, reference(1), step) == step

@@ -483,6 +483,7 @@ class ManagedLauncher:
             self._record(worker, proto.WORLD_BROKEN, None, None, str(msg.get("error", ""))[:500])
         elif reason == worker_link.LEFT_PEER_STOPPED:
             self._record(worker, proto.PEER_STOPPED, None, None, "a peer was told to stop")
+            self.message = "a peer stopped (checkpointed): waiting for a decision"
         else:
             self.message = f"world {world} ended ({reason}): waiting for a decision"
         self._world_broke()
