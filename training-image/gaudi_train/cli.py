@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     from gaudi_train.launcher import LaunchRequest, launch
     from gaudi_train.workload import WorkloadConfig
 
-    logging.basicConfig(level=logging.INFO, format="gaudi3-train %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s gaudi3-train %(levelname)s: %(message)s"
+    )
     own, script = split_script(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(own)

@@ -265,7 +265,10 @@ def launch_managed(request: LaunchRequest, nproc: int, preload: bool) -> int:
     if preload:
         import torch.distributed  # noqa: F401 - loaded once, inherited by every worker
 
-        server = ForkServer.start(("torch", "torch.distributed", *preload_for(request.entry)))
+        # torch._dynamo: DDP's constructor imports it (300 modules, 1-2 s of CPU here),
+        # in every new world's replacement worker unless the server already has.
+        preloaded = ("torch", "torch.distributed", "torch._dynamo", *preload_for(request.entry))
+        server = ForkServer.start(preloaded)
     else:
         server = ForkServer.start(())
     from gaudi_train.managed import ManagedLauncher

@@ -62,7 +62,10 @@ TICK_SECONDS = 0.02
 STOP_GRACE_SECONDS = 30.0  # torchrun's own wait for workers after SIGTERM
 FAIL_GRACE_SECONDS = 5.0
 REFORK_SPACING_SECONDS = 1.0  # a worker that dies at once is not forked in a tight loop
-STORE_RETRY_SECONDS = 0.2
+# A script that has not said it uses the helper API this long after it started is taken
+# for one that does not (Lightning, the HF Trainer): it is running once it started.
+PLAIN_SCRIPT_SECONDS = 5.0
+STORE_RETRY_SECONDS = 0.05  # a store check is one round trip to worker 0
 
 # A local worker, as the launcher sees it.
 FORKING = "forking"  # asked the fork server, no hello yet
@@ -86,6 +89,7 @@ class LocalWorker:
     aware: bool = False  # uses the helper API: reports `resumed` and survives a break
     leave_deadline: float | None = None
     forked_at: float = 0.0
+    started_at: float | None = None  # the module or script started (its first world)
     returncode: int | None = None
 
 
@@ -324,6 +328,7 @@ class ManagedLauncher:
         worker.state, worker.pid, worker.world, worker.rank = FORKING, None, None, None
         worker.valid, worker.aware, worker.returncode = False, self.aware_entry, None
         worker.leave_deadline, worker.forked_at = None, time.monotonic()
+        worker.started_at = None
         threading.Thread(
             target=self._link_reader, args=(worker, worker.serial, worker.link), daemon=True
         ).start()
@@ -443,8 +448,7 @@ class ManagedLauncher:
         elif op == "session":
             worker.aware = True
         elif op == "running":
-            if not worker.aware and worker.state == JOINING:
-                worker.state = TRAINING  # a script that does not report: started is all we know
+            worker.started_at = time.monotonic()
         elif op == "joined":
             worker.aware = True
         elif op == "resumed":
@@ -620,6 +624,11 @@ class ManagedLauncher:
                 and now - worker.forked_at >= REFORK_SPACING_SECONDS
             ):
                 self._fork(worker)
+                self._publish()
+            started = worker.started_at
+            plain = worker.state == JOINING and not worker.aware
+            if plain and started is not None and now - started >= PLAIN_SCRIPT_SECONDS:
+                worker.state = TRAINING  # it reports nothing: started is all we know
                 self._publish()
         if self.breaking:
             self._settle()
