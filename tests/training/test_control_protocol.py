@@ -254,3 +254,14 @@ def test_the_endpoint_wants_the_token_except_for_probes_and_long_polls_for_chang
         assert client.ready()
     finally:
         server.stop()
+
+
+def test_progress_alone_does_not_wake_the_operators_long_polls() -> None:
+    it = launcher()
+    it._publish()
+    version = it.snapshot.version
+    it.workers[0].step = 41
+    it._publish()
+    assert it.snapshot.step == 41 and it.snapshot.version == version
+    it._set_state("waiting", "world broke")
+    assert it.snapshot.version == version + 1

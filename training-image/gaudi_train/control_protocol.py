@@ -232,8 +232,9 @@ class Resume:
 
 @dataclass(frozen=True)
 class LauncherStatus:
-    """`GET /status`: one launcher's view. `version` grows with every change, so
-    `GET /status?since=V&wait=S` returns as soon as it differs from V (or after S s)."""
+    """`GET /status`: one launcher's view. `version` grows with every change but the
+    step's, so `GET /status?since=V&wait=S` returns as soon as something other than
+    progress changed (or after S s)."""
 
     version: int
     state: str

@@ -745,11 +745,15 @@ class ManagedLauncher:
         )
 
     def _publish(self) -> None:
+        """Update the status; a change other than the step makes a new version (which
+        answers the long polls): progress alone keeps the operator's polls quiet."""
         with self.lock:
             fresh = self._status(self.snapshot.version)
-            if fresh != self.snapshot:
+            if replace(fresh, step=None) != replace(self.snapshot, step=None):
                 self.snapshot = replace(fresh, version=self.snapshot.version + 1)
                 self.lock.notify_all()
+            else:
+                self.snapshot = fresh
 
 
 def describe_resume(resume: Resume) -> str:
