@@ -521,8 +521,8 @@ def release_group(ddp: DistributedDataParallel | None, exc: BaseException) -> No
     when its process group object is freed, not when it is destroyed: the DDP wrapper
     (its reducer, logger and `process_group`) and the frames of the failed step (held
     by the exception's traceback) still reference it. Measured on gloo here: the waiting
-    peer raised 1 s after the leaving rank freed the group, and not before it exited
-    when the group was only destroyed, aborted or shut down."""
+    peer raised within 0.1 s of the leaving rank freeing the group, and not before that
+    rank exited when the group was only destroyed, aborted or shut down."""
     if ddp is not None:
         for name in ("reducer", "logger", "process_group"):
             ddp.__dict__.pop(name, None)
