@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gaudi_train.env import ElasticSettings, EnvError, JobSettings
+from gaudi_train.env import ControlSettings, ElasticSettings, EnvError, JobSettings
 
 BENCHMARK_FIELDS = (
     ("device", "device"),
@@ -123,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     from gaudi_train.launcher import LaunchRequest, launch
     from gaudi_train.workload import WorkloadConfig
 
-    logging.basicConfig(level=logging.INFO, format="gaudi3-train %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s gaudi3-train %(levelname)s: %(message)s"
+    )
     own, script = split_script(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(own)
     try:
         settings = settings_from(args)
         elastic = ElasticSettings.from_env()
+        control = ControlSettings.from_env()
     except EnvError as exc:
         parser.error(str(exc))
     workload = WorkloadConfig.from_namespace(args)
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     else:
         entry = ["--module", "gaudi_train.worker", *workload.to_argv()]
-    return launch(LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts))
+    request = LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts)
+    return launch(dataclasses.replace(request, control=control))
 
 
 def benchmark(
