@@ -606,8 +606,10 @@ class Cluster:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
                 f"--server-address=127.0.0.1:{s.ports['kwok']}",
-                "--node-ip=10.244.0.1",
-                "--cidr=10.244.0.1/16",
+                # Simulated pods get addresses on loopback too: nothing may ever send traffic
+                # to a private range from here, even by accident (a pod proxy, a probe).
+                "--node-ip=127.244.0.1",
+                "--cidr=127.244.0.1/16",
                 f"--node-lease-duration-seconds={nodes.lease_seconds(s.gaudi_nodes)}",
                 # INFO logs a line per Lease renewal: gigabytes a day at thousands of nodes.
                 "--v=WARN",
