@@ -20,6 +20,7 @@ from gaudi_operator.runtime import settings as kopf_settings
 from gaudi_operator.runtime import supervision
 from gaudi_operator.runtime.config import OperatorConfig
 from gaudi_operator.runtime.controller import Controller
+from gaudi_operator.runtime.expectations import Expectations
 
 # /healthz turns red while a background loop keeps failing (runtime/supervision.py).
 kopf.on.probe(id="loops")(supervision.probe)
@@ -27,17 +28,35 @@ kopf.on.probe(id="loops")(supervision.probe)
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Idempotent: kopf retries a start-up handler that raised, and what an earlier try
+    started (kept in the memo) must not start twice. Each step is skipped when done."""
     cfg: OperatorConfig = memo.get("config") or OperatorConfig()
     kopf_settings.apply(settings, cfg)
-    await autoscaling_wiring.start(memo)
-    await failover_wiring.start(memo)
-    clients = await kube.connect(cfg.kubeconfig, pool_size=cfg.pod_concurrency * 2)
-    reconciler = Reconciler(clients, pod_concurrency=cfg.pod_concurrency)
-    controller = Controller(reconciler, workers=cfg.workers, resync_seconds=cfg.resync_seconds)
-    controller.start()
-    await queueing_wiring.start(memo, clients, cfg.resync_seconds)
-    memo["clients"] = clients
-    memo["controller"] = controller
+    if memo.get("autoscaler") is None:
+        await autoscaling_wiring.start(memo)
+    if memo.get("stall_task") is None:
+        await failover_wiring.start(memo)
+    if memo.get("clients") is None:
+        memo["clients"] = await kube.connect(cfg.kubeconfig, pool_size=cfg.pod_concurrency * 2)
+    clients: kube.Clients = memo["clients"]
+    if memo.get("controller") is None:
+        expectations = Expectations()
+        reconciler = Reconciler(
+            clients,
+            pod_concurrency=cfg.pod_concurrency,
+            expectations=expectations,
+            status_debounce_seconds=cfg.status_debounce_seconds,
+        )
+        controller = Controller(
+            reconciler,
+            workers=cfg.workers,
+            resync_seconds=cfg.resync_seconds,
+            expectations=expectations,
+        )
+        controller.start()
+        memo["controller"] = controller
+    if memo.get("queueing") is None:
+        await queueing_wiring.start(memo, clients, cfg.resync_seconds)
     metrics.serve(cfg.metrics_port, cfg.metrics_address)
 
 
