@@ -224,7 +224,8 @@ class Reconciler:
             await self._ensure_service(job, plan.spec, ref, service_exists)
             await self._ensure_pod_group(job, plan.spec, ref, done)
             creation = await self._create_workers(job, plan, ref, done)
-            backoff = self._after_creation(key, plan, creation, job.generation, now, decided)
+            if creation.attempted:
+                backoff = self._after_creation(key, plan, creation, job.generation, now, decided)
         await self._delete_workers(job, plan, done)
         if any(e.reason == "InvalidSpec" for e in decided):
             metrics.INVALID_SPECS.inc()
@@ -400,7 +401,7 @@ class Reconciler:
         if creation.rejected:
             _mark_rejected(plan, creation.rejected, generation, now, events)
         if not creation.refused:
-            if creation.attempted and not creation.rejected:
+            if not creation.rejected:
                 self._refusals.pop(key, None)  # all created: the refusal is over
             return None
         attempts = self._refusals[key].attempts + 1 if key in self._refusals else 1

@@ -93,6 +93,7 @@ class World:
     async def _pass(self) -> None:
         try:
             await self.controller.process(self.key)
+            self.scheduled = self.controller.queue.scheduled()  # a pass asked to come back
         finally:
             self.controller.queue.close()
 
@@ -293,6 +294,7 @@ def test_a_quota_refusal_is_a_condition_and_one_event_with_backoff() -> None:
         w.clock.advance(1)
         w.catch_up()
         w.pass_()
+        assert w.scheduled == 1, "a held creation must come back by itself"
     assert w.api.requests[("POST", "pods")] < posts + 5, "no backoff"
     assert w.api.requests[("POST", "pods")] > posts, "never tried again"
     assert w.reasons("Warning") == ["QuotaExceeded"], "one event, not one per pass"
