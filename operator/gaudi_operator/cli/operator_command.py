@@ -88,9 +88,10 @@ def run_operator(
         typer.Option(
             min=0,
             help="Workers' progress on the way to Running (counts, Scheduled, Starting) is "
-            "written this late at most, or with the next other change; 0 writes every step.",
+            "written this late at most, or with the next other change (workers that cannot "
+            "be placed: 5 s at most); 0 writes every step.",
         ),
-    ] = 5.0,
+    ] = 30.0,
     kubeconfig: Annotated[
         str | None,
         typer.Option(

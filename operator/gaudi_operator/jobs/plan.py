@@ -578,6 +578,14 @@ PROGRESS_CONDITIONS = frozenset({ConditionType.CREATED.value, ConditionType.SCHE
 _PROGRESS_PHASES = frozenset({Phase.PENDING.value, Phase.STARTING.value})
 
 
+def waiting_for_placement(status: Mapping[str, Any]) -> bool:
+    """A worker the scheduler cannot place (Scheduled=False): worth saying soon."""
+    return any(
+        c.get("type") == ConditionType.SCHEDULED.value and c.get("status") == "False"
+        for c in status.get("conditions") or []
+    )
+
+
 def progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """True when the status change from `old` to `new` is workers' progress alone: the
     counts, the Created and Scheduled conditions, Pending <-> Starting, and the messages of

@@ -65,6 +65,9 @@ __all__ = [
 # much, doubling each time up to the cap; the passes in between create nothing.
 REFUSAL_BACKOFF_SECONDS = 5.0
 REFUSAL_BACKOFF_MAX_SECONDS = 300.0
+# Progress held back (see `Reconciler._write_status`) while a worker cannot be placed is
+# written after this long at most: "why is my job Pending" must not wait the full debounce.
+UNPLACED_DEBOUNCE_SECONDS = 5.0
 
 Key = tuple[str, str]  # (namespace, job name)
 
@@ -491,9 +494,10 @@ class Reconciler:
         it decided from (`read`); a conflict with our own part changed is `RetrySoon`.
 
         Workers' progress alone (`jobs.plan.progress_only`), with nothing decided, waits up
-        to `debounce` seconds for the next change to go out with: returns (None, seconds
-        left) while it waits. The trade-off: `kubectl get` may show Pending for those
-        seconds while pods already start; a job on its way to Running costs two writes.
+        to `debounce` seconds (5 s while a worker cannot be placed) for the next change to go
+        out with: returns (None, seconds left) while it waits. The trade-off: `kubectl get`
+        may show Pending for those seconds while pods already start (image pulls); a job on
+        its way to Running costs two status writes, even on a loaded API server.
         """
         old = read.get("status") or {}
         new = plan.status.to_dict()
@@ -501,8 +505,11 @@ class Reconciler:
             self._held.pop(key, None)
             return None, None
         if self.debounce > 0 and not decided and job_plan.progress_only(old, new):
+            hold = self.debounce
+            if job_plan.waiting_for_placement(new):
+                hold = min(hold, UNPLACED_DEBOUNCE_SECONDS)
             since = self._held.setdefault(key, self._monotonic())
-            left = self.debounce - (self._monotonic() - since)
+            left = hold - (self._monotonic() - since)
             if left > 0:
                 return None, left
         self._held.pop(key, None)

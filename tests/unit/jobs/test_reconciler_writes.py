@@ -336,15 +336,48 @@ def test_create_to_running_costs_at_most_n_plus_4_writes(workers: int) -> None:
 
 
 def test_progress_alone_is_written_after_the_debounce_when_nothing_else_comes() -> None:
-    w = World("slow-start", {"workers": {"replicas": 2}}, debounce=5.0)
+    w = World("slow-start", {"workers": {"replicas": 2}}, debounce=30.0)
     w.pass_()
     w.catch_up()
     w.each_pod(scheduled)
     w.catch_up()
     w.pass_()
     assert w.job["status"]["phase"] == "Pending"  # Starting waits for the next change
-    w.clock.advance(5.1)
+    w.clock.advance(29)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] == "Pending"
+    assert w.scheduled == 1  # ... and comes back by itself when the wait is over
+    w.clock.advance(1.1)
     w.catch_up()
     w.pass_()
     assert w.job["status"]["phase"] == "Starting"
+    w.forget()
+
+
+def unplaceable(pod: dict[str, Any]) -> None:
+    pod["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+            "lastTransitionTime": "2026-05-01T12:00:00Z",
+        }
+    ]
+
+
+def test_workers_that_cannot_be_placed_are_said_within_five_seconds() -> None:
+    w = World("no-room", {"workers": {"replicas": 2}}, debounce=30.0)
+    w.pass_()
+    w.catch_up()
+    w.each_pod(unplaceable)
+    w.catch_up()
+    w.pass_()
+    assert condition(w.job, "Scheduled") is None
+    w.clock.advance(5.1)
+    w.catch_up()
+    w.pass_()
+    said = condition(w.job, "Scheduled")
+    assert said is not None and said["status"] == "False"
     w.forget()
