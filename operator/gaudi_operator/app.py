@@ -13,6 +13,7 @@ from gaudi_operator.autoscaling import wiring as autoscaling_wiring
 from gaudi_operator.clients import kube
 from gaudi_operator.failover import wiring as failover_wiring
 from gaudi_operator.jobs import wiring as jobs_wiring  # noqa: F401  (registers its handlers)
+from gaudi_operator.jobs.gaudi import GaudiSettings, NodeLabel, ScaleOutNodes
 from gaudi_operator.jobs.reconciler import Reconciler
 from gaudi_operator.observability import metrics
 from gaudi_operator.queueing import wiring as queueing_wiring
@@ -32,6 +33,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     started (kept in the memo) must not start twice. Each step is skipped when done."""
     cfg: OperatorConfig = memo.get("config") or OperatorConfig()
     kopf_settings.apply(settings, cfg)
+    # Intel's pod contract, operator-wide: every manifest of a worker pod is built with it.
+    gaudi = GaudiSettings(cfg.hugepages_mi_per_hpu, NodeLabel.parse(cfg.scale_out_label))
+    memo["gaudi"] = gaudi
+    if memo.get("scale_out_nodes") is None:
+        memo["scale_out_nodes"] = ScaleOutNodes(gaudi.scale_out_label)
+    scale_out_nodes = memo["scale_out_nodes"]
     if memo.get("autoscaler") is None:
         await autoscaling_wiring.start(memo)
     if memo.get("stall_task") is None:
@@ -44,6 +51,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         reconciler = Reconciler(
             clients,
             pod_concurrency=cfg.pod_concurrency,
+            gaudi=gaudi,
+            scale_out_nodes=scale_out_nodes,
             expectations=expectations,
             status_debounce_seconds=cfg.status_debounce_seconds,
         )
@@ -56,7 +65,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         controller.start()
         memo["controller"] = controller
     if memo.get("queueing") is None:
-        await queueing_wiring.start(memo, clients, cfg.resync_seconds)
+        await queueing_wiring.start(memo, clients, cfg.resync_seconds, gaudi)
     metrics.serve(cfg.metrics_port, cfg.metrics_address)
 
 

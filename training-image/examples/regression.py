@@ -44,7 +44,9 @@ def main() -> int:
             x = torch.randn(batch.micro_batch, 4).to(session.device.torch_device())
             loss = torch.nn.functional.mse_loss(model(x), x @ true_w.T)
             (loss / batch.accumulation_steps).backward()
+            session.device.mark_step()  # HPU lazy mode: flush after backward (else a no-op)
         optimizer.step()
+        session.device.mark_step()  # ... and after the optimizer step
         session.extra["note"] = "user state saved with every checkpoint"
         if session.step_done(step, loss=loss.item()):
             break  # SIGTERM somewhere: the checkpoint of this step is written

@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--nproc", type=int, help="processes here (default: one per device)")
     launch.add_argument("--max-restarts", type=int, help="torchrun restarts (PET_MAX_RESTARTS)")
     launch.add_argument("--device", choices=("auto", "hpu", "cuda", "cpu"), help="GAUDI3_DEVICE")
+    launch.add_argument(
+        "--hpu-mode",
+        choices=("eager", "lazy"),
+        help="GAUDI3_HPU_MODE: Intel's execution mode, sets PT_HPU_LAZY_MODE (default eager)",
+    )
+    launch.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="GAUDI3_COMPILE: torch.compile the model (hpu_backend on Gaudi, eager mode only)",
+    )
     launch.add_argument("--checkpoint-dir", help="GAUDI3_CHECKPOINT_DIR (default: none locally)")
     launch.add_argument("--checkpoint-interval", type=int, help="GAUDI3_CHECKPOINT_INTERVAL")
     launch.add_argument("--checkpoint-keep", type=int, help="complete checkpoints kept (3)")
@@ -82,6 +93,8 @@ def settings_from(args: argparse.Namespace) -> JobSettings:
     settings = JobSettings.from_env()
     overrides: dict[str, Any] = {
         "device": args.device,
+        "hpu_mode": args.hpu_mode,
+        "compile": args.compile,
         "checkpoint_dir": args.checkpoint_dir,
         "checkpoint_interval": args.checkpoint_interval,
         "checkpoint_keep": args.checkpoint_keep,

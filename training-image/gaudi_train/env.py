@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gaudi_train import hpu_mode as modes
+
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_CHECKPOINT_INTERVAL = 100
 DEFAULT_CHECKPOINT_KEEP = 3
@@ -35,6 +37,15 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         raise EnvError(f"{name}={raw!r} is not an integer") from None
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise EnvError(f"{name}={raw!r}: use 1 or 0")
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """GAUDI3_* settings, read by the launcher and exported again to every worker."""
@@ -54,6 +65,10 @@ class JobSettings:
     # tests use 127.0.0.1.
     metrics_address: str = ""
     device: str = "auto"
+    # Intel's HPU execution mode, eager (its default) or lazy: see gaudi_train.hpu_mode.
+    hpu_mode: str = modes.DEFAULT
+    # torch.compile the model with the device's backend (hpu_backend on Gaudi).
+    compile: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobSettings:
@@ -67,6 +82,10 @@ class JobSettings:
         device = env.get("GAUDI3_DEVICE", "auto").strip().lower() or "auto"
         if device not in ("auto", "hpu", "cuda", "cpu"):
             raise EnvError(f"GAUDI3_DEVICE={device!r}: use auto, hpu, cuda or cpu")
+        try:
+            mode = modes.resolve(env.get(modes.SETTING), env)
+        except modes.ModeError as exc:
+            raise EnvError(str(exc)) from None
         return cls(
             job_name=env.get("GAUDI3_JOB_NAME", "").strip() or "local",
             namespace=env.get("GAUDI3_NAMESPACE", "").strip(),
@@ -85,6 +104,8 @@ class JobSettings:
             metrics_address=env.get("GAUDI3_METRICS_ADDRESS", "").strip()
             or env.get("GAUDI3_POD_IP", "").strip(),
             device=device,
+            hpu_mode=mode,
+            compile=_flag(env, "GAUDI3_COMPILE"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -102,6 +123,8 @@ class JobSettings:
             "GAUDI3_METRICS_PORT": "off" if self.metrics_port is None else str(self.metrics_port),
             "GAUDI3_METRICS_ADDRESS": self.metrics_address,
             "GAUDI3_DEVICE": self.device,
+            modes.SETTING: self.hpu_mode,
+            "GAUDI3_COMPILE": "1" if self.compile else "0",
         }
         return env
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gaudi_train import prefork
+from gaudi_train import hpu_mode, prefork
 from gaudi_train.batching import valid_replica_counts, valid_world_sizes
 from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSettings, JobSettings
 
@@ -127,8 +129,60 @@ def torchrun_argv(request: LaunchRequest, nproc: int) -> list[str]:
     return argv + request.entry
 
 
+def habana_logs_problem(env: Mapping[str, str]) -> str | None:
+    """Why HABANA_LOGS cannot be written, or None (also when it is unset).
+
+    Intel's Gaudi software writes its logs under HABANA_LOGS (Intel's images set it to
+    /var/log/habana_logs/, a folder their packages create as root: Setup_and_Install
+    dockerfiles/base). Our image runs as a non-root user, so the folder must be writable
+    for it; a pod that runs under another user, or with a read-only root filesystem,
+    needs a writable volume there. Tried for real (create and delete a file), since
+    permission bits say nothing about read-only mounts."""
+    path = env.get("HABANA_LOGS", "").strip()
+    if not path:
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".gaudi3-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return (
+            f"HABANA_LOGS={path} is not writable for uid {os.getuid()} "
+            f"({exc.strerror or exc}): Intel's Gaudi software writes its logs there. "
+            "Mount a writable volume at that path (an emptyDir in the pod template) or set "
+            "HABANA_LOGS to a writable folder."
+        )
+    return None
+
+
+def settings_problem(settings: JobSettings) -> str | None:
+    """A combination of settings that cannot work on the HPU path, or None."""
+    if settings.compile and settings.hpu_mode == hpu_mode.LAZY:
+        # Intel's PyTorch Support Matrix: torch.compile(backend="hpu_backend") runs in
+        # eager mode (PT_HPU_LAZY_MODE=0) only. Refused on every device, so a job that
+        # would fail on Gaudi fails the same way in a CPU test run.
+        return (
+            "--compile (GAUDI3_COMPILE) needs eager mode: torch.compile(backend='hpu_backend') "
+            "is not supported in lazy mode (PT_HPU_LAZY_MODE=1). Drop --compile or use "
+            "--hpu-mode eager."
+        )
+    return None
+
+
 def launch(request: LaunchRequest) -> int:
     """Run torchrun in this process and return the exit code for the pod."""
+    # First of all, before anything imports torch (which loads Intel's bridge, and the
+    # bridge reads PT_HPU_LAZY_MODE once): the HPU mode, inherited by every worker.
+    try:
+        hpu_mode.apply(request.settings.hpu_mode)
+    except hpu_mode.ModeError as exc:
+        print(f"gaudi3-train: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    problem = settings_problem(request.settings) or habana_logs_problem(os.environ)
+    if problem:
+        print(f"gaudi3-train: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     nproc = resolve_nproc(request)
     problem = check_batch(request.settings, request.elastic, nproc)
     if problem:

@@ -3,12 +3,13 @@
     import gaudi_train
 
     session = gaudi_train.init()                 # process group, device, batch plan, metrics
-    model = session.wrap(MyModel())              # to the device, DDP when world > 1
+    model = session.wrap(MyModel())              # to the device, DDP when world > 1, --compile
     optimizer = torch.optim.AdamW(model.parameters())
     step = session.restore(model, optimizer)     # 0, or the step of the latest checkpoint
     while step < max_steps:
         step += 1
-        ...  # session.batch.accumulation_steps micro batches of session.batch.micro_batch
+        ...  # session.batch.accumulation_steps micro batches of session.batch.micro_batch,
+        ...  # session.device.mark_step() after each backward and after optimizer.step()
         if session.step_done(step, loss=loss.item(), samples=n):
             break                                # SIGTERM somewhere: checkpoint written
     raise SystemExit(session.finish())           # final checkpoint, exit code for the pod
@@ -68,7 +69,10 @@ class Session:
         self.resumed: CheckpointInfo | None = None
         if self.settings.checkpoint_dir:
             self.checkpointer = Checkpointer(
-                self.settings.checkpoint_dir, self.settings.checkpoint_keep, seed
+                self.settings.checkpoint_dir,
+                self.settings.checkpoint_keep,
+                seed,
+                device_kind=self.device.kind,
             )
             self.checkpointer.clean_partial()
             self.resumed = self.checkpointer.latest()
@@ -106,12 +110,16 @@ class Session:
         return self.rank.is_main
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """Move `model` to this process's device; DDP-wrap it when the world has peers."""
+        """Move `model` to this process's device; DDP-wrap it when the world has peers
+        (Intel's DDP arguments on HPUs); torch.compile it when the job asks (`--compile`:
+        hpu_backend on Gaudi). Compiled after the DDP wrap, as Intel's references do."""
         model = model.to(self.device.torch_device())
-        if self.world_size == 1:
-            return model
-        device_ids = [self.rank.local_rank] if self.device.kind == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        if self.world_size > 1:
+            kwargs = self.device.ddp_arguments(self.rank.local_rank)
+            model = DistributedDataParallel(model, **kwargs)
+        if self.settings.compile:
+            model = self.device.compiled(model)
+        return model
 
     # -- checkpoints ----------------------------------------------------------------------
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

@@ -69,6 +69,7 @@ def train(
     from torch.nn.parallel import DistributedDataParallel
 
     from gaudi_train.data import CorpusSpec, GlobalBatchSampler, SyntheticCorpus
+    from gaudi_train.device import uncompiled
     from gaudi_train.model import TinyLM
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -89,7 +90,8 @@ def train(
             batch.accumulation_steps,
         )
     target = torch.device(device.device)
-    ddp = isinstance(model, DistributedDataParallel)
+    inner = uncompiled(model)  # with --compile, DDP sits inside torch.compile's wrapper
+    ddp = isinstance(inner, DistributedDataParallel)
     while step < cfg.max_steps:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -102,7 +104,7 @@ def train(
             tokens, targets = (t.to(target) for t in corpus.batch(idx))
             last = micro == batch.accumulation_steps - 1
             # Gradients are all-reduced once per optimizer step, on the last micro batch.
-            sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+            sync = contextlib.nullcontext() if (last or not ddp) else inner.no_sync()
             with sync:
                 with device.autocast():
                     logits = model(tokens)
@@ -110,6 +112,8 @@ def train(
                     logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)
                 )
                 (loss / batch.accumulation_steps).backward()
+            # Intel (lazy mode): mark_step() after backward and after optimizer.step()
+            # (Model-References torchvision train.py); a no-op in eager mode.
             device.mark_step()
             loss_sum += loss.detach()
         optimizer.step()

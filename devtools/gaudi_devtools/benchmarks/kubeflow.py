@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cluster", default="gaudi3", help="local cluster name (gaudi3 cluster up)")
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--hpus-per-worker", type=int, default=1)
+    p.add_argument("--hpus-per-worker", type=int, default=1, choices=(1, 2, 4, 8))
     p.add_argument("--timeout", type=float, default=900)
     a = p.parse_args(argv)
     c = Cluster(a.cluster)

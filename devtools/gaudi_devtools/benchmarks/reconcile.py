@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gaudi_devtools.benchmarks import support
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
 from gaudi_devtools.benchmarks.writes import controller_writes, read_request_totals
 from gaudi_operator import api
@@ -317,7 +318,9 @@ def benchmark_reconcile(
     ),
     jobs: Annotated[int, typer.Option(min=1, max=5000, help="Jobs submitted at once.")] = 100,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Workers per job.")] = 4,
-    hpus_per_worker: Annotated[int, typer.Option(min=1, max=8)] = 1,
+    hpus_per_worker: Annotated[
+        int, typer.Option(callback=support.hpus_per_worker, help="1, 2, 4 or 8.")
+    ] = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600,
     versus: Annotated[
         str,

@@ -116,11 +116,42 @@ def run_operator(
             "can reach.",
         ),
     ] = None,
+    hugepages_mi_per_hpu: Annotated[
+        int,
+        typer.Option(
+            "--hugepages-mi-per-hpu",
+            min=0,
+            help="hugepages-2Mi (MiB, even) each worker requests per HPU unless its "
+            "spec.resources says otherwise; 0 requests none. Default: Intel's sizing "
+            "(docs/gaudi.md).",
+        ),
+    ] = 3624,
+    scale_out_label: Annotated[
+        str,
+        typer.Option(
+            "--scale-out-label",
+            help="Node label (key=value, or key for any value) that marks a node whose "
+            "Gaudi scale-out NICs are configured; workers of jobs that can have more than "
+            "one worker run only on such nodes. Empty turns the gate off. Default: the "
+            "label Intel's network operator sets.",
+        ),
+    ] = "intel.feature.node.kubernetes.io/gaudi-scale-out=true",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
 ) -> None:
     """Run the operator (Ctrl-C or SIGTERM stops it)."""
     import kopf
 
+    from gaudi_operator.jobs.gaudi import NodeLabel
+
+    try:
+        NodeLabel.parse(scale_out_label)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--scale-out-label") from err
+    if hugepages_mi_per_hpu % 2:
+        raise typer.BadParameter(
+            f"{hugepages_mi_per_hpu}: whole 2 MiB pages only (an even number of MiB)",
+            param_hint="--hugepages-mi-per-hpu",
+        )
     # Registers every handler in kopf's default registry.
     from gaudi_operator import app  # noqa: F401
     from gaudi_operator.observability import metrics
@@ -147,6 +178,8 @@ def run_operator(
         status_debounce_seconds=status_debounce_seconds,
         prometheus_url=prometheus_url,
         prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
+        hugepages_mi_per_hpu=hugepages_mi_per_hpu,
+        scale_out_label=scale_out_label,
     )
     namespaces = list(namespace or [])
     health = f"http://{health_address}:{health_port}/healthz" if health_port else None

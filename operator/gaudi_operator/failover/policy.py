@@ -38,7 +38,9 @@ MAX_BACKOFF_SECONDS = 300
 
 # Reasons that blame the node, not the program: with excludeFailedNodes the replacement
 # must avoid it. Evictions and preemptions are about capacity, not a broken machine.
-NODE_FAULT_REASONS = frozenset({FailureReason.NODE_LOST, FailureReason.HPU_UNHEALTHY})
+NODE_FAULT_REASONS = frozenset(
+    {FailureReason.NODE_LOST, FailureReason.HPU_UNHEALTHY, FailureReason.SCALE_OUT_LINK_DOWN}
+)
 
 # The pod's DisruptionTarget condition (Kubernetes >= 1.26) names who is taking it away.
 _DISRUPTION_REASONS: Mapping[str, FailureReason] = {
@@ -192,6 +194,9 @@ class NodeHealth:
     unschedulable: bool = False
     # When the operator first saw allocatable below capacity (signals.NodeCache notes it).
     hpus_missing_since: datetime | None = None
+    # The HPUs were already missing when the operator first saw the node (at start-up, or
+    # a new node): nobody can tell which workers started before the drop.
+    hpus_missing_before_seen: bool = False
 
     @property
     def hpus_missing(self) -> int:
@@ -253,7 +258,10 @@ def node_failure(
     NotReady grace runs out (a timedelta: come back then).
 
     An HPU drop only hits workers that started before it was seen: a worker placed on the
-    node afterwards got healthy cards (the device plugin never hands out unhealthy ones)."""
+    node afterwards got healthy cards (the device plugin never hands out unhealthy ones).
+    A drop that predates the operator's first look at the node hits nobody: after an
+    operator restart a long-dead card would otherwise restart every job on its node (a
+    worker that did lose its card fails or stalls, and is caught as that)."""
     if not health.exists:
         return FailureReason.NODE_LOST, now, "the node was deleted"
     if not health.ready:
@@ -268,6 +276,8 @@ def node_failure(
             )
         return lost_at - now
     since = health.hpus_missing_since
+    if health.hpus_missing_before_seen:
+        return None
     if health.hpus_missing and not (pod_started and since and pod_started > since):
         return (
             FailureReason.HPU_UNHEALTHY,
@@ -278,17 +288,78 @@ def node_failure(
     return None
 
 
+# --- HPU health from the Gaudi exporter --------------------------------------------------
+
+
+class HpuFaultKind(StrEnum):
+    """What the HPU health query found on a card (its `fault` label, docs/gaudi.md)."""
+
+    ECC = "ecc"  # rows with uncorrectable (double-bit) ECC errors pending replacement
+    TEMPERATURE = "temperature"  # on-chip temperature at the card's shutdown threshold
+    LINK_DOWN = "link"  # a scale-out (external) NIC port went down
+    OTHER = "other"  # a custom query's fault without one of the kinds above
+
+
+@dataclass(frozen=True)
+class HpuFault:
+    """One faulty card held by one worker pod, as one reading of the health query saw it."""
+
+    kind: HpuFaultKind
+    message: str
+
+
+@dataclass(frozen=True)
+class HpuReading:
+    """One reading of the operator's HPU health query, for one job's workers.
+
+    Intel's exporter names the pod holding each card (`pod_name`, `pod_namespace`, from the
+    kubelet's pod-resources API) as of its last scrape. A reading therefore speaks for a
+    worker only once the worker is older than one scrape interval (`min_pod_age`): until
+    then a series may still name the previous worker of the same name (workers keep their
+    names across restarts), on another node with other cards.
+    """
+
+    faults: Mapping[str, Sequence[HpuFault]] = field(default_factory=dict)  # pod name ->
+    at: datetime | None = None  # when the query ran
+    min_pod_age: float = 0.0
+
+
+def hpu_failure(pod: PodFacts, reading: HpuReading, replicas: int, now: datetime) -> Failure | None:
+    """HPUUnhealthy for a worker holding a card with an ECC, temperature (or custom) fault;
+    ScaleOutLinkDown for a worker whose card lost a scale-out port, only when the job has
+    more than one worker (a single worker never uses the scale-out network). None when
+    the reading says nothing about this worker (yet)."""
+    faults = reading.faults.get(pod.name)
+    if not faults or reading.at is None:
+        return None
+    if (
+        pod.started_at is None
+        or (reading.at - pod.started_at).total_seconds() < reading.min_pod_age
+    ):
+        return None
+    cards = [f for f in faults if f.kind != HpuFaultKind.LINK_DOWN]
+    links = [f for f in faults if f.kind == HpuFaultKind.LINK_DOWN] if replicas > 1 else []
+    if cards:
+        reason, found = FailureReason.HPU_UNHEALTHY, cards
+    elif links:
+        reason, found = FailureReason.SCALE_OUT_LINK_DOWN, links
+    else:
+        return None
+    message = "; ".join(sorted({f.message for f in found}))
+    return Failure(reason, now, pod.name, pod.node, pod.index, None, message, pod.uid)
+
+
 # --- detection ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Signals:
-    """Observations from outside the job's pod list, gathered by `health.py`."""
+    """Observations from outside the job's pod list, gathered by `signals.signals_for`."""
 
     # Node name -> health of the nodes the workers run on (`exists=False`: it is gone);
     # no key: not known yet (never a failure).
     nodes: Mapping[str, NodeHealth] = field(default_factory=dict)
-    unhealthy_hpu_nodes: Mapping[str, str] = field(default_factory=dict)  # node -> why
+    hpu: HpuReading = field(default_factory=HpuReading)  # the exporter's faults per worker
     gone: Sequence[Failure] = ()  # workers deleted by someone else, no longer listed
     own_deletions: frozenset[str] = frozenset()  # uids the operator deleted itself
 
@@ -336,9 +407,12 @@ def detect_failures(
     signals: Signals | None = None,
     stall: Failure | None = None,
     placement_timeout: int = 0,
+    replicas: int = 1,
 ) -> Detection:
     """Every failure among the current generation's worker pods, their nodes and the
-    job's progress. One failure per pod: the pod's own state wins over its node's."""
+    job's progress. One failure per pod: the pod's own state wins over its node's, and
+    its node's over its cards'. `replicas` (the job's desired workers) tells whether the
+    scale-out network matters."""
     signals = signals or Signals()
     pods = list(pods)
     failures: list[Failure] = []
@@ -362,17 +436,8 @@ def detect_failures(
                 elif verdict is not None:
                     reason, when, msg = verdict
                     found = Failure(reason, when, pod.name, pod.node, pod.index, None, msg, pod.uid)
-            if found is None and pod.node in signals.unhealthy_hpu_nodes:
-                found = Failure(
-                    FailureReason.HPU_UNHEALTHY,
-                    now,
-                    pod.name,
-                    pod.node,
-                    pod.index,
-                    None,
-                    signals.unhealthy_hpu_nodes[pod.node],
-                    pod.uid,
-                )
+            if found is None:
+                found = hpu_failure(pod, signals.hpu, replicas, now)
         if found is not None:
             failures.append(found)
     failures += [g for g in signals.gone if g.pod not in seen]
@@ -663,7 +728,7 @@ def step(
         advanced = parse_rfc3339(progress.time)
         clock = max(advanced, ready_since) if advanced else ready_since
         stall = stall_failure(progress.step, clock, now, policy.stall_timeout_seconds)
-    found = detect_failures(pods, policy, now, signals, stall, placement_timeout)
+    found = detect_failures(pods, policy, now, signals, stall, placement_timeout, replicas)
     # A RecreateFailed restart already counted (its intent names the pods it replaces) whose
     # pods are still here: the operator died before deleting them. Finish it, count nothing.
     replaced = set(status.replaced_pods or ())

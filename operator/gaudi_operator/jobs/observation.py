@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec, GaudiTrainingJobStatus
 from gaudi_operator.failover.policy import Signals
+from gaudi_operator.jobs.gaudi import ScaleOut
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class Observation:
     spec_error: str | None = None
     status: GaudiTrainingJobStatus = field(default_factory=GaudiTrainingJobStatus)
     signals: Signals = field(default_factory=Signals)
+    # The scale-out readiness gate (jobs.gaudi): None when it is off or not known yet.
+    scale_out: ScaleOut | None = None
 
     @property
     def replicas(self) -> int:

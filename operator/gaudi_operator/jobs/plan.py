@@ -40,6 +40,7 @@ from gaudi_operator.api import (
     set_condition,
 )
 from gaudi_operator.failover import policy as failover
+from gaudi_operator.jobs import gaudi
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
 from gaudi_operator.queueing import policy as queueing
 
@@ -245,7 +246,9 @@ def _decide(obs: Observation) -> Plan:
     if restarting is not None and restarting.status == "True":
         status.phase = Phase.RESTARTING  # until the whole world runs again
     _running_conditions(status, job.generation, desired, now)
-    _scheduled_condition(status, [p for p in pods if p.generation == gen], job.generation, now)
+    scale_out = obs.scale_out if gaudi.needs_scale_out(spec) else None
+    world_pods = [p for p in pods if p.generation == gen]
+    _scheduled_condition(status, world_pods, job.generation, now, scale_out)
     # No event for reaching Running: phase and Ready say it (with the time), and a job's
     # way to Running posts one Normal event only, CreatedWorkers (docs/architecture.md).
     return out
@@ -350,20 +353,31 @@ def unschedulable_reason(message: str, excluded_nodes: list[str]) -> str:
 
 
 def _scheduled_condition(
-    status: GaudiTrainingJobStatus, world: list[WorkerPod], generation: int, now: datetime
+    status: GaudiTrainingJobStatus,
+    world: list[WorkerPod],
+    generation: int,
+    now: datetime,
+    scale_out: gaudi.ScaleOut | None = None,
 ) -> None:
     """Scheduled: whether every worker of the current world has a node, and if not, the
-    scheduler's own reason (a job that cannot run says why instead of sitting Pending)."""
+    scheduler's own reason (a job that cannot run says why instead of sitting Pending).
+    A job held by the scale-out gate (`scale_out`, when its workers need a ready node)
+    while no node is ready says that instead: no other fix would place it."""
     alive = [p for p in world if not p.deleting and not p.terminal]
     waiting = [p for p in alive if p.unschedulable]
     if waiting:
         said = waiting[0].unschedulable or ""
+        reason = unschedulable_reason(said, status.excluded_nodes)
+        why = f"{len(waiting)} of {len(alive)} workers cannot be placed"
+        if scale_out is not None and scale_out.ready_nodes == 0:
+            reason = gaudi.NO_SCALE_OUT_READY_NODE
+            why += f": {gaudi.scale_out_message(scale_out.label)}"
         status.conditions = set_condition(
             status.conditions,
             ConditionType.SCHEDULED,
             False,
-            unschedulable_reason(said, status.excluded_nodes),
-            f"{len(waiting)} of {len(alive)} workers cannot be placed; the scheduler says: {said}",
+            reason,
+            f"{why}; the scheduler says: {said}",
             now,
             generation,
         )

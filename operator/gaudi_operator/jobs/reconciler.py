@@ -36,6 +36,7 @@ from gaudi_operator.failover.recording import RECORDER
 from gaudi_operator.failover.signals import DISRUPTIONS, signals_for
 from gaudi_operator.jobs import manifests
 from gaudi_operator.jobs import plan as job_plan
+from gaudi_operator.jobs.gaudi import DEFAULTS, GaudiSettings, ScaleOutNodes
 from gaudi_operator.jobs.observation import JobView, WorkerPod, observe
 from gaudi_operator.jobs.plan import Event, Plan
 from gaudi_operator.observability import metrics
@@ -157,11 +158,16 @@ class Reconciler:
         *,
         pod_concurrency: int = 32,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gaudi: GaudiSettings = DEFAULTS,
+        scale_out_nodes: ScaleOutNodes | None = None,
         expectations: Expectations | None = None,
         status_debounce_seconds: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clients = clients
+        self.gaudi = gaudi
+        # Fed by the node watch (jobs.wiring); without one the gate's state is unknown.
+        self.scale_out_nodes = scale_out_nodes or ScaleOutNodes(None)
         self.status = StatusWriter(clients)
         self.expectations = expectations if expectations is not None else Expectations()
         # One bound for the whole operator: a 1000-worker job must not open 1000 requests.
@@ -198,6 +204,7 @@ class Reconciler:
         key = (job.namespace, job.name)
         obs = observe(job, observed, self._clock())  # parsed once, here at the edge
         obs = replace(obs, signals=await signals_for(obs))  # nodes, HPU health, vanished pods
+        obs = replace(obs, scale_out=self.scale_out_nodes.view())
         plan = job_plan.decide(obs)
         now = obs.now
         if job.deleting:
@@ -342,7 +349,7 @@ class Reconciler:
         self.expectations.expect(key, creations=names.values())
 
         async def create(index: int) -> str:
-            manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded)
+            manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded, self.gaudi)
             try:
                 async with self._pod_slots:
                     await kube.create(self.clients, pods_path, manifest)

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from gaudi_operator import api
+from gaudi_operator.jobs.gaudi import ScaleOutNodes
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.runtime.controller import Controller
 
@@ -106,3 +107,21 @@ async def service_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+
+
+@kopf.on.event("v1", "nodes")
+async def scale_out_node_event(
+    type: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep the scale-out ready nodes (jobs.gaudi) current. When the cluster goes from none
+    to some or back, jobs whose workers wait for a node are looked at again: their
+    Scheduled condition says whether the gate is what holds them."""
+    nodes: ScaleOutNodes | None = memo.get("scale_out_nodes")
+    if nodes is None or not nodes.update(type, name, labels):
+        return
+    controller: Controller | None = memo.get("controller")
+    if controller is None or controller.pods is None:
+        return
+    for key, pods in list(controller.pods.items()):
+        if any(getattr(p, "unschedulable", None) for p in pods):
+            controller.enqueue(key)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec
 from gaudi_operator.clients import kube
+from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import WorkerPod, parse_status
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.queueing import policy
@@ -48,11 +49,13 @@ class Admission:
         clients: kube.Clients,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         resync_seconds: float = 30.0,
+        gaudi: GaudiSettings | None = None,
     ) -> None:
         self.clients = clients
         self.status = StatusWriter(clients)
         self._clock = clock
         self.resync_seconds = resync_seconds
+        self.gaudi = gaudi or GaudiSettings()  # the workers' pod contract, for the pod set
 
     async def sync(self, body: Mapping[str, Any], pods: Iterable[WorkerPod]) -> float | None:
         """Returns when to look again (None: the next event will do)."""
@@ -94,7 +97,7 @@ class Admission:
                 await self._suspend(job, True)
             return 30.0
         priority = await self._priority(meta, spec) if wl is None else None
-        d = policy.decide(job, wl, now, priority)
+        d = policy.decide(job, wl, now, priority, self.gaudi)
 
         if d.delete is not None:
             await self._delete_workload(job.namespace, d.delete)

@@ -23,3 +23,7 @@ class OperatorConfig:
     prometheus_url: str = ""
     # Further Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
     prometheus_allowed_urls: tuple[str, ...] = ()
+    # Intel's pod contract (jobs.gaudi, docs/gaudi.md): huge pages per HPU in MiB (0: none),
+    # and the node label of scale-out readiness, `key=value` or `key` ("" turns the gate off).
+    hugepages_mi_per_hpu: int = 3624
+    scale_out_label: str = "intel.feature.node.kubernetes.io/gaudi-scale-out=true"

@@ -105,6 +105,23 @@ def test_two_workers_on_two_real_nodes_form_one_world_and_loss_falls(
     assert isinstance(logged, list)
     (first_step, first_loss), (last_step, last_loss) = logged[0], logged[-1]
     assert last_step > first_step and last_loss < first_loss - 0.1, logged
+    assert_intels_pod_contract_reached_the_runtime(ns)
+
+
+CAP_SYS_NICE = 23  # linux/capability.h
+
+
+def assert_intels_pod_contract_reached_the_runtime(ns: str) -> None:
+    """hostIPC and SYS_NICE as the kubelet and containerd applied them (docs/gaudi.md): the
+    worker runs in this machine's IPC namespace with its /dev/shm, and SYS_NICE is in its
+    capability bounding set (not effective: the image runs as a non-root user)."""
+    pid = launcher_pid(ns, JOB, 0)
+    assert pid is not None, "worker 0's launcher process on this machine"
+    proc = Path(f"/proc/{pid}")
+    assert os.readlink(proc / "ns" / "ipc") == os.readlink("/proc/self/ns/ipc")
+    assert os.stat(proc / "root" / "dev" / "shm").st_dev == os.stat("/dev/shm").st_dev
+    status = dict(line.split(":\t", 1) for line in (proc / "status").read_text().splitlines())
+    assert int(status["CapBnd"], 16) >> CAP_SYS_NICE & 1, status["CapBnd"]
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(
