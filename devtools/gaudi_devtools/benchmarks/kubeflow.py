@@ -399,6 +399,12 @@ async def run_load(
             cleaned = time.monotonic() - t1
         finally:
             await http.delete(f"{base}/api/v1/namespaces/{namespace}")
+            # Gone before the next run counts its writes (benchmarks/writes.py).
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if (await http.get(f"{base}/api/v1/namespaces/{namespace}")).status_code == 404:
+                    break
+                await asyncio.sleep(0.5)
     return {
         "submitted": submitted,
         "all_pods_running": pods_at,

@@ -89,6 +89,20 @@ async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
     return [(p.get("status") or {}).get("phase", "") for p in items]
 
 
+async def _drop_namespace(core: Any, ns: str, limit_s: float = 300) -> None:
+    """Delete the namespace and wait until it is gone: its teardown (the namespace
+    controller's and kwok's pod deletes) must not run into the next run's write count."""
+    await core.delete_namespace(ns)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            await core.read_namespace(ns)  # preloaded: only then is a 404 an exception
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                return
+        await asyncio.sleep(0.5)
+
+
 async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
     """A collection delete that outlasts a loaded API server's request timeout stops there
     part-way (a 504, or the connection closed under us): ask again until one call gets
@@ -219,7 +233,7 @@ async def _run_bare(
         }
     finally:
         try:
-            await core.delete_namespace(ns)
+            await _drop_namespace(core, ns)
         finally:
             await clients.close()
 
@@ -284,7 +298,7 @@ async def _run(
         }
     finally:
         try:
-            await core.delete_namespace(ns)
+            await _drop_namespace(core, ns)
         finally:
             await clients.close()
 

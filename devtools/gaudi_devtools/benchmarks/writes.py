@@ -35,6 +35,8 @@ def request_totals(metrics_text: str) -> Counter[Request]:
         if m is None:
             continue
         labels = dict(_LABEL.findall(m.group("labels")))
+        if labels.get("scope") in ("namespace", "cluster") and labels.get("verb") == "DELETE":
+            continue  # a collection delete (a namespace's teardown): no controller's here
         key = (
             labels.get("verb", ""),
             labels.get("group", ""),

@@ -10,11 +10,17 @@ pytestmark = pytest.mark.unit
 
 
 def sample(
-    verb: str, resource: str, value: int, group: str = "", sub: str = "", code: str = "201"
+    verb: str,
+    resource: str,
+    value: int,
+    group: str = "",
+    sub: str = "",
+    code: str = "201",
+    scope: str = "resource",
 ) -> str:
     return (
         f'apiserver_request_total{{code="{code}",component="apiserver",dry_run="",'
-        f'group="{group}",resource="{resource}",scope="resource",subresource="{sub}",'
+        f'group="{group}",resource="{resource}",scope="{scope}",subresource="{sub}",'
         f'verb="{verb}",version="v1"}} {value}'
     )
 
@@ -47,6 +53,8 @@ def test_a_controllers_writes_are_told_from_everyone_elses() -> None:
                 sample("POST", "events", 8, group="events.k8s.io"),  # the scheduler's
                 sample("GET", "pods", 99, code="200"),
                 sample("LIST", P, 5, group=G, code="200"),
+                # a namespace's teardown: the namespace controller's collection delete
+                sample("DELETE", "pods", 1, code="200", scope="namespace"),
             ]
         )
     )
