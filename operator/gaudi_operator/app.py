@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 from gaudi_operator.autoscaling import wiring as autoscaling_wiring
-from gaudi_operator.clients import kube
+from gaudi_operator.clients import kopf_session, kube
 from gaudi_operator.failover import wiring as failover_wiring
 from gaudi_operator.jobs import wiring as jobs_wiring  # noqa: F401  (registers its handlers)
 from gaudi_operator.jobs.gaudi import GaudiSettings, NodeLabel, ScaleOutNodes
@@ -25,6 +25,8 @@ from gaudi_operator.runtime.expectations import Expectations
 
 # /healthz turns red while a background loop keeps failing (runtime/supervision.py).
 kopf.on.probe(id="loops")(supervision.probe)
+# kopf's requests go through the leader's write fence and name this replica.
+kopf.on.login(id="fenced-session")(kopf_session.login)
 
 
 @kopf.on.startup()

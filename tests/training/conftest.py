@@ -99,18 +99,28 @@ class Run:
         self.wait_for(lambda: any(s >= step for s, _ in self.steps()), timeout, f"step {step}")
 
     def workers(self) -> list[int]:
-        """PIDs of the worker processes torchrun started for this launcher."""
-        found = []
+        """PIDs of the worker processes this launcher runs: started by torchrun, forked
+        by the launcher (gaudi_train.prefork) or by its fork server (operator-managed
+        recovery), which are named `gaudi3-worker`."""
+        parents: dict[int, list[Path]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
             except OSError:
                 continue
-            # Started by torchrun, or forked by the launcher (gaudi_train.prefork, named so).
-            worker = b"gaudi_train.worker" in cmdline or comm(stat.parent) == "gaudi3-worker"
-            if int(fields[1]) == self.proc.pid and worker:
-                found.append(int(stat.parent.name))
+            parents.setdefault(int(fields[1]), []).append(stat.parent)
+        servers = [p for p in parents.get(self.proc.pid, []) if comm(p) == "gaudi3-forksrv"]
+        candidates = parents.get(self.proc.pid, []) + [
+            child for server in servers for child in parents.get(int(server.name), [])
+        ]
+        found = []
+        for proc in candidates:
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gaudi_train.worker" in cmdline or comm(proc) == "gaudi3-worker":
+                found.append(int(proc.name))
         return sorted(found)
 
     def tail(self, lines: int = 60) -> str:

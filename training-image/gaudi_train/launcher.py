@@ -1,9 +1,12 @@
-"""Run the workers under torchrun elastic (torch.distributed.run), one per device.
+"""Run the workers, one per device: under torchrun elastic, or under the operator's recovery.
 
 Inside a GaudiTrainingJob pod the rendezvous comes from the operator's PET_*
 variables; on a workstation `--standalone` gives a private rendezvous on a free port.
 torchrun restarts the local workers (up to PET_MAX_RESTARTS) when one of them dies,
 and forwards SIGTERM to them so they can checkpoint before the pod goes away.
+
+When the operator sets GAUDI3_CONTROL_PORT, torchrun is not used: the operator decides
+every restart, in place, and surviving workers keep their state (`gaudi_train.managed`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from pathlib import Path
 
 from gaudi_train import hpu_mode, prefork
 from gaudi_train.batching import valid_replica_counts, valid_world_sizes
-from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSettings, JobSettings
+from gaudi_train.env import (
+    EXIT_CONFIG_ERROR,
+    EXIT_PEER_STOPPED,
+    ControlSettings,
+    ElasticSettings,
+    JobSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,7 @@ class LaunchRequest:
     nproc: int | None = None  # processes in this pod; None = PET_NPROC_PER_NODE or devices
     max_restarts: int | None = None  # None = PET_MAX_RESTARTS
     extra_env: dict[str, str] = field(default_factory=dict)
+    control: ControlSettings = field(default_factory=ControlSettings)  # the operator's recovery
 
 
 def device_count(prefer: str = "auto") -> int:
@@ -210,6 +220,8 @@ def launch(request: LaunchRequest) -> int:
         or request.settings.device == "cpu"
     )
     early = prefork.wanted(os.environ, nproc_known)
+    if request.control.managed:
+        return launch_managed(request, nproc, early)
     if early and nproc > 1:
         # torchrun's own default, set before the fork so the workers' environment (read
         # by OpenMP when torch loads) is the one they were forked with.
@@ -232,6 +244,39 @@ def launch(request: LaunchRequest) -> int:
     except ChildFailedError as exc:
         return failure_exit_code([f.exitcode for f in exc.failures.values()])
     return 0
+
+
+def launch_managed(request: LaunchRequest, nproc: int, preload: bool) -> int:
+    """The operator's recovery (gaudi_train.managed) instead of torchrun."""
+    from gaudi_train.forkserver import ForkServer
+
+    several = (request.elastic.world_pods or request.elastic.node_range()[1]) > 1
+    if request.elastic.rdzv_endpoint is None and several and not request.control.spare:
+        print(
+            "gaudi3-train: error: operator-managed recovery of several pods needs "
+            "PET_RDZV_ENDPOINT (where worker 0 hosts the world's store)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    if nproc > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Forked before this process starts a thread. Where forking after torch is fine
+    # (gaudi_train.prefork's rules), torch is imported first and shared with the server.
+    if preload:
+        import torch.distributed  # noqa: F401 - loaded once, inherited by every worker
+
+        # torch._dynamo: DDP's constructor imports it (300 modules, 1-2 s of CPU here),
+        # in every new world's replacement worker unless the server already has.
+        preloaded = ("torch", "torch.distributed", "torch._dynamo", *preload_for(request.entry))
+        server = ForkServer.start(preloaded)
+    else:
+        server = ForkServer.start(())
+    from gaudi_train.managed import ManagedLauncher
+
+    launcher = ManagedLauncher(
+        request.settings, request.elastic, request.control, request.entry, nproc, server
+    )
+    return launcher.run()
 
 
 def preload_for(entry: list[str]) -> tuple[str, ...]:

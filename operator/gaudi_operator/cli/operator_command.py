@@ -68,14 +68,29 @@ def run_operator(
         ),
     ] = None,
     lease_duration: Annotated[
-        int, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
-    ] = 10,
+        int,
+        typer.Option(help="Seconds a standby waits after the leader's last renewal to take over."),
+    ] = 15,
     renew_deadline: Annotated[
-        float, typer.Option(help="Seconds the leader keeps retrying a renewal before it exits.")
-    ] = 7.0,
+        float,
+        typer.Option(
+            help="Seconds after its last renewal at which a leader that could not renew "
+            "stops acting and exits; renew deadline + 2 x retry period must be below the "
+            "lease duration."
+        ),
+    ] = 10.0,
     retry_period: Annotated[
         float, typer.Option(help="Seconds between two attempts to acquire or renew the Lease.")
     ] = 2.0,
+    leader_election_server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GAUDI3_LEADER_ELECTION_SERVER",
+            help="Test/ops hook: the election's client dials this URL (the same API server "
+            "behind a proxy) instead of the kubeconfig's; the server's certificate is still "
+            "checked against the kubeconfig's name.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Jobs reconciled at the same time.")] = 32,
     pod_concurrency: Annotated[
         int, typer.Option(help="Pod create/delete requests in flight, for all jobs together.")
@@ -202,6 +217,7 @@ def run_operator(
         lease_duration=lease_duration,
         renew_deadline=renew_deadline,
         retry_period=retry_period,
+        server=leader_election_server,
     )
     if leader_election_namespace:
         election.namespace = leader_election_namespace
@@ -214,6 +230,10 @@ def run_operator(
         except ValueError as err:
             hint = "--lease-duration/--renew-deadline/--retry-period"
             raise typer.BadParameter(str(err), param_hint=hint) from err
+    # Every client names this replica in its User-Agent (the API server's audit log).
+    from gaudi_operator.clients import kube
+
+    kube.set_identity(election.identity)
     # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
     metrics.serve(metrics_port, metrics_address)
     if not leader_elect:
