@@ -816,13 +816,12 @@ def _resume_restart(out: Outcome, status: Any, resumed: Sequence[Failure]) -> No
         return  # a new failure decides the condition and the events
     indices = sorted({f.worker_index for f in resumed if f.worker_index is not None})
     what = "worker" + ("s " if len(indices) > 1 else " ") + ", ".join(map(str, indices))
-    last = status.last_failure
-    reason = last.reason if last is not None else resumed[0].reason.value
+    primary = resumed[0]
     message = (
         f"recreating {what} (RecreateFailed): the restart recorded before the operator "
         f"restarted, counted once (restart {status.restarts})"
     )
-    out.condition = (True, reason, message)
+    out.condition = (True, primary.reason.value, message)
     out.events.append(("Normal", "RestartingWorkers", message))
 
 

@@ -97,7 +97,7 @@ class Expectations:
         del self._pending[key]
         return True
 
-    def pending(self, key: Key) -> Pending | None:
+    def outstanding(self, key: Key) -> Pending | None:
         return self._pending.get(key)
 
     def forget(self, key: Key) -> None:

@@ -50,11 +50,11 @@ def test_a_failed_request_is_taken_back_and_a_lost_event_expires() -> None:
     e = Expectations(ttl=300, clock=clock)
     e.expect(KEY, creations=["j-worker-0", "j-worker-1"])
     e.created(KEY, "j-worker-1")  # its POST failed: the watch will never show it
-    assert e.pending(KEY) is not None and e.pending(KEY).creations == {"j-worker-0"}
+    assert e.outstanding(KEY) is not None and e.outstanding(KEY).creations == {"j-worker-0"}
     clock.t = 299
     assert not e.satisfied(KEY)
     clock.t = 301
-    assert e.satisfied(KEY) and e.pending(KEY) is None
+    assert e.satisfied(KEY) and e.outstanding(KEY) is None
 
 
 def test_forgetting_a_job_drops_its_expectations() -> None:
