@@ -98,6 +98,15 @@ def run_operator(
     resync_seconds: Annotated[
         float, typer.Option(help="Every job is reconciled at least this often.")
     ] = 30.0,
+    status_debounce_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Workers' progress on the way to Running (counts, Scheduled, Starting) is "
+            "written this late at most, or with the next other change (workers that cannot "
+            "be placed: 5 s at most); 0 writes every step.",
+        ),
+    ] = 30.0,
     kubeconfig: Annotated[
         str | None,
         typer.Option(
@@ -181,6 +190,7 @@ def run_operator(
         workers=workers,
         pod_concurrency=pod_concurrency,
         resync_seconds=resync_seconds,
+        status_debounce_seconds=status_debounce_seconds,
         prometheus_url=prometheus_url,
         prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
         hugepages_mi_per_hpu=hugepages_mi_per_hpu,

@@ -63,6 +63,7 @@ class Failure:
     worker_index: int | None = None
     exit_code: int | None = None
     message: str = ""
+    uid: str | None = None  # the failed pod's uid (RecreateFailed records it: `step`)
 
     @property
     def node_at_fault(self) -> bool:
@@ -137,23 +138,29 @@ def classify_pod(pod: PodFacts, now: datetime) -> Failure | None:
     if pod.disruption:
         reason = _DISRUPTION_REASONS.get(pod.disruption, FailureReason.EVICTED)
         msg = f"{pod.disruption}: {pod.message}" if pod.message else pod.disruption
-        return Failure(reason, now, pod.name, pod.node, pod.index, code, msg)
+        return Failure(reason, now, pod.name, pod.node, pod.index, code, msg, pod.uid)
     if pod.phase == "Failed":
         when = pod.finished_at or now
         if pod.reason == "Evicted":  # kubelet node-pressure eviction (no condition)
             msg = pod.message or "evicted by the kubelet"
-            return Failure(FailureReason.EVICTED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.EVICTED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if pod.reason == "Preempting":
             msg = pod.message or "preempted by a higher-priority pod"
-            return Failure(FailureReason.PREEMPTED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.PREEMPTED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if pod.reason == "OOMKilled":
             msg = "the container ran out of memory (OOMKilled)"
-            return Failure(FailureReason.OOM_KILLED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.OOM_KILLED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if code is not None and code > 128:
             msg = f"killed by {_signal_name(code - 128)}"
         else:
             msg = pod.message or pod.reason or ""
-        return Failure(FailureReason.ERROR, when, pod.name, pod.node, pod.index, code, msg)
+        return Failure(FailureReason.ERROR, when, pod.name, pod.node, pod.index, code, msg, pod.uid)
     if pod.deleting and pod.phase in ("Pending", "Running"):
         # The operator deletes only pods it has written off (and skips them here through
         # `Signals.own_deletions`), so a live worker being deleted is someone else's doing.
@@ -165,6 +172,7 @@ def classify_pod(pod: PodFacts, now: datetime) -> Failure | None:
             pod.index,
             code,
             "the worker pod was deleted by another client",
+            pod.uid,
         )
     return None
 
@@ -338,7 +346,7 @@ def hpu_failure(pod: PodFacts, reading: HpuReading, replicas: int, now: datetime
     else:
         return None
     message = "; ".join(sorted({f.message for f in found}))
-    return Failure(reason, now, pod.name, pod.node, pod.index, None, message)
+    return Failure(reason, now, pod.name, pod.node, pod.index, None, message, pod.uid)
 
 
 # --- detection ----------------------------------------------------------------------------
@@ -427,7 +435,7 @@ def detect_failures(
                     recheck = secs if recheck is None else min(recheck, secs)
                 elif verdict is not None:
                     reason, when, msg = verdict
-                    found = Failure(reason, when, pod.name, pod.node, pod.index, None, msg)
+                    found = Failure(reason, when, pod.name, pod.node, pod.index, None, msg, pod.uid)
             if found is None:
                 found = hpu_failure(pod, signals.hpu, replicas, now)
         if found is not None:
@@ -721,9 +729,13 @@ def step(
         clock = max(advanced, ready_since) if advanced else ready_since
         stall = stall_failure(progress.step, clock, now, policy.stall_timeout_seconds)
     found = detect_failures(pods, policy, now, signals, stall, placement_timeout, replicas)
+    # A RecreateFailed restart already counted (its intent names the pods it replaces) whose
+    # pods are still here: the operator died before deleting them. Finish it, count nothing.
+    replaced = set(status.replaced_pods or ())
+    resumed = [f for f in found.failures if f.uid and f.uid in replaced]
     decision = decide(
         policy,
-        found.failures,
+        [f for f in found.failures if f not in resumed],
         restarts=status.restarts,
         excluded_nodes=status.excluded_nodes,
         replicas=replicas,
@@ -731,6 +743,8 @@ def step(
         recheck_after=found.recheck_after,
     )
     out = Outcome(decision)
+    if resumed:
+        _resume_restart(out, status, resumed)
     if decision.verdict == Verdict.NONE or decision.primary is None:
         return out
 
@@ -754,7 +768,7 @@ def step(
         why = FAIL_BY_RULE if decision.action == FailureAction.FAIL else RESTART_LIMIT
         out.fail = (why, decision.message)
         out.condition = (False, why, decision.message)  # not restarting any more
-        out.force_delete = sorted(on_dead_node)
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
         return out
 
     out.restarting = True
@@ -772,17 +786,43 @@ def step(
     status.restarts = decision.restarts
     if decision.new_generation:
         status.restart_generation += 1
+        status.replaced_pods = None  # the whole old generation goes
+    else:
+        # RecreateFailed keeps the generation: the failed pods' uids are what marks this
+        # restart as done if the operator dies before it deletes them.
+        uids = {f.uid for f in [*decision.failures, *resumed] if f.uid}
+        status.replaced_pods = sorted(uids) or None
     if status.progress is not None:
         status.progress.time = to_rfc3339(now)  # the new world gets a full stall timeout
     out.events.append(("Normal", "RestartingWorkers", decision.message))
     if decision.new_generation:
         # The lifecycle's surplus rule deletes the old generation; pods on a dead node
         # are deleted without grace, or their names would stay taken for ever.
-        out.force_delete = sorted(on_dead_node)
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
     else:
-        out.delete = [p for p in decision.pods_to_delete if p not in on_dead_node]
-        out.force_delete = sorted(on_dead_node)
+        out.delete += [p for p in decision.pods_to_delete if p not in on_dead_node]
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
     return out
+
+
+def _resume_restart(out: Outcome, status: Any, resumed: Sequence[Failure]) -> None:
+    """Delete the pods of a restart recorded (and counted) by an earlier pass that did not
+    live to delete them; the Restarting condition says so until the world runs again."""
+    dead = {f.pod for f in resumed if f.pod and f.reason == FailureReason.NODE_LOST}
+    out.delete += [f.pod for f in resumed if f.pod and f.pod not in dead]
+    out.force_delete += sorted(dead)
+    out.restarting = True
+    if out.decision.verdict != Verdict.NONE:
+        return  # a new failure decides the condition and the events
+    indices = sorted({f.worker_index for f in resumed if f.worker_index is not None})
+    what = "worker" + ("s " if len(indices) > 1 else " ") + ", ".join(map(str, indices))
+    primary = resumed[0]
+    message = (
+        f"recreating {what} (RecreateFailed): the restart recorded before the operator "
+        f"restarted, counted once (restart {status.restarts})"
+    )
+    out.condition = (True, primary.reason.value, message)
+    out.events.append(("Normal", "RestartingWorkers", message))
 
 
 def settle(status: Any, pods: Iterable[Any], running: bool) -> tuple[bool, str, str] | None:

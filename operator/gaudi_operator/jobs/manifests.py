@@ -78,6 +78,13 @@ def _metadata(job: JobRef, name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def needs_service(spec: GaudiTrainingJobSpec) -> bool:
+    """The headless Service gives workers each other's names; a job that can never have a
+    second worker (workers.max 1) has nobody to find and gets none (one write less): its
+    worker 0 reaches itself at its own IP (`worker_env`)."""
+    return spec.workers.max > 1
+
+
 def service_manifest(job: JobRef) -> dict[str, Any]:
     """Headless Service `<job>`: gives each worker `<job>-worker-<i>.<job>.<ns>.svc`."""
     return {
@@ -133,6 +140,16 @@ def worker_env(
     # The launcher's listeners bind this address, never 0.0.0.0: with host networking
     # every pod of a machine shares one port space.
     out.append({"name": "GAUDI3_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    if not needs_service(spec):
+        # No Service, so no worker-0 name: the one worker's rendezvous and master address
+        # are its own IP, which the name would resolve to. `$(VAR)` is expanded by the
+        # kubelet from variables defined before it, so these move after GAUDI3_POD_IP.
+        own = {
+            "PET_RDZV_ENDPOINT": f"$(GAUDI3_POD_IP):{api.RDZV_PORT}",
+            "MASTER_ADDR": "$(GAUDI3_POD_IP)",
+        }
+        out = [e for e in out if e["name"] not in own]
+        out += [{"name": k, "value": v} for k, v in own.items()]
     return out
 
 

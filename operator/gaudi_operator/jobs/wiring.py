@@ -82,8 +82,24 @@ async def job_event(
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+async def pod_event(
+    type: str | None,
+    namespace: str,
+    name: str,
+    uid: str,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    key = (namespace, labels[api.LABEL_JOB_NAME])
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        # kopf updated the pod index before this handler: what the event shows, a pass
+        # now sees (the expectations of the job's last pass).
+        going = type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        controller.observe_pod(key, name, uid, going)
+    _wake(memo, key, kwargs)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)

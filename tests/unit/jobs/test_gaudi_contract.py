@@ -189,7 +189,9 @@ SAID = "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/sele
 def _scheduled(workers: dict[str, Any], ready: int | None, **gaudi_: Any) -> Any:
     body = JobView("j", "ns", "u", 1, {"image": "i", "workers": workers, "gaudi": gaudi_}, {})
     pods = [
-        WorkerPod(f"j-worker-{i}", f"p{i}", index=i, generation=0, unschedulable=SAID)
+        WorkerPod(
+            f"j-worker-{i}", f"p{i}", owner_uid="u", index=i, generation=0, unschedulable=SAID
+        )
         for i in range(workers["replicas"])
     ]
     label = NodeLabel(INTEL, "true")
