@@ -146,7 +146,11 @@ def _console() -> Any:
 
 def show(console: Any, renderable: Any) -> None:
     """Print; without a terminal, without the spaces rich pads lines with (a pipe, a
-    file, a test reads plain lines)."""
+    file, a test reads plain lines). A document (`-o json`) is written as it is: never
+    wrapped to the terminal's width, which would break its strings."""
+    if isinstance(renderable, str):
+        sys.stdout.write(renderable.rstrip("\n") + "\n")
+        return
     if console.is_terminal:
         console.print(renderable)
         return
@@ -214,7 +218,7 @@ def _frame_maker(kube: Any, namespace: str | None, cmd: Command) -> Callable[[],
         source = _source(url, read_from)
         if cmd.args.output == "json":
             out = [overview.as_json(j, progress[_key(j)], nodes, source) for j in jobs]
-            return Text(json.dumps(out[0] if cmd.job else {"items": out}, indent=2))
+            return json.dumps(out[0] if cmd.job else {"items": out}, indent=2)
         if cmd.job is not None:
             return overview.job_detail(jobs[0], progress[_key(jobs[0])], nodes, now, source)
         if not jobs:
@@ -260,14 +264,19 @@ def _watch(frame: Callable[[], Any], interval: float, console: Any, cmd: Command
     from rich.live import Live
     from rich.text import Text
 
-    def stamped() -> Any:
+    def stamped(shown: Any = None) -> Any:
         title = f"Every {interval:g}s: kubectl gtj {' '.join(_words(cmd))}"
         clock = datetime.now().strftime("%H:%M:%S")
-        return Group(Text(f"{title}    {clock}", style="dim"), Text(""), frame())
+        shown = frame() if shown is None else shown
+        if isinstance(shown, str):
+            shown = Text(shown)  # a document on a terminal: redrawn like any frame
+        return Group(Text(f"{title}    {clock}", style="dim"), Text(""), shown)
 
     if not console.is_terminal:
         while True:
-            show(console, stamped())
+            shown = frame()
+            # Documents one after another, as `kubectl get -w -o json` prints them.
+            show(console, shown if isinstance(shown, str) else stamped(shown))
             sys.stdout.write("\n")
             sys.stdout.flush()
             time.sleep(interval)

@@ -38,6 +38,7 @@ def _command(cluster: Any, args: tuple[str, ...]) -> tuple[list[str], dict[str, 
     path = os.pathsep.join((str(_plugin_dir()), str(kubectl.parent), os.environ.get("PATH", "")))
     env = {**os.environ, "PATH": path}
     env.pop("KUBECONFIG", None)  # only the flag names the cluster
+    env.pop("COLUMNS", None)  # a CI runner's width would wrap the lines the tests read
     return [str(kubectl), "gtj", *args, "--kubeconfig", str(cluster.kubeconfig)], env
 
 

@@ -13,6 +13,8 @@ import pytest
 from cluster.gtj import create_job, get_job, job_body
 from cluster.kubectl_gtj import gtj
 from conftest import wait_for
+from gaudi_kubectl.kube import Kube, KubectlFlags
+from gaudi_kubectl.metrics import Target
 
 pytestmark = pytest.mark.cluster
 
@@ -117,7 +119,18 @@ def test_a_user_who_may_not_use_the_pod_proxy_is_told_so(
     )
     out = gtj(cluster, "small", "-n", namespace, f"--as={viewer}")
     assert "gtj/small in " in out and ": Running" in out
-    assert "forbidden (RBAC: get on pods/proxy); pass --prometheus-url" in out
+    # This machine's pods have loopback IPs, which the API server never proxies to, so
+    # the view reads them directly; a cluster's pods go through the pod proxy, asked
+    # here as the viewer for the same pod (RBAC refuses before any connection).
+    pod = "small-worker-0"
+    flags = KubectlFlags(
+        kubeconfig=str(cluster.kubeconfig), as_user=viewer, kubectl=str(cluster.tool("kubectl"))
+    )
+    with Kube(flags) as kube:
+        scraped = kube.scrape([Target(namespace, pod, 9400)])
+    assert scraped.texts == {Target(namespace, pod, 9400): None}
+    assert scraped.problem is not None
+    assert "forbidden (RBAC: get on pods/proxy); pass --prometheus-url" in scraped.problem
     # `why` needs no proxy: the viewer gets its answer.
     why = gtj(cluster, "why", "small", "-n", namespace, f"--as={viewer}")
     assert why.startswith("gtj/small is Running: 1/1 workers ready. Nothing to do.")
