@@ -1,8 +1,13 @@
-"""Fault injection through kwok's chaos stages (see devcluster/kwok-stages.yaml)."""
+"""Fault injection through kwok's chaos stages (see devcluster/kwok-stages.yaml), and what
+the API server's audit log says about a chaos run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from gaudi_devtools.cluster import audit
 
 POD_FAILED = "pod-container-running-failed.stage.kwok.x-k8s.io"
 POD_COMPLETE = "pod-complete.stage.kwok.x-k8s.io"
@@ -108,3 +113,77 @@ def resync_pod_readiness(core: Any, namespace: str) -> list[str]:
             )
             marked.append(pod.metadata.name)
     return marked
+
+
+# --- the API server's record (its audit log: gaudi_devtools.cluster.audit) ------------------
+
+
+def is_kwok(e: audit.Event) -> bool:
+    return "kwok" in e.user_agent.lower()
+
+
+def is_test(e: audit.Event) -> bool:
+    return e.user_agent.startswith("OpenAPI-Generator/")  # the tests' own client (fail_pod)
+
+
+def kwok_flakes(events: list[audit.Event], namespace: str) -> list[tuple[audit.Event, bool]]:
+    """kwok's deletes that took a pod nobody had asked to delete: kwok deletes a pod only to
+    finish a deletion someone else started, so a kwok DELETE that succeeds on a name whose
+    last successful write was a create (no one else's DELETE since) took a new pod of the
+    same name, late, in place of the one it was meant for. Each comes with whether the test
+    had failed that pod: then it costs no restart of its own (the operator counts the
+    failure, or the vanished pod in its place, once)."""
+    state: dict[str, str] = {}
+    flakes = []
+    pods = [e for e in events if e.namespace == namespace and e.resource == "pods"]
+    for e in sorted(pods, key=lambda e: e.completed):
+        if e.code >= 300:
+            continue
+        if e.verb == "create":
+            state[e.name] = "new"
+        elif e.verb == "patch" and is_test(e) and state.get(e.name) == "new":
+            state[e.name] = "failed"  # chaos.fail_pod's labels
+        elif e.verb == "delete" and not is_kwok(e):
+            state[e.name] = "deleting"
+        elif e.verb == "delete" and state.get(e.name) in ("new", "failed"):
+            flakes.append((e, state[e.name] == "failed"))
+            state[e.name] = "gone"
+    return flakes
+
+
+def duplicate_creates(events: list[audit.Event], namespace: str) -> list[audit.Event]:
+    """The operator's pod POSTs the API server refused as existing: a worker POSTed twice."""
+    return [
+        e
+        for e in events
+        if e.namespace == namespace
+        and e.resource == "pods"
+        and e.verb == "create"
+        and e.code == 409
+        and e.user_agent.startswith("gaudi-operator/")
+    ]
+
+
+@dataclass
+class Pause:
+    paused: str  # the deposed leader's User-Agent prefix
+    standby: str  # the one that took over
+    at: datetime
+
+
+def fenced(events: list[audit.Event], lease: str, p: Pause) -> str | None:
+    """None when the paused leader wrote nothing after the standby's takeover."""
+    won = [
+        e
+        for e in events
+        if e.user_agent.startswith(p.standby)
+        and e.resource == "leases"
+        and e.name == lease
+        and e.code < 300
+        and e.received >= p.at
+    ]
+    if not won:
+        return f"no takeover by {p.standby} in the audit log"
+    took = won[0].received
+    late = [e for e in events if e.user_agent.startswith(p.paused) and e.received >= took]
+    return "\n".join(map(str, late)) or None

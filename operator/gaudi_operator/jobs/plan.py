@@ -101,7 +101,21 @@ def decide(obs: Observation) -> Plan:
     if not obs.job.deleting:
         _kstatus_conditions(out.status, obs.job.generation, obs.now)
         _replace_foreign(out, obs)
+        _hold_rejected(out, obs.job.generation)
     return out
+
+
+def _hold_rejected(out: Plan, generation: int) -> None:
+    """Workers the API server rejected (422, 400) for this spec are not POSTed again on
+    every resync: the same spec builds the same pod. The next spec clears PodRejected."""
+    cond = get_condition(out.status.conditions, ConditionType.INVALID_SPEC)
+    if (
+        cond is not None
+        and cond.status == "True"
+        and cond.reason == POD_REJECTED
+        and cond.observed_generation == generation
+    ):
+        out.create = []
 
 
 def _replace_foreign(out: Plan, obs: Observation) -> None:

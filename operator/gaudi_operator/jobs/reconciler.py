@@ -140,7 +140,7 @@ class Creation:
     """What the API server said to this pass's pod creations."""
 
     created: list[int] = field(default_factory=list)
-    rejected: str | None = None  # 422: the template cannot be a pod (InvalidSpec)
+    rejected: str | None = None  # 400/422: the template cannot be a pod (InvalidSpec)
     refused: list[str] = field(default_factory=list)  # 403s (quota): may pass, back off
     attempted: int = 0
 
@@ -358,7 +358,9 @@ class Reconciler:
                 if code == 409:
                     return "exists"  # an earlier pass's: the watch will show it
                 self.expectations.created(key, names[index])  # never to be seen
-                if code == 422:
+                # 422: the pod is invalid; 400: it cannot even be decoded (a quantity the
+                # CRD took as a string). Either way the spec is wrong: InvalidSpec, no retry.
+                if code in (400, 422):
                     return "rejected:" + kube.api_message(err)
                 if code == 403 and not kube.namespace_terminating(err):
                     return "refused:" + kube.api_message(err)

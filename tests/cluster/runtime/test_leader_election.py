@@ -14,9 +14,6 @@ tests run never counts here.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
 import threading
 import time
 import uuid
@@ -29,14 +26,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from cluster.gtj import OperatorProcess, create_job, get_job, job_body
+from cluster.gtj import create_job, get_job, job_body
+from cluster.leader import Candidate, holder, lease_name
 from conftest import wait_for
 from gaudi_devtools.cluster import audit
 from gaudi_devtools.cluster.faultproxy import FaultProxy
-
-# Short, and valid: 3 + 2 x 1 < 6. The deposed leader stops 3 s after its last renewal;
-# the standby may take over 6 s after it.
-LEASE, DEADLINE, RETRY = "6", "3", "1"
 
 
 @pytest.fixture(scope="module")
@@ -44,60 +38,6 @@ def leases(api_client: Any) -> Any:
     from kubernetes import client
 
     return client.CoordinationV1Api(api_client)
-
-
-class Candidate(OperatorProcess):
-    """An operator with leader election, its Lease and namespace its own."""
-
-    def __init__(self, cluster: Any, log: Path, namespace: str, lease: str) -> None:
-        super().__init__(Path(cluster.kubeconfig), log, leader_elect=True)
-        self.args = (
-            "--namespace",
-            namespace,
-            "--leader-election-namespace",
-            namespace,
-            # Shorter than the defaults (15, 10, 2 s): a takeover and a deposed leader's exit
-            # wait these out; three attempts before the deadline, so one slow renewal is
-            # no lost lease.
-            "--lease-duration",
-            LEASE,
-            "--renew-deadline",
-            DEADLINE,
-            "--retry-period",
-            RETRY,
-            "--leader-election-id",
-            lease,  # last: lease_name() reads it there
-        )
-
-    def start(self, *extra: str, wait: bool = True) -> None:
-        super().start(*self.args, *extra, wait=wait)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def identity(self) -> str:
-        found = re.search(r"campaigning for the lease \S+ as (\S+)", self.text())
-        assert found, self.tail()
-        return found.group(1)
-
-    def leading(self) -> bool:
-        return "leading: the lease" in self.text()
-
-    def reconciled(self, namespace: str, job: str) -> bool:
-        # The reconciler logs every event it posts on a job ("<ns>/<job>: <reason> ...").
-        return f"{namespace}/{job}: " in self.text()
-
-    def user_agent(self) -> str:
-        """The prefix of every User-Agent this process sends (kopf, operator, lease)."""
-        return f"gaudi-operator/{self.identity()} ("
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -115,15 +55,6 @@ def candidates(
         a.stop()
         b.stop()
         operator.start()
-
-
-def holder(leases: Any, namespace: str, name: str) -> str | None:
-    lease = leases.read_namespaced_lease(name, namespace)
-    return lease.spec.holder_identity if lease.spec else None
-
-
-def lease_name(c: Candidate) -> str:
-    return c.args[-1]
 
 
 def has_status(custom: Any, ns: str, name: str) -> bool:

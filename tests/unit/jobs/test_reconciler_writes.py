@@ -5,119 +5,20 @@ them, a quota refusal told once, the write floor of a job on its way to Running.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from gaudi_operator import api
-from gaudi_operator.jobs.observation import observe_pod
-from gaudi_operator.jobs.reconciler import Reconciler
 from gaudi_operator.observability import metrics
-from gaudi_operator.runtime.controller import Controller
-from gaudi_operator.runtime.expectations import Expectations
-from unit.fake_api import FakeApi, api_error
+from unit.fake_api import api_error
+from unit.fake_world import NS, World, running, scheduled
 
 pytestmark = pytest.mark.unit
 
-NS = "team"
 PLURAL = api.PLURAL
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
-        self.t = 1000.0
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-        self.t += seconds
-
-
-class World:
-    """One job in a fake API server, the operator's controller and reconciler on it, and
-    the indices the controller reads, updated only when a test says the watch caught up."""
-
-    def __init__(self, name: str, spec: dict[str, Any], debounce: float = 0.0) -> None:
-        self.name = name
-        self.key = (NS, name)
-        self.api = FakeApi()
-        self.clock = Clock()
-        self.expectations = Expectations(clock=lambda: self.clock.t)
-        self.reconciler = Reconciler(
-            self.api.clients(),
-            clock=lambda: self.clock.now,
-            monotonic=lambda: self.clock.t,
-            expectations=self.expectations,
-            status_debounce_seconds=debounce,
-        )
-        self.controller = Controller(self.reconciler, expectations=self.expectations)
-        self.jobs: dict[Any, Any] = {}
-        self.pods: dict[Any, Any] = {}
-        self.services: dict[Any, Any] = {}
-        self.controller.bind(self.jobs, self.pods, self.services)
-        self.api.add(
-            PLURAL,
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": {"name": name, "namespace": NS, "generation": 1},
-                "spec": {"image": "img", **spec},
-            },
-        )
-        self.catch_up()
-
-    @property
-    def job(self) -> dict[str, Any]:
-        return self.api.get(PLURAL, NS, self.name)
-
-    def catch_up(self) -> None:
-        """The watches deliver everything: indices as the store is, pod events observed."""
-        self.jobs[self.key] = [copy.deepcopy(self.job)]
-        pods = self.api.pods(NS)
-        self.pods[self.key] = [observe_pod(p) for p in pods]
-        for p in pods:
-            meta = p["metadata"]
-            self.controller.observe_pod(
-                self.key, meta["name"], meta["uid"], bool(meta.get("deletionTimestamp"))
-            )
-        svc = [(NS, self.name)] if ("services", NS, self.name) in self.api.objects else []
-        self.services[self.key] = [self.name] if svc else []
-
-    def pass_(self) -> None:
-        asyncio.run(self._pass())
-
-    async def _pass(self) -> None:
-        try:
-            await self.controller.process(self.key)
-            self.scheduled = self.controller.queue.scheduled()  # a pass asked to come back
-        finally:
-            self.controller.queue.close()
-
-    def each_pod(self, change: Callable[[dict[str, Any]], None]) -> None:
-        for pod in self.api.pods(NS):
-            change(pod)
-            pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
-
-    def reasons(self, type_: str | None = None) -> list[str]:
-        return [e["reason"] for e in self.api.events if type_ is None or e["type"] == type_]
-
-    def forget(self) -> None:
-        self.controller.forget(self.key)
-
-
-def scheduled(pod: dict[str, Any]) -> None:
-    pod["spec"]["nodeName"] = "node-1"
-    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
-
-
-def running(pod: dict[str, Any]) -> None:
-    scheduled(pod)
-    pod["status"]["phase"] = "Running"
-    pod["status"]["conditions"].append({"type": "Ready", "status": "True"})
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -380,4 +281,41 @@ def test_workers_that_cannot_be_placed_are_said_within_five_seconds() -> None:
     w.pass_()
     said = condition(w.job, "Scheduled")
     assert said is not None and said["status"] == "False"
+    w.forget()
+
+
+# --- a worker the API server cannot decode --------------------------------------------------
+
+UNDECODABLE = (
+    'Pod in version "v1" cannot be handled as a Pod: quantities must match the regular '
+    "expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+)
+
+
+def test_a_worker_the_api_server_cannot_decode_is_invalid_spec_not_a_retry_loop() -> None:
+    """A quantity the CRD lets through as a string ("1.5.2" in a template container's
+    resources) makes kube-apiserver answer 400, not 422: the template cannot be a pod
+    either way, so the job says InvalidSpec once and nothing is retried (found by the spec
+    fuzz, which drove the reconciler into an endless error backoff)."""
+    w = World("undecodable", {"workers": {"replicas": 2}})
+
+    def refuse(verb: str, resource: str, body: Any) -> Any:
+        if verb == "POST" and resource == "pods":
+            return api_error(400, UNDECODABLE)
+        return None
+
+    w.api.fault = refuse
+    w.pass_()
+    bad = condition(w.job, "InvalidSpec")
+    assert bad is not None and bad["status"] == "True", w.job.get("status")
+    assert bad["reason"] == "PodRejected" and "quantities must match" in bad["message"]
+    assert "spec.template or spec.resources" in bad["message"]
+    assert w.reasons("Warning") == ["InvalidSpec"]
+    posts = w.api.requests[("POST", "pods")]
+    for _ in range(3):  # resyncs: nothing more is tried until the spec changes
+        w.clock.advance(30)
+        w.catch_up()
+        w.pass_()
+    assert w.api.requests[("POST", "pods")] == posts
+    assert w.reasons("Warning") == ["InvalidSpec"]
     w.forget()
