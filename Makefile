@@ -31,7 +31,7 @@ PLAIN_HTTP = $(if $(filter 127.% localhost localhost:%,$(firstword $(subst /, ,$
 # The demo's real part builds the CPU training image (needs root): alongside the toolchain.
 DEMO_IMAGE = $(if $(filter 0,$(shell id -u)),demo-image)
 
-.PHONY: setup toolchain toolchain-demo chart-tools lint-tools images demo-image push chart-push venv demo test test-unit test-cluster test-training lint chart chart-docs crd dashboards clean-cluster help
+.PHONY: setup toolchain toolchain-demo chart-tools lint-tools images demo-image push chart-push venv demo test test-unit test-cluster test-training lint chart chart-docs crd docs dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
@@ -42,7 +42,8 @@ help:
 	@echo "make push REGISTRY=host[:port][/ns] [TAG=...]  push both images with skopeo (no Docker)"
 	@echo "make chart-push REGISTRY=host[:port][/ns]      push the packaged chart as an OCI artifact (helm push)"
 	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
-	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI"
+	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI, and the API reference"
+	@echo "make docs     build the documentation site into site/ (MkDocs Material, strict)"
 	@echo "make images   build the operator and CPU training images without Docker"
 
 # The virtualenv (pip: network-bound) and the Go builds (CPU-bound) at once.
@@ -56,7 +57,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	@start=$$(date +%s); echo "[venv] installing the project into $(VENV) with pip"; \
 	  test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || exit 1; \
 	  $(BIN)/python -m pip install -q --upgrade pip || exit 1; \
-	  $(BIN)/python -m pip install -q -e '.[operator,training,frameworks,dev]' || exit 1; \
+	  $(BIN)/python -m pip install -q -e '.[operator,training,frameworks,cli,dev]' || exit 1; \
 	  $(BIN)/python -m pip install -q --no-deps -e ./devtools || exit 1; \
 	  echo "[venv] done in $$(( $$(date +%s) - start ))s"
 	@touch $(STAMP)
@@ -141,10 +142,17 @@ chart-docs:
 	$(TOOLS)/helm-docs --chart-search-root charts
 
 # spec.template of the CRD: the PodTemplateSpec schema of the pinned Kubernetes, from its
-# OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale).
+# OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale); then
+# the API reference from the whole CRD (tests/unit/docs/test_api_reference.py, the same).
 crd: venv
 	@bash hack/toolchain.sh openapi
 	$(BIN)/python hack/crdgen.py $(GAUDI3_CACHE)/openapi/kubernetes crds/gauditrainingjobs.yaml
+	$(BIN)/python hack/apiref.py crds/gauditrainingjobs.yaml docs/reference/api.md
+
+# The documentation site (mkdocs.yml), strict: a warning fails it. `make test` builds it too
+# (tests/unit/docs/test_docs_site.py). NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 dashboards: venv
 	$(BIN)/python dashboards/build.py

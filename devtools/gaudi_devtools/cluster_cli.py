@@ -68,6 +68,14 @@ def up(
             "the real nodes pull from: `make push REGISTRY=$GAUDI3_REGISTRY`.",
         ),
     ] = False,
+    audit_log: Annotated[
+        bool,
+        typer.Option(
+            "--audit-log/--no-audit-log",
+            help="The API server records every write (verb, object, user, User-Agent, time) "
+            "in logs/audit.log.",
+        ),
+    ] = True,
     preload_image: Annotated[
         list[Path] | None,
         typer.Option(
@@ -90,6 +98,7 @@ def up(
                 real_nodes=real_nodes,
                 real_node_images=[str(p.resolve()) for p in preload_image or []],
                 registry=registry,
+                audit_log=audit_log,
             )
         )
         if kueue:
@@ -105,6 +114,8 @@ def up(
     if c.settings and c.settings.registry:
         console.print(f"  registry    {c.registry_address} (plain HTTP)")
     console.print(f"  logs        {c.dir / 'logs'}")
+    if c.settings and c.settings.audit_log:
+        console.print(f"  audit log   {c.audit_log}")
     console.print(f'  use it:     eval "$(gaudi3 cluster env --name {name})"')
 
 

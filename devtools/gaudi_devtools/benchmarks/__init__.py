@@ -1,12 +1,12 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile, takeover, soak, recovery); `support` holds what they share. Loaded only when
+reconcile, takeover, soak, recovery, inplace); `support` holds what they share. Loaded only when
 `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
 import typer
 
-from gaudi_devtools.benchmarks import failover, recovery
+from gaudi_devtools.benchmarks import failover, inplace, recovery
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
 from gaudi_devtools.benchmarks.soak import benchmark_soak
@@ -23,3 +23,4 @@ benchmark_app.command("takeover")(takeover)
 benchmark_app.command("soak")(benchmark_soak)
 failover.register(benchmark_app)
 recovery.register(benchmark_app)
+inplace.register(benchmark_app)

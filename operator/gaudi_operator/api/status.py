@@ -132,6 +132,10 @@ class GaudiTrainingJobStatus(Model):
     hpus: int = 0  # HPUs requested by the current worker pods
     restarts: int = 0
     restart_generation: int = 0
+    # RecreateFailed's intent: the uids of the failed pods its last restart replaces. A
+    # pass that still finds one (the operator died before deleting it) deletes it without
+    # counting the restart again; cleared once the world runs again.
+    replaced_pods: list[str] | None = None
     last_failure: LastFailure | None = None
     excluded_nodes: list[str] = Field(default_factory=list)
     last_scale: LastScale | None = None

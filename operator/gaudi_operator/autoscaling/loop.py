@@ -71,6 +71,7 @@ from gaudi_operator.clients.prometheus import (
     render_query,
 )
 from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
@@ -129,9 +130,12 @@ class Autoscaler:
         clients: kube.Clients,
         settings: AutoscalerSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gaudi: GaudiSettings | None = None,
     ) -> None:
         self.clients = clients
         self.settings = settings
+        # Capacity checks place the worker pod the reconciler would create.
+        self.gaudi = gaudi or GaudiSettings()
         self.hpas = k8s.AutoscalingV2Api(clients.api_client)
         self._clock = clock
         self._prom: dict[str, PrometheusClient] = {}
@@ -386,7 +390,7 @@ class Autoscaler:
         try:
             ref = manifests.JobRef(name, ns, meta.get("uid", ""))
             pod_spec = manifests.worker_pod_manifest(
-                spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded
+                spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded, settings=self.gaudi
             )["spec"]
             node_objs, pod_objs = await self._cluster_objects()
         except Exception as err:

@@ -36,7 +36,8 @@ async def start(memo: kopf.Memo) -> None:
     kubeconfig = getattr(cfg, "kubeconfig", None)
     clients = await kube.connect(kubeconfig, pool_size=16)
     allowed = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
-    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url, allowed))
+    settings = AutoscalerSettings.from_env(url, allowed)
+    autoscaler = Autoscaler(clients, settings, gaudi=memo.get("gaudi"))
     autoscaler.start()
     memo["autoscaler"] = autoscaler
     log.info(
