@@ -498,6 +498,7 @@ KNOWN="$ALL_SET kubeflow-training-operator"
 LIST_ONLY=""
 if [ "${1:-}" = "--list" ]; then LIST_ONLY=1; shift; fi
 WANTED=" "
+# shellcheck disable=SC2048 # tool names are single words; no arguments means `all`
 for t in ${*:-all}; do
   case $t in
     all) WANTED+="$ALL_SET " ;;
