@@ -99,7 +99,6 @@ class ConditionType(StrEnum):
     SCHEDULED = "Scheduled"  # every worker of the current world has a node
     SUSPENDED = "Suspended"
     RESTARTING = "Restarting"
-    SCALING = "Scaling"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     INVALID_SPEC = "InvalidSpec"  # the spec slipped past the CRD but cannot be run
