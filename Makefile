@@ -1,6 +1,8 @@
 # The two commands a new user runs: `make demo` and `make test`. Everything they need
-# (the virtualenv, the Go-built Kubernetes binaries, Prometheus) is installed by
-# `make setup`, which both call, and cached under ~/.cache so the second run is quick.
+# (the virtualenv, the Go-built Kubernetes binaries, Prometheus) is built on first use and
+# cached under ~/.cache so the second run is quick: `make demo` builds only the demo's
+# tools (hack/toolchain.sh demo), `make setup` (which `make test` calls) all of them. The
+# virtualenv, the Go builds and (for the demo) the training image build at the same time.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -16,46 +18,87 @@ GAUDI3_CACHE ?= $(HOME)/.cache/gaudi3
 TOOLS := $(GAUDI3_CACHE)/bin
 CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
+APP_VERSION = $(shell sed -nE 's/^appVersion: *"?([^"]*)"?.*/\1/p' $(CHART)/Chart.yaml)
 DIST ?= dist
+# `make push` / `make chart-push`: REGISTRY=host[:port][/namespace]; images go to
+# REGISTRY/<image>:TAG (TAG: the chart's appVersion, which its image defaults to), the
+# chart to oci://CHART_REGISTRY/gaudi-operator:<chart version>.
+REGISTRY ?=
+TAG ?= $(APP_VERSION)
+CHART_REGISTRY ?= $(REGISTRY)/charts
+# A registry on loopback (the local cluster's) speaks plain HTTP.
+PLAIN_HTTP = $(if $(filter 127.% localhost localhost:%,$(firstword $(subst /, ,$(CHART_REGISTRY)))),--plain-http)
+# The demo's real part builds the CPU training image (needs root): alongside the toolchain.
+DEMO_IMAGE = $(if $(filter 0,$(shell id -u)),demo-image)
 
-.PHONY: setup toolchain chart-tools images venv demo test test-unit test-cluster test-training lint chart chart-docs crd docs dashboards clean-cluster help
+.PHONY: setup toolchain toolchain-demo chart-tools lint-tools images demo-image push chart-push venv demo test test-unit test-cluster test-training lint chart chart-docs crd docs dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
 	@echo "make test     run the whole test suite (unit, training, real-cluster)"
-	@echo "make setup    create .venv and build the cached toolchain (called by both)"
-	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart"
+	@echo "make setup    create .venv and build the whole cached toolchain (make test calls it)"
+	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart, actionlint"
 	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
+	@echo "make push REGISTRY=host[:port][/ns] [TAG=...]  push both images with skopeo (no Docker)"
+	@echo "make chart-push REGISTRY=host[:port][/ns]      push the packaged chart as an OCI artifact (helm push)"
 	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
 	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI, and the API reference"
 	@echo "make docs     build the documentation site into site/ (MkDocs Material, strict)"
 	@echo "make images   build the operator and CPU training images without Docker"
 
-setup: venv toolchain
+# The virtualenv (pip: network-bound) and the Go builds (CPU-bound) at once.
+setup:
+	@$(MAKE) --no-print-directory -j2 venv toolchain
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml devtools/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[operator,training,frameworks,cli,dev]'
-	# The dev extra installs the dev tools from devtools/; make them editable too.
-	$(BIN)/python -m pip install -q --no-deps -e ./devtools
+	@start=$$(date +%s); echo "[venv] installing the project into $(VENV) with pip"; \
+	  test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || exit 1; \
+	  $(BIN)/python -m pip install -q --upgrade pip || exit 1; \
+	  $(BIN)/python -m pip install -q -e '.[operator,training,frameworks,cli,dev]' || exit 1; \
+	  $(BIN)/python -m pip install -q --no-deps -e ./devtools || exit 1; \
+	  echo "[venv] done in $$(( $$(date +%s) - start ))s"
 	@touch $(STAMP)
 
+# Every tool (make test, make setup); `toolchain-demo` only the demo's.
 toolchain:
-	@bash hack/toolchain.sh
+	@bash hack/toolchain.sh all
+
+toolchain-demo:
+	@bash hack/toolchain.sh demo
 
 # What the chart checks need, without the Kubernetes build.
 chart-tools:
 	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas openapi
 
-images: toolchain
+# make lint: the chart's tools and actionlint.
+lint-tools:
+	@bash hack/toolchain.sh helm helm-docs kubeconform kubeschemas openapi actionlint
+
+images:
+	@bash hack/toolchain.sh image-tools
 	@bash hack/build-images.sh
 
-demo: setup
+demo-image:
+	@bash hack/toolchain.sh image-tools
+	@start=$$(date +%s); bash hack/build-images.sh training-cpu && echo "[images] training image ready in $$(( $$(date +%s) - start ))s"
+
+demo:
+	@$(MAKE) --no-print-directory -j3 venv toolchain-demo $(DEMO_IMAGE)
 	$(BIN)/gaudi3 demo
+
+# Both images, as hack/build-images.sh builds them, to REGISTRY with skopeo.
+push:
+	@test -n "$(REGISTRY)" || { echo "error: set REGISTRY=host[:port][/namespace], e.g. make push REGISTRY=ghcr.io/you"; exit 2; }
+	@bash hack/toolchain.sh image-tools skopeo
+	bash hack/push-images.sh $(REGISTRY) $(TAG)
+
+# The packaged chart as an OCI artifact: helm install oci://$(CHART_REGISTRY)/gaudi-operator.
+chart-push: chart
+	@test -n "$(REGISTRY)" || { echo "error: set REGISTRY=host[:port][/namespace], e.g. make chart-push REGISTRY=ghcr.io/you"; exit 2; }
+	$(TOOLS)/helm push $(DIST)/gaudi-operator-$(CHART_VERSION).tgz oci://$(CHART_REGISTRY) $(PLAIN_HTTP)
 
 # With workers, the tests marked `serial` (the chaos run: see its module) run afterwards,
 # alone; "no tests collected" (exit 5) there is fine when PYTEST_ARGS picks none.
@@ -67,7 +110,7 @@ else
 	GAUDI3_SERIAL=only $(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 endif
 
-test-unit: venv chart-tools
+test-unit: venv lint-tools
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-cluster: setup
@@ -76,15 +119,17 @@ test-cluster: setup
 test-training: venv
 	$(BIN)/python -m pytest -m training $(PYTEST_ARGS)
 
-lint: setup
+lint: venv lint-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile training-image/Dockerfile
 	bash hack/check-chart.sh
+	$(TOOLS)/actionlint .github/workflows/*.yml
 
 # A versioned package whose files/crds/ holds the CRD file itself, not the repository's link.
-chart: chart-tools
+chart:
+	@bash hack/toolchain.sh helm
 	$(TOOLS)/helm lint --strict $(CHART)
 	@mkdir -p $(DIST)
 	$(TOOLS)/helm package $(CHART) -d $(DIST)
@@ -92,7 +137,8 @@ chart: chart-tools
 	  || { echo "error: the package has no files/crds/gauditrainingjobs.yaml"; exit 1; }
 
 # The chart README's values table, from the `# --` comments in values.yaml.
-chart-docs: chart-tools
+chart-docs:
+	@bash hack/toolchain.sh helm-docs
 	$(TOOLS)/helm-docs --chart-search-root charts
 
 # spec.template of the CRD: the PodTemplateSpec schema of the pinned Kubernetes, from its

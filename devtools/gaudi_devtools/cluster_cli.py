@@ -60,6 +60,14 @@ def up(
             "simulated ones.",
         ),
     ] = 0,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            "--registry",
+            help="Also run an OCI registry on 127.0.0.1 (CNCF distribution, plain HTTP) that "
+            "the real nodes pull from: `make push REGISTRY=$GAUDI3_REGISTRY`.",
+        ),
+    ] = False,
     audit_log: Annotated[
         bool,
         typer.Option(
@@ -89,6 +97,7 @@ def up(
                 eviction_seconds=eviction_seconds,
                 real_nodes=real_nodes,
                 real_node_images=[str(p.resolve()) for p in preload_image or []],
+                registry=registry,
                 audit_log=audit_log,
             )
         )
@@ -102,6 +111,8 @@ def up(
     console.print(f"[green]cluster {name!r} is up[/]: {c.apiserver_url}")
     console.print(f"  kubeconfig  {c.kubeconfig}")
     console.print(f"  prometheus  {c.prometheus_url}")
+    if c.settings and c.settings.registry:
+        console.print(f"  registry    {c.registry_address} (plain HTTP)")
     console.print(f"  logs        {c.dir / 'logs'}")
     if c.settings and c.settings.audit_log:
         console.print(f"  audit log   {c.audit_log}")
@@ -209,4 +220,6 @@ def env(name: NameOpt = "gaudi3") -> None:
         raise typer.Exit(1)
     print(f"export KUBECONFIG={c.kubeconfig}")
     print(f"export GAUDI3_PROMETHEUS_URL={c.prometheus_url}")
+    if c.settings.registry:
+        print(f"export GAUDI3_REGISTRY={c.registry_address}")
     print(f"export PATH={c.tool('kubectl').rsplit('/', 1)[0]}:$PATH")

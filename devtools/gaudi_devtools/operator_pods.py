@@ -81,13 +81,23 @@ def helm(c: Cluster, *args: str, input: str | None = None) -> str:
     return out.stdout
 
 
-def install(c: Cluster, release: str, namespace: str, vals: dict[str, Any]) -> None:
+def install(
+    c: Cluster,
+    release: str,
+    namespace: str,
+    vals: dict[str, Any],
+    chart: str = str(CHART),
+    *helm_args: str,
+) -> None:
+    """`helm upgrade --install` of the chart: the repository's folder, or a reference such
+    as `oci://127.0.0.1:PORT/charts/gaudi-operator` with `--version`/`--plain-http`."""
     helm(
         c,
         "upgrade",
         "--install",
         release,
-        str(CHART),
+        chart,
+        *helm_args,
         "-n",
         namespace,
         "--create-namespace",

@@ -30,7 +30,7 @@ import httpx
 import yaml
 
 import gaudi_devtools
-from gaudi_devtools.cluster import audit, node_pool, nodes
+from gaudi_devtools.cluster import audit, node_pool, nodes, registry
 from gaudi_devtools.cluster.pki import ensure_pki, issue_cert
 from gaudi_devtools.cluster.processes import Processes, free_port
 from gaudi_devtools.cluster.realnodes import (
@@ -62,6 +62,16 @@ TOOLS = (
     "prometheus",
 )
 REAL_NODE_TOOLS = ("kubelet", "containerd", "ctr", "runc", "coredns")
+# hack/toolchain.sh's name for a binary it provides, where the two differ.
+TOOL_JOB = {
+    "kube-apiserver": "kubernetes",
+    "kube-controller-manager": "kubernetes",
+    "kube-scheduler": "kubernetes",
+    "kubectl": "kubernetes",
+    "containerd": "node-runtime",
+    "ctr": "node-runtime",
+    "runc": "node-runtime",
+}
 
 
 class ClusterError(RuntimeError):
@@ -87,6 +97,8 @@ class Settings:
     ports: dict[str, int] = field(default_factory=dict)
     # Loopback addresses of the real nodes and CoreDNS.
     addresses: dict[str, str] = field(default_factory=dict)
+    # An OCI registry on 127.0.0.1 (registry.py) that the real nodes pull from.
+    registry: bool = False
     # The API server logs every write (who, what, when) to logs/audit.log.
     audit_log: bool = True
 
@@ -137,6 +149,16 @@ class Cluster:
         return f"http://127.0.0.1:{s.ports['prometheus']}"
 
     @property
+    def registry_address(self) -> str:
+        """``127.0.0.1:<port>`` of the cluster's registry (plain HTTP)."""
+        s = self.settings
+        if not s or not s.registry:
+            raise ClusterError(
+                f"cluster {self.name!r} has no registry: run `gaudi3 cluster up --registry`"
+            )
+        return registry.address(s.ports)
+
+    @property
     def apiserver_url(self) -> str:
         s = self.settings
         if not s:
@@ -152,18 +174,23 @@ class Cluster:
         if found:
             return found
         raise ClusterError(
-            f"{name} is not built yet: run `make setup` (or `bash hack/toolchain.sh`), "
-            f"which builds it into {BIN}"
+            f"{name} is not built yet: run `bash hack/toolchain.sh {TOOL_JOB.get(name, name)}` "
+            f"(or `make setup`, which builds every tool), which builds it into {BIN}"
         )
 
     # -- state -----------------------------------------------------------------------
+    def components(self) -> tuple[str, ...]:
+        """The control plane's components, with the registry when it was asked for."""
+        s = self.settings
+        return COMPONENTS + ((registry.COMPONENT,) if s and s.registry else ())
+
     def running(self) -> dict[str, int | None]:
-        return {c: self.procs.pid(c) for c in COMPONENTS}
+        return {c: self.procs.pid(c) for c in self.components()}
 
     def processes(self) -> dict[str, int | None]:
         """Every process the cluster tracks: the control plane, then anything else started
         through ``Processes.start`` (real nodes, the demo's operator)."""
-        names = [*COMPONENTS]
+        names = [*self.components()]
         others = {*self.procs.names(), *self.procs.supervised()}
         names += [n for n in sorted(others) if n not in names]
         return {n: self.procs.pid(n) for n in names}
@@ -241,6 +268,14 @@ class Cluster:
                     self._start_controller_manager(current)
                     self._start_kwok(current)
                 self._register_nodes(current)
+            add_registry = wanted.registry and not current.registry
+            if add_registry:  # kept once started: `up` without --registry leaves it
+                self.say("cluster is up; adding its registry")
+                current.registry = True
+                current.ports[registry.COMPONENT] = free_port()
+                self._save(current)
+                self._start_registry(current)
+                self.real_nodes.trust_registry(current)
             if current.real_nodes != wanted.real_nodes:
                 self.say(f"cluster is up; re-creating its real nodes ({wanted.real_nodes} wanted)")
                 self.real_nodes.down(api_up=True)
@@ -248,19 +283,24 @@ class Cluster:
                 current.real_node_images = wanted.real_node_images  # the new nodes start with them
                 self._allocate_addresses(current)
                 self._start_real_nodes(current)
-            elif same:
+            elif same and not add_registry:
                 self.say(f"cluster {self.name!r} is already up")
             return
-        needed = TOOLS + (REAL_NODE_TOOLS if wanted.real_nodes else ())
+        needed = (
+            TOOLS
+            + (REAL_NODE_TOOLS if wanted.real_nodes else ())
+            + ((registry.COMPONENT,) if wanted.registry else ())
+        )
         missing = [t for t in needed if not (BIN / t).exists() and not shutil.which(t)]
         if missing:
+            jobs = sorted({TOOL_JOB.get(t, t) for t in missing})
             raise ClusterError(
-                f"missing tools: {', '.join(missing)}: run `make setup` "
-                f"(or `bash hack/toolchain.sh`) to build them into {BIN}"
+                f"missing tools: {', '.join(missing)}: run `bash hack/toolchain.sh "
+                f"{' '.join(jobs)}` (or `make setup`) to build them into {BIN}"
             )
         self._down(quiet=True)
         # A fresh etcd every time: a dev cluster that restarts clean is easier to trust.
-        for sub in ("etcd", "logs", "prometheus", "pids", "specs"):
+        for sub in ("etcd", "logs", "prometheus", "pids", "specs", "registry"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
         self.procs.restart_log.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -276,6 +316,7 @@ class Cluster:
                 "kube-scheduler",
                 "kwok",
                 "prometheus",
+                *((registry.COMPONENT,) if wanted.registry else ()),
             )
         }
         self._allocate_addresses(wanted)
@@ -287,6 +328,8 @@ class Cluster:
             self._start_scheduler(wanted)
             self._start_kwok(wanted)
             self._start_prometheus(wanted)
+            if wanted.registry:
+                self._start_registry(wanted)
             self._register_nodes(wanted)
             self._wait_default_service_account()
             self._start_real_nodes(wanted)
@@ -680,6 +723,21 @@ class Cluster:
             )
 
         self._wait("Prometheus /-/ready", ok, 60, "prometheus")
+
+    def _start_registry(self, s: Settings) -> None:
+        port = s.ports[registry.COMPONENT]
+        self.say(f"starting the OCI registry on 127.0.0.1:{port} (plain HTTP)")
+        root = self.dir / "registry"
+        self.procs.start(
+            registry.COMPONENT,
+            registry.argv(self.tool("registry"), registry.write_config(port, root)),
+            env=registry.ENV,
+        )
+
+        def ok() -> bool:
+            return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200
+
+        self._wait("the registry's /v2/", ok, 30, registry.COMPONENT)
 
     @staticmethod
     def _node_flags(s: Settings) -> tuple[int, int, int]:

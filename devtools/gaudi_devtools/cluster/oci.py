@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 BUSYBOX = Path("/bin/busybox")
-PAUSE_IMAGE = "gaudi3.local/pause:1"
-BUSYBOX_IMAGE = "gaudi3.local/busybox:1"
+# The name under which local images (these, and hack/build-images.sh's) live on the nodes.
+LOCAL_REGISTRY = "gaudi3.local"
+PAUSE_IMAGE = f"{LOCAL_REGISTRY}/pause:1"
+BUSYBOX_IMAGE = f"{LOCAL_REGISTRY}/busybox:1"
 
 
 def _blob(out: tarfile.TarFile, data: bytes) -> str:

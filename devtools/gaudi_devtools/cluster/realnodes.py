@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
-from gaudi_devtools.cluster import image_seed, nodes, oci
+from gaudi_devtools.cluster import image_seed, nodes, oci, registry
 from gaudi_devtools.cluster.pki import issue_cert
 
 if TYPE_CHECKING:
@@ -421,6 +421,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [{cri}.cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{d / "cni"}"
+
+# Registries by host (<dir>/<host:port>/hosts.toml, read at each pull): the cluster's
+# own, in plain HTTP, when it runs one (registry.py).
+[{cri}.registry]
+  config_path = "{d / "certs.d"}"
 """
         path = d / "containerd.toml"
         path.write_text(text)
@@ -468,6 +473,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
+            # Preloaded images (gaudi3.local/*, never in a registry) stay usable with
+            # imagePullPolicy Never after the kubelet pulled the same image ID under
+            # another name (the cluster's registry): by default (KEP-2535's
+            # NeverVerifyPreloadedImages) the kubelet then counts the image as one it
+            # pulled and wants credentials checked for every other name of it.
+            "imagePullCredentialsVerificationPolicy": "NeverVerifyAllowlistedImages",
+            "preloadedImagesVerificationAllowlist": [f"{oci.LOCAL_REGISTRY}/*"],
             "rotateCertificates": False,
             "serverTLSBootstrap": False,
             "nodeStatusReportFrequency": "10s",
@@ -506,8 +518,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _start_node(self, node: RealNode, s: Settings, archive: Path) -> None:
         self.c.say(f"starting real node {node.name} on {node.ip} (containerd + kubelet)")
-        for sub in ("containerd/root", "containerd/state", "cni", "runc", "pod-logs"):
+        for sub in ("containerd/root", "containerd/state", "cni", "runc", "pod-logs", "certs.d"):
             (node.dir / sub).mkdir(parents=True, exist_ok=True)
+        if s.registry:
+            registry.write_hosts(node.dir / "certs.d", registry.address(s.ports))
         self._remove_kubelet_root(node)  # a previous start's, if its down was skipped
         node.kubelet_root.mkdir(parents=True, exist_ok=True)
         link = node.dir / "kubelet"
@@ -569,6 +583,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"--node-labels={labels}",
             ],
         )
+
+    def trust_registry(self, s: Settings) -> None:
+        """Point every real node's containerd at the cluster's registry (a registry added
+        to a running cluster: containerd reads the hosts file at its next pull)."""
+        if s.registry:
+            for node in self.nodes(s):
+                registry.write_hosts(node.dir / "certs.d", registry.address(s.ports))
 
     def import_image(self, archive: Path) -> list[str]:
         """Load an image archive (docker-archive or OCI) into every real node's containerd;

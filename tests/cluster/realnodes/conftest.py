@@ -1,6 +1,7 @@
-"""Real nodes: one small cluster (2 kwok + 2 real kubelet nodes on containerd + runc) for
-the whole package, since starting one costs seconds and importing images into its nodes
-tens of seconds. The session's own cluster stays kwok-only.
+"""Real nodes: one small cluster (2 kwok + 2 real kubelet nodes on containerd + runc, and
+the cluster's OCI registry, which costs a process and a fraction of a second) for the whole
+package, since starting one costs seconds and importing images into its nodes tens of
+seconds. The session's own cluster stays kwok-only.
 
 `test_down.py` takes this cluster down, so it runs last (see the hook below).
 """
@@ -96,6 +97,7 @@ def real() -> Iterator[Any]:
             real_nodes=2,
             node_monitor_grace_seconds=20,
             real_node_images=preloaded_images(),
+            registry=True,  # test_registry.py pulls from it
         )
     )
     try:
