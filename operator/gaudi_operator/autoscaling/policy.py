@@ -42,8 +42,9 @@ from gaudi_operator.api import (
 )
 from gaudi_train.batching import valid_replica_counts
 
-# Queries the autoscaler runs besides the user's metric.
-THROUGHPUT_QUERY = 'sum(gaudi3_train_samples_per_second{gtj="$job",gtj_namespace="$namespace"})'
+# The autoscaler's own query besides the users' metrics: every autoscaled job's throughput
+# at once, by the Prometheus namespace label and the launcher's job label.
+THROUGHPUT_BY_JOB = "sum by ({label}, gtj) (gaudi3_train_samples_per_second)"
 
 # How long a rolled-back size is held as the ceiling: long enough not to retry the same
 # failed scale-up every cooldown, short enough to try again when things change.
@@ -584,3 +585,44 @@ def _verify_scale_up(
         ),
         obs.replicas,
     )
+
+
+# --- what status records ----------------------------------------------------------------
+
+
+def decision_record(state: AutoscalingStatus | None) -> tuple[object, ...]:
+    """The part of the autoscaler's state that `status.autoscaling` is written for: the
+    decision (reason, sizes), a resize, a check or a ceiling, and whether the metric can be
+    read. Not the metric's value, the recommendations' times or the backoff's count: those
+    change every pass and live in memory, so a job at rest costs no status write."""
+    if state is None:
+        return ()
+    d = state.last_decision
+    return (
+        state.applied_replicas,
+        state.desired_replicas,
+        state.last_resize_time,
+        state.verifying.model_dump() if state.verifying else None,
+        state.ceiling.model_dump() if state.ceiling else None,
+        state.pending_resize.model_dump() if state.pending_resize else None,
+        (d.reason, d.current, d.desired, d.replicas) if d else None,
+        state.query_failures > 0,
+    )
+
+
+def worth_writing(written: AutoscalingStatus | None, new: AutoscalingStatus) -> bool:
+    """Whether the new state must reach status: only when the decision changed."""
+    return decision_record(written) != decision_record(new)
+
+
+def resume(state: AutoscalingStatus, current: int, now: datetime) -> AutoscalingStatus:
+    """The state read back from status by a process that did not make it (a restart, a new
+    leader): its recommendations are as old as the last decision change, so both windows
+    start again from the current size; the rest (cooldown, checks, ceilings) is as
+    recorded. Kubernetes' HPA controller keeps its recommendations in memory and seeds them
+    the same way (`recordInitialRecommendation`, pkg/controller/podautoscaler/horizontal.go)."""
+    if state.applied_replicas is None:
+        return state  # never decided: `decide` seeds it
+    out = state.model_copy(deep=True)
+    out.recommendations = [ScaleRecommendation(replicas=current, time=stamp(now))]
+    return out

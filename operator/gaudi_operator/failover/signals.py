@@ -1,5 +1,6 @@
 """Failure detection that needs the world outside the job's pods: nodes, HPU health from
-the Gaudi exporter, training progress from Prometheus, and pods that vanished.
+the Gaudi exporter, training progress (the stall clock's, `failover.stall`), and pods that
+vanished.
 
 Effects only, no decisions: everything here gathers observations for the pure
 `failover.policy` module. State is per operator process and rebuilt from watches and queries
@@ -17,14 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gaudi_operator.api import LABEL_JOB_NAME, FailureReason
-from gaudi_operator.clients.prometheus import (
-    PrometheusClient,
-    PromQLError,
-    URLNotAllowed,
-    choose_url,
-    render_query,
-)
+from gaudi_operator.clients.prometheus import PrometheusClient, PromQLError
 from gaudi_operator.failover import policy as failover
+from gaudi_operator.failover.progress import ProgressClocks
 from gaudi_operator.jobs.observation import Observation, observe_pod
 from gaudi_operator.observability import metrics
 
@@ -45,7 +41,6 @@ DEFAULT_HPU_HEALTH_QUERY = (
 )
 DEFAULT_HPU_HEALTH_NODE_LABEL = "node"
 DELETED_NODE_TTL = 600.0
-STEP_QUERY = 'max(gaudi3_train_step{gtj="$job",gtj_namespace="$namespace"})'
 
 
 def utcnow() -> datetime:
@@ -269,23 +264,6 @@ class PrometheusProbes:
             self._hpu_at = time.monotonic()
             return self._hpu_cache
 
-    async def training_step(self, job: str, namespace: str, url: str = "") -> float | None:
-        try:
-            url = choose_url(url, self.url, self.allowed_urls)
-        except URLNotAllowed as err:  # the autoscaler reports it in the job's status
-            log.debug("%s/%s: no stall check: %s", namespace, job, err)
-            return None
-        prom = self.client(url)
-        if prom is None:
-            return None
-        try:
-            samples = await prom.query(render_query(STEP_QUERY, job, namespace))
-        except PromQLError as e:
-            log.debug("step query for %s/%s failed: %s", namespace, job, e)
-            return None
-        values = [s.value for s in samples if s.value == s.value]  # drop NaN
-        return max(values) if values else None
-
 
 def hpu_unhealthy_from_samples(samples: Iterable[Any], node_label: str) -> dict[str, str]:
     """Every sample of the health query with a non-zero value marks its node unhealthy."""
@@ -304,6 +282,7 @@ def hpu_unhealthy_from_samples(samples: Iterable[Any], node_label: str) -> dict[
 NODES = NodeCache()
 DISRUPTIONS = DisruptionLog()
 PROBES = PrometheusProbes()
+CLOCKS = ProgressClocks()  # the stall clock's (failover/stall.py), read by every pass
 
 
 async def signals_for(obs: Observation) -> failover.Signals:
@@ -317,7 +296,9 @@ async def signals_for(obs: Observation) -> failover.Signals:
             job.namespace, job.name, job.uid, obs.generation, obs.replicas, (p.name for p in pods)
         ),
         own_deletions=DISRUPTIONS.own_uids(),
+        progress=CLOCKS.progress(job.namespace, job.name, job.uid),
     )
 
 
 metrics.track_cache("probe_prometheus_clients", lambda: len(PROBES._clients))
+metrics.track_cache("progress_clocks", lambda: len(CLOCKS))

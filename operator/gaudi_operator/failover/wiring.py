@@ -15,8 +15,14 @@ from typing import Any
 import kopf
 
 from gaudi_operator import api
+from gaudi_operator.clients.promql import DEFAULT_NAMESPACE_LABEL
 from gaudi_operator.failover import signals
-from gaudi_operator.failover.stall import stall_loop
+from gaudi_operator.failover.stall import (
+    DEFAULT_STATUS_INTERVAL_SECONDS,
+    StallClock,
+    StallSettings,
+    stall_loop,
+)
 from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,15 @@ async def start(memo: kopf.Memo) -> None:
     probes.hpu_health_node_label = os.environ.get(
         "GAUDI3_HPU_HEALTH_NODE_LABEL", signals.DEFAULT_HPU_HEALTH_NODE_LABEL
     )
-    memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo))
+    clock = StallClock(
+        settings=StallSettings(
+            namespace_label=getattr(cfg, "prometheus_namespace_label", DEFAULT_NAMESPACE_LABEL),
+            status_interval=getattr(
+                cfg, "progress_status_interval", DEFAULT_STATUS_INTERVAL_SECONDS
+            ),
+        )
+    )
+    memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo, clock))
 
 
 async def stop(memo: kopf.Memo) -> None:
