@@ -96,7 +96,7 @@ def test_backslashes_and_strings_keep_their_value() -> None:
 
 @pytest.mark.parametrize("query", ["sum(", 'x{a="b" or c="d"}', ""])
 def test_what_cannot_be_parsed_or_rewritten_is_refused_with_the_field(query: str) -> None:
-    with pytest.raises(QueryNotScoped, match="spec.autoscaling.metric.query"):
+    with pytest.raises(QueryNotScoped, match=r"spec\.autoscaling\.metric\.query"):
         scope_query(query, "namespace", "team-a")
 
 
