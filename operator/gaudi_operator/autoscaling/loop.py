@@ -27,7 +27,7 @@ A pass:
 The loop's state (recommendations, the metric's value, the backoff) is kept in memory and
 reaches `status.autoscaling` only when the decision changes (`policy.worth_writing`): a job
 whose decision holds costs no API write. A process without that memory (a restart, a new
-leader) resumes from status with fresh stabilisation windows (`policy.resume`).
+leader) resumes from status (`policy.resume`).
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ class Autoscaler:
         mine = self._memory.get(key)
         if mine is not None and mine[0] == uid and not worth_writing(written, mine[1]):
             return mine[1].model_copy(deep=True)
-        return resume(written, spec.workers.replicas, now)
+        return resume(written, now)
 
     async def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -418,7 +418,7 @@ class Autoscaler:
         async with shared.lock:  # the passes of one sweep share one answer
             fresh = time.monotonic() - shared.at < self.settings.interval * 0.9
             if not (fresh and key[0] in shared.namespaces):
-                wanted = frozenset(k[0] for k in (self.jobs or {})) | {key[0]}
+                wanted = frozenset(k[0] for k, e in self._entries() if e.enabled) | {key[0]}
                 label = self.settings.namespace_label or LAUNCHER_NAMESPACE_LABEL
                 query = scope_query_to_any(THROUGHPUT_BY_JOB.format(label=label), label, wanted)
                 try:

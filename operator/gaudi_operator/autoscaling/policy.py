@@ -615,14 +615,16 @@ def worth_writing(written: AutoscalingStatus | None, new: AutoscalingStatus) -> 
     return decision_record(written) != decision_record(new)
 
 
-def resume(state: AutoscalingStatus, current: int, now: datetime) -> AutoscalingStatus:
+def resume(state: AutoscalingStatus, now: datetime) -> AutoscalingStatus:
     """The state read back from status by a process that did not make it (a restart, a new
-    leader): its recommendations are as old as the last decision change, so both windows
-    start again from the current size; the rest (cooldown, checks, ceilings) is as
-    recorded. Kubernetes' HPA controller keeps its recommendations in memory and seeds them
-    the same way (`recordInitialRecommendation`, pkg/controller/podautoscaler/horizontal.go)."""
-    if state.applied_replicas is None:
+    leader). Status was written when the decision last changed, and every pass since decided
+    the same, so the newest recommendation is taken to have held until now: exact while the
+    decision is WithinTolerance (its recommendation is the current size), and the same
+    direction while Stabilizing. Without this, a recommendation as old as the last decision
+    change would fall out of its window, and a restarted loop could resize at once on a
+    window it never watched; with it, a window that was running goes on from its start."""
+    if not state.recommendations:
         return state  # never decided: `decide` seeds it
     out = state.model_copy(deep=True)
-    out.recommendations = [ScaleRecommendation(replicas=current, time=stamp(now))]
+    out.recommendations[-1].time = stamp(now)
     return out

@@ -357,15 +357,29 @@ def test_a_new_reason_a_resize_and_a_failing_metric_are_worth_a_write() -> None:
     assert not worth_writing(failing.state, again.state)  # the backoff's count is memory
 
 
-def test_a_resumed_state_waits_a_whole_window_again() -> None:
+def test_a_resumed_state_keeps_its_newest_recommendation_until_now() -> None:
     s = spec(2, scaleUp={"stabilizationSeconds": 60, "maxStep": 2})
     # Written an hour ago when the decision last changed; the process that made it is gone.
     old = decide(s, settled(2), obs(2, 200, at=0)).state
     later = T0 + timedelta(hours=1)
-    fresh = resume(old, 2, later)
-    assert [r.replicas for r in fresh.recommendations] == [2]
+    fresh = resume(old, later)
+    assert [(r.replicas, r.time) for r in fresh.recommendations] == [(2, stamp(later))]
     d = decide(s, fresh, obs(2, 1000, at=3600))
     assert d.reason == Reason.STABILIZING and not d.resize
-    # Without it, the hour-old recommendations fall out of the window: an instant resize.
+    # Without it, the hour-old recommendation falls out of the window: an instant resize.
     assert decide(s, old, obs(2, 1000, at=3600)).resize
-    assert resume(AutoscalingStatus(), 2, later) == AutoscalingStatus()
+    assert resume(AutoscalingStatus(), later) == AutoscalingStatus()
+
+
+def test_a_window_running_at_a_restart_goes_on_from_its_start() -> None:
+    s = spec(3, scaleDown={"stabilizationSeconds": 10, "maxStep": 1})
+    steady = decide(s, settled(3), obs(3, 300, at=0)).state
+    low = decide(s, steady, obs(3, 100, at=1))  # the first low reading: the window starts
+    assert low.reason == Reason.STABILIZING and worth_writing(steady, low.state)
+    # Restarted at 4 s from what status has (the write of 1 s); the window ends at 11 s.
+    state = resume(low.state, T0 + timedelta(seconds=4))
+    for t in (5, 8):
+        d = decide(s, state, obs(3, 100, at=t))
+        assert not d.resize, t
+        state = d.state
+    assert decide(s, state, obs(3, 100, at=11.5)).replicas == 2
