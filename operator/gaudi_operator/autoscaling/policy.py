@@ -592,20 +592,21 @@ def _verify_scale_up(
 
 def decision_record(state: AutoscalingStatus | None) -> tuple[object, ...]:
     """The part of the autoscaler's state that `status.autoscaling` is written for: the
-    decision (reason, sizes), a resize, a check or a ceiling, and whether the metric can be
-    read. Not the metric's value, the recommendations' times or the backoff's count: those
-    change every pass and live in memory, so a job at rest costs no status write."""
+    decision (why, and the size it keeps or sets), a resize, a check or a ceiling, and
+    whether the metric can be read. Not the metric's value, what it asks for (`desired`,
+    which follows every wobble of a noisy metric while the size holds), the
+    recommendations or the backoff's count: those change every pass and live in memory
+    (and in `gaudi_operator_autoscale_desired_replicas`), so a job at rest costs no write."""
     if state is None:
         return ()
     d = state.last_decision
     return (
         state.applied_replicas,
-        state.desired_replicas,
         state.last_resize_time,
         state.verifying.model_dump() if state.verifying else None,
         state.ceiling.model_dump() if state.ceiling else None,
         state.pending_resize.model_dump() if state.pending_resize else None,
-        (d.reason, d.current, d.desired, d.replicas) if d else None,
+        (d.reason, d.current, d.replicas) if d else None,
         state.query_failures > 0,
     )
 

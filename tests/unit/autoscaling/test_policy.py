@@ -343,6 +343,15 @@ def test_a_decision_that_holds_is_not_worth_a_write() -> None:
     assert state.last_decision is not None and state.last_decision.time != stamp(T0)
 
 
+def test_a_held_size_is_not_rewritten_for_every_wobble_of_what_the_metric_asks() -> None:
+    s = spec(2, spec={"workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2}})
+    first = decide(s, settled(2), obs(2, 1700, at=0))
+    assert first.reason == Reason.AT_MAX_REPLICAS and first.desired == 17
+    d = decide(s, first.state, obs(2, 2100, at=10))
+    assert d.reason == Reason.AT_MAX_REPLICAS and d.desired == 21
+    assert not worth_writing(first.state, d.state)
+
+
 def test_a_new_reason_a_resize_and_a_failing_metric_are_worth_a_write() -> None:
     s = spec(2, scaleUp={"stabilizationSeconds": 30, "maxStep": 2})
     held = decide(s, settled(2), obs(2, 200, at=0)).state
