@@ -201,12 +201,16 @@ def job_status(cluster: Any, ns: str) -> dict[str, dict[str, Any]]:
     return {j["metadata"]["name"]: j.get("status") or {} for j in json.loads(out)["items"]}
 
 
+# Decisions on their way to another (a window or a check running, no metric yet).
+UNSETTLED = frozenset({"Stabilizing", "VerifyingScaleUp", "MetricsUnavailable", "ManualScale"})
+
+
 def settled(status: Mapping[str, Any], autoscaled: bool) -> bool:
-    """Running, its first step recorded and, when autoscaled, a decision with a value."""
+    """Running, its first step recorded and, when autoscaled, a decision that holds."""
     if status.get("phase") != "Running" or (status.get("progress") or {}).get("step") is None:
         return False
     last = (status.get("autoscaling") or {}).get("lastDecision") or {}
-    return not autoscaled or last.get("value") is not None
+    return not autoscaled or (last.get("value") is not None and last.get("reason") not in UNSETTLED)
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float, every: float = 1.0) -> None:
