@@ -18,7 +18,7 @@ CHART := charts/gaudi-operator
 CHART_VERSION = $(shell sed -nE 's/^version: *//p' $(CHART)/Chart.yaml)
 DIST ?= dist
 
-.PHONY: setup toolchain chart-tools images venv demo test test-unit test-cluster test-training lint chart chart-docs crd dashboards clean-cluster help
+.PHONY: setup toolchain chart-tools images venv demo test test-unit test-cluster test-training lint chart chart-docs crd docs dashboards clean-cluster help
 
 help:
 	@echo "make demo     start the local Gaudi cluster and show the operator at work"
@@ -27,7 +27,8 @@ help:
 	@echo "make lint     ruff, import-linter contracts, hadolint, helm lint --strict, kubeconform on the rendered chart"
 	@echo "make chart    package the Helm chart into $(DIST)/gaudi-operator-<version>.tgz"
 	@echo "make dashboards  rebuild the chart's Grafana dashboards from dashboards/build.py"
-	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI"
+	@echo "make crd      regenerate the CRD's spec.template schema from the pinned Kubernetes OpenAPI, and the API reference"
+	@echo "make docs     build the documentation site into site/ (MkDocs Material, strict)"
 	@echo "make images   build the operator and CPU training images without Docker"
 
 setup: venv toolchain
@@ -38,7 +39,7 @@ $(STAMP): pyproject.toml devtools/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[operator,training,frameworks,dev]'
+	$(BIN)/python -m pip install -q -e '.[operator,training,frameworks,cli,dev]'
 	# The dev extra installs the dev tools from devtools/; make them editable too.
 	$(BIN)/python -m pip install -q --no-deps -e ./devtools
 	@touch $(STAMP)
@@ -95,10 +96,17 @@ chart-docs: chart-tools
 	$(TOOLS)/helm-docs --chart-search-root charts
 
 # spec.template of the CRD: the PodTemplateSpec schema of the pinned Kubernetes, from its
-# OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale).
+# OpenAPI document (tests/unit/api/test_crd_template.py fails when the file is stale); then
+# the API reference from the whole CRD (tests/unit/docs/test_api_reference.py, the same).
 crd: venv
 	@bash hack/toolchain.sh openapi
 	$(BIN)/python hack/crdgen.py $(GAUDI3_CACHE)/openapi/kubernetes crds/gauditrainingjobs.yaml
+	$(BIN)/python hack/apiref.py crds/gauditrainingjobs.yaml docs/reference/api.md
+
+# The documentation site (mkdocs.yml), strict: a warning fails it. `make test` builds it too
+# (tests/unit/docs/test_docs_site.py). NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 dashboards: venv
 	$(BIN)/python dashboards/build.py

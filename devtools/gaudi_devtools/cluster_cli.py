@@ -60,6 +60,14 @@ def up(
             "simulated ones.",
         ),
     ] = 0,
+    audit_log: Annotated[
+        bool,
+        typer.Option(
+            "--audit-log/--no-audit-log",
+            help="The API server records every write (verb, object, user, User-Agent, time) "
+            "in logs/audit.log.",
+        ),
+    ] = True,
     preload_image: Annotated[
         list[Path] | None,
         typer.Option(
@@ -81,6 +89,7 @@ def up(
                 eviction_seconds=eviction_seconds,
                 real_nodes=real_nodes,
                 real_node_images=[str(p.resolve()) for p in preload_image or []],
+                audit_log=audit_log,
             )
         )
         if kueue:
@@ -94,6 +103,8 @@ def up(
     console.print(f"  kubeconfig  {c.kubeconfig}")
     console.print(f"  prometheus  {c.prometheus_url}")
     console.print(f"  logs        {c.dir / 'logs'}")
+    if c.settings and c.settings.audit_log:
+        console.print(f"  audit log   {c.audit_log}")
     console.print(f'  use it:     eval "$(gaudi3 cluster env --name {name})"')
 
 

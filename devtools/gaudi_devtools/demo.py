@@ -267,6 +267,7 @@ def _real_training(c: Cluster) -> None:
     )
     _show(c, "get", "nodes", "-l", f"{REAL_LABEL}=true", "-o", "wide")
     c.kubectl("delete", "gtj", REAL_JOB, "-n", ns, "--ignore-not-found", "--wait=true")
+    rt.allow_host_access(c, ns)  # hostNetwork and hostPath, if the chart's policy is there
     selector = f"{LABEL_JOB_NAME}={REAL_JOB}"
     # A previous run's workers hold the nodes' ports (host network) until they are gone.
     _wait(

@@ -33,6 +33,11 @@ WORLD_LINE = re.compile(r"global batch 16 = micro 8 x world (\d+) x accumulation
 RESUME_LINE = re.compile(r"resumed from step (\d+)")
 CHECKPOINT_LINE = re.compile(r"checkpoint of step (\d+) complete")
 ROOT = Path(__file__).resolve().parents[2]
+# The chart's tenant policy (charts/gaudi-operator/templates/admission-policy.yaml, and
+# docs/security.md) refuses a template with hostNetwork or hostPath volumes unless the
+# job's namespace carries these labels; the real-node job needs both (no pod network, a
+# checkpoint directory on the host).
+HOST_ACCESS_LABELS = {f"{GROUP}/allow-host-network": "true", f"{GROUP}/allow-host-path": "true"}
 
 
 def training_image() -> Path:
@@ -47,6 +52,13 @@ def training_image() -> Path:
     return CLUSTERS.parent / "images" / "gaudi-train-cpu.tar"
 
 
+def allow_host_access(cluster: Any, ns: str) -> None:
+    """Label `ns` so that the chart's tenant policy admits the real-node job there: always,
+    whether the policy is installed now or later (the labels alone grant nothing)."""
+    labels = [f"{k}={v}" for k, v in HOST_ACCESS_LABELS.items()]
+    cluster.kubectl("label", "namespace", ns, *labels, "--overwrite")
+
+
 def job(
     name: str,
     checkpoints: Path,
@@ -57,7 +69,8 @@ def job(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host;
-    `env` is added to the worker container's environment."""
+    `env` is added to the worker container's environment. Its namespace needs
+    `allow_host_access` where the chart's tenant policy is installed."""
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/v1alpha1",
         "kind": "GaudiTrainingJob",

@@ -17,6 +17,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_IMAGE = REPO / "training-image"
+# A stand-in for Intel's habana_frameworks that records what is asked of it (see its
+# __init__.py); on a child's PYTHONPATH, `import torch` loads it as Intel's images do.
+FAKE_HABANA = Path(__file__).resolve().parent / "fake_habana"
+BRIDGE = "habana_frameworks"
 STEP_LINE = re.compile(r"\[rank 0\] gaudi_train\.workload INFO: step (\d+) loss ([0-9.]+)")
 
 
@@ -47,7 +51,9 @@ def free_port_pair() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment minus any job settings, plus `extra`."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PET_", "GAUDI3_", "TORCHELASTIC"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PET_", "GAUDI3_", "TORCHELASTIC", "PT_HPU_", "HABANA_"))
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRAINING_IMAGE), env.get("PYTHONPATH")]))
     env["GAUDI3_DEVICE"] = "cpu"  # the same path on every test machine
@@ -93,18 +99,28 @@ class Run:
         self.wait_for(lambda: any(s >= step for s, _ in self.steps()), timeout, f"step {step}")
 
     def workers(self) -> list[int]:
-        """PIDs of the worker processes torchrun started for this launcher."""
-        found = []
+        """PIDs of the worker processes this launcher runs: started by torchrun, forked
+        by the launcher (gaudi_train.prefork) or by its fork server (operator-managed
+        recovery), which are named `gaudi3-worker`."""
+        parents: dict[int, list[Path]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
             except OSError:
                 continue
-            # Started by torchrun, or forked by the launcher (gaudi_train.prefork, named so).
-            worker = b"gaudi_train.worker" in cmdline or comm(stat.parent) == "gaudi3-worker"
-            if int(fields[1]) == self.proc.pid and worker:
-                found.append(int(stat.parent.name))
+            parents.setdefault(int(fields[1]), []).append(stat.parent)
+        servers = [p for p in parents.get(self.proc.pid, []) if comm(p) == "gaudi3-forksrv"]
+        candidates = parents.get(self.proc.pid, []) + [
+            child for server in servers for child in parents.get(int(server.name), [])
+        ]
+        found = []
+        for proc in candidates:
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gaudi_train.worker" in cmdline or comm(proc) == "gaudi3-worker":
+                found.append(int(proc.name))
         return sorted(found)
 
     def tail(self, lines: int = 60) -> str:
@@ -158,3 +174,23 @@ def job_env() -> Callable[..., dict[str, str]]:
 def metrics_port() -> int:
     """A free port P with P + 1 free as well (ranks serve on P + local rank)."""
     return free_port_pair()
+
+
+def bridge_modules() -> list[str]:
+    return [n for n in sys.modules if n == BRIDGE or n.startswith(BRIDGE + ".")]
+
+
+@pytest.fixture
+def fake_habana(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """The fake habana_frameworks importable in this process; yields its log file.
+
+    Modules it imported are dropped afterwards, so the next test (and the real
+    `habana_frameworks` check in gaudi_train.prefork) sees no bridge."""
+    log = tmp_path / "fake-habana.jsonl"
+    monkeypatch.setenv("FAKE_HABANA_LOG", str(log))
+    for name in bridge_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(FAKE_HABANA))
+    yield log
+    for name in bridge_modules():
+        del sys.modules[name]

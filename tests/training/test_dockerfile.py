@@ -42,3 +42,14 @@ def test_image_builds_on_intels_gaudi_pytorch_base_and_runs_the_launcher_as_non_
     assert "pip install --no-deps ." in text  # keeps Intel's torch, no operator deps
     assert "USER ${UID}" in text and "ARG UID=10001" in text
     assert text.rstrip().endswith('ENTRYPOINT ["gaudi3-train"]')
+
+
+def test_habana_logs_is_intels_path_and_belongs_to_the_images_user() -> None:
+    # Intel's base images set HABANA_LOGS=/var/log/habana_logs/ and their packages create
+    # it as root; the launcher refuses to start when it cannot write there.
+    text = DOCKERFILE.read_text()
+    assert "HABANA_LOGS=/var/log/habana_logs/" in text
+    run = text[text.index("RUN python3 -m pip install") : text.index("USER ${UID}")]
+    assert 'mkdir -p /checkpoints "${HABANA_LOGS}"' in run
+    assert 'chown -R "${UID}:0" "${HABANA_LOGS}"' in run
+    assert 'chmod -R ug+rwX "${HABANA_LOGS}"' in run

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).parents[2] / "docs"
-DOTTED = re.compile(r"`((?:gaudi_operator|gaudi_devtools|gaudi_train)(?:\.\w+)+)`")
+DOTTED = re.compile(r"`((?:gaudi_operator|gaudi_devtools|gaudi_train|gaudi_kubectl)(?:\.\w+)+)`")
 
 
 def resolve(name: str) -> object:

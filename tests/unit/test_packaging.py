@@ -32,7 +32,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_operator_wheel_ships_no_dev_tools(wheel: zipfile.ZipFile) -> None:
     tops = {name.split("/")[0] for name in wheel.namelist()}
-    assert tops == {"gaudi_operator", "gaudi_train", "gaudi_scale_starter-0.1.0.dist-info"}
+    assert tops == {
+        "gaudi_operator",
+        "gaudi_train",
+        "gaudi_kubectl",  # `kubectl gtj`, for users: the cli extra
+        "gaudi_scale_starter-0.1.0.dist-info",
+    }
     dev_words = ("devtools", "devcluster", "benchmark", "demo", "kwok", "pki")
     leaked = [
         n
@@ -61,3 +66,20 @@ def test_operator_image_installs_only_the_operator_extra() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '".[operator]"' in dockerfile and "[operator]" in dockerfile
     assert "devtools" not in dockerfile and "[dev" not in dockerfile
+
+
+def test_the_wheel_installs_kubectl_gtj_and_its_extra_needs_no_kubernetes_client(
+    wheel: zipfile.ZipFile,
+) -> None:
+    """`pip install 'gaudi-scale-starter[cli]'` puts `kubectl-gtj` on PATH, where kubectl
+    finds it; it reaches the API through kubectl itself."""
+    points = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    assert "kubectl-gtj = gaudi_kubectl.cli:main" in wheel.read(points).decode()
+    meta_name = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    meta = Parser().parsestr(wheel.read(meta_name).decode())
+    cli = {
+        req.split(";")[0].split(">")[0].strip().lower()
+        for req in meta.get_all("Requires-Dist") or []
+        if "extra == 'cli'" in req or 'extra == "cli"' in req
+    }
+    assert cli == {"rich", "prometheus-client"}

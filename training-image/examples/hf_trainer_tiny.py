@@ -15,14 +15,24 @@ downloaded. It imports nothing from gaudi_train; everything comes from the envir
 On start it resumes from the newest complete checkpoint-N folder, so a restarted
 worker continues at step N. On Gaudi (habana_frameworks importable) it uses
 optimum-habana's GaudiTrainer and GaudiTrainingArguments, the documented drop-in
-replacements; that path has not been run on Gaudi hardware. Elsewhere: CPU and gloo.
+replacements, in the execution mode PT_HPU_LAZY_MODE names (eager unless the job asks
+for lazy: `gaudi3-train --hpu-mode lazy`), compiled with hpu_backend when the job says
+`--compile`; that path has not been run on Gaudi hardware. Elsewhere: CPU and gloo.
 """
 
 from __future__ import annotations
 
+import os
+
+# Intel's bridge reads PT_HPU_LAZY_MODE once, when it loads, and in Intel's images
+# `import torch` loads it (PyTorch's device-backend autoload): so it is settled here,
+# before the first import that can pull torch in. gaudi3-train has already exported it
+# (--hpu-mode); run on its own, the script gets Intel's default, eager (0). optimum-habana:
+# "PT_HPU_LAZY_MODE=0 needs to be set before library is loaded".
+os.environ.setdefault("PT_HPU_LAZY_MODE", "0")
+
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -130,6 +140,18 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     return max(found)[1] if found else None
 
 
+def gaudi_arguments(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """GaudiTrainingArguments' Gaudi settings: lazy mode only when the bridge was loaded
+    in it (optimum-habana's use_lazy_mode defaults to True, which contradicts an eager
+    bridge), and torch.compile with hpu_backend when the job asks (eager mode only)."""
+    env = dict(os.environ) if env is None else env
+    lazy = env.get("PT_HPU_LAZY_MODE", "0") == "1"
+    settings: dict[str, Any] = {"use_habana": True, "use_lazy_mode": lazy, "ddp_backend": "hccl"}
+    if env.get("GAUDI3_COMPILE", "0") == "1" and not lazy:
+        settings |= {"torch_compile": True, "torch_compile_backend": "hpu_backend"}
+    return settings
+
+
 def on_gaudi() -> bool:
     try:
         import habana_frameworks.torch  # type: ignore[import-not-found]  # noqa: F401
@@ -177,16 +199,14 @@ def main() -> int:
         "seed": 0,
     }
     if on_gaudi():
-        # optimum-habana: the same Trainer API, compiled for HPUs (lazy mode), hccl.
+        # optimum-habana: the same Trainer API on HPUs, hccl, the mode set above.
         from optimum.habana import (  # type: ignore[import-not-found]
             GaudiConfig,
             GaudiTrainer,
             GaudiTrainingArguments,
         )
 
-        training_args: TrainingArguments = GaudiTrainingArguments(
-            **settings, use_habana=True, use_lazy_mode=True, ddp_backend="hccl"
-        )
+        training_args: TrainingArguments = GaudiTrainingArguments(**settings, **gaudi_arguments())
         trainer: Trainer = GaudiTrainer(
             model=tiny_model(),
             gaudi_config=GaudiConfig(),

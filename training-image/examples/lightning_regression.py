@@ -15,14 +15,23 @@ operator and torchrun set:
 On start it resumes from `last.ckpt` in the checkpoint directory when there is one, so a
 restarted worker (torchrun restart, or a new pod from the operator) continues at the
 saved step. On Gaudi it uses lightning-habana's HPUAccelerator and HPUDDPStrategy (hccl)
-when habana_frameworks imports; that path follows lightning-habana's documented API and
-has not been run on Gaudi hardware. Elsewhere: CPU and DDP over gloo.
+when habana_frameworks imports, in the execution mode PT_HPU_LAZY_MODE names (eager
+unless the job asks for lazy; lightning-habana's strategies call mark_step themselves in
+lazy mode); that path follows lightning-habana's documented API and has not been run on
+Gaudi hardware. Elsewhere: CPU and DDP over gloo.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Intel's bridge reads PT_HPU_LAZY_MODE once, when it loads, and in Intel's images
+# `import torch` (which lightning imports) loads it: so it is settled here, before any
+# import that can pull torch in. gaudi3-train has already exported it (--hpu-mode); run
+# on its own, the script gets Intel's default, eager (0).
+os.environ.setdefault("PT_HPU_LAZY_MODE", "0")
+
+import argparse
 import sys
 from typing import Any
 

@@ -17,6 +17,7 @@ shape, so a checkpoint written by N processes loads into M processes (resharding
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import logging
@@ -28,6 +29,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -140,34 +142,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def rng_state() -> dict[str, Any]:
+def _hpu_random() -> ModuleType:
+    # Intel's per-device RNG API, as DeepSpeed's HPU accelerator calls it
+    # (accelerator/hpu_accelerator.py) and Intel's GPU migration maps torch.cuda's onto it
+    # (Model-References, gpu_migration logs: torch.cuda.get_rng_state -> hpu.random).
+    return importlib.import_module("habana_frameworks.torch.hpu.random")
+
+
+def rng_state(device_kind: str = "cpu") -> dict[str, Any]:
+    """This process's RNG states: torch (CPU), Python, and the accelerator's own."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if device_kind == "hpu":
+        # Dropout and other random ops on the HPU draw from the device's generator, not
+        # torch's CPU one: without it a resumed run would not continue the same stream.
+        state["hpu"] = _hpu_random().get_rng_state()
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device_kind: str = "cpu") -> bool:
+    """Restore what `rng_state` saved; False when the device's own state is missing
+    (a checkpoint written before HPU states were saved, or on another device)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if device_kind != "hpu":
+        return True  # an "hpu" entry from an HPU run is ignored on other devices
+    if "hpu" not in state:
+        return False
+    _hpu_random().set_rng_state(state["hpu"])
+    return True
 
 
-def reseed(seed: int, step: int, rank: int) -> None:
+def _seed_value(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1009 + rank) % (2**63)
+
+
+def reseed(seed: int, step: int, rank: int, device_kind: str = "cpu") -> None:
     """Deterministic RNG for a rank that has no saved RNG state (a resized world)."""
-    value = (seed * 1_000_003 + step * 1009 + rank) % (2**63)
+    value = _seed_value(seed, step, rank)
     torch.manual_seed(value)
     random.seed(value)
+    if device_kind == "hpu":
+        _hpu_random().manual_seed(value)
 
 
 class Checkpointer:
     """Saves and restores a model and optimizer; every method is collective."""
 
-    def __init__(self, root: str | os.PathLike[str], keep: int = 3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        keep: int = 3,
+        seed: int = 0,
+        device_kind: str = "cpu",
+    ) -> None:
         self.root = Path(root)
         self.keep = max(keep, 1)
         self.seed = seed
+        self.device_kind = device_kind  # "hpu" also saves and restores the HPU's RNG
         self.last_saved_step: int | None = None
 
     def clean_partial(self) -> None:
@@ -202,7 +237,7 @@ class Checkpointer:
         _barrier()
         with _single_process_ok():
             dcp.save(_state(model, optimizer), checkpoint_id=tmp, **_dcp_kwargs(dcp.save))
-        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+        torch.save(rng_state(self.device_kind), tmp / f"rng-rank{rank}.pt")
         _barrier()  # every rank's files are on disk before the marker says so
         now = time.time()
         info = CheckpointInfo(final, step, world, now, dict(extra or {}))
@@ -257,15 +292,20 @@ class Checkpointer:
         rank = _rank()
         rng_file = info.path / f"rng-rank{rank}.pt"
         if info.world_size == _world() and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+            if not set_rng_state(torch.load(rng_file, weights_only=False), self.device_kind):
+                # Written without an HPU state (by an older launcher, or on another
+                # device): the CPU and Python streams resume, the HPU's starts afresh.
+                log.info("checkpoint has no %s RNG state: reseeding it", self.device_kind)
+                _hpu_random().manual_seed(_seed_value(self.seed, info.step, rank))
         else:
             # Ranks of a resized world have no RNG of their own to resume.
-            reseed(self.seed, info.step, rank)
+            reseed(self.seed, info.step, rank, self.device_kind)
         self.last_saved_step = info.step
 
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """DCP's view of model and optimizer: FQNs without DDP's `module.` prefix."""
+    """DCP's view of model and optimizer: FQNs without DDP's `module.` prefix, nor
+    torch.compile's `_orig_mod.` (so `--compile` reads and writes the same checkpoints)."""
     if optimizer is None:
         return {"model": get_model_state_dict(model)}
     model_sd, optim_sd = get_state_dict(model, optimizer)

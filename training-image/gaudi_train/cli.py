@@ -3,6 +3,7 @@
     gaudi3-train [options]                         train the built-in reference model
     gaudi3-train [options] --script train.py ...   run your script under the launcher
     gaudi3-train --benchmark [options]             measure samples/s and step time
+    gaudi3-train --smoke [options]                 check an all-reduce, then train a few steps
 
 Flags override the GAUDI3_* / PET_* environment the operator sets.
 """
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gaudi_train.env import ElasticSettings, EnvError, JobSettings
+from gaudi_train.env import ControlSettings, ElasticSettings, EnvError, JobSettings
 
 BENCHMARK_FIELDS = (
     ("device", "device"),
@@ -47,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--nproc", type=int, help="processes here (default: one per device)")
     launch.add_argument("--max-restarts", type=int, help="torchrun restarts (PET_MAX_RESTARTS)")
     launch.add_argument("--device", choices=("auto", "hpu", "cuda", "cpu"), help="GAUDI3_DEVICE")
+    launch.add_argument(
+        "--hpu-mode",
+        choices=("eager", "lazy"),
+        help="GAUDI3_HPU_MODE: Intel's execution mode, sets PT_HPU_LAZY_MODE (default eager)",
+    )
+    launch.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="GAUDI3_COMPILE: torch.compile the model (hpu_backend on Gaudi, eager mode only)",
+    )
     launch.add_argument("--checkpoint-dir", help="GAUDI3_CHECKPOINT_DIR (default: none locally)")
     launch.add_argument("--checkpoint-interval", type=int, help="GAUDI3_CHECKPOINT_INTERVAL")
     launch.add_argument("--checkpoint-keep", type=int, help="complete checkpoints kept (3)")
@@ -62,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-steps", type=int, default=5, help="untimed first steps (5)")
     bench.add_argument("--benchmark-json", type=Path, help="also write the result here")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    smoke = parser.add_argument_group("hardware acceptance run (docs/gaudi.md)")
+    smoke.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check an all-reduce over every rank (HCCL on Gaudi), then train --max-steps",
+    )
+    smoke.add_argument("--allreduce-mib", type=int, default=64, help="MiB per rank (64)")
+    smoke.add_argument("--allreduce-runs", type=int, default=5, help="timed all-reduces (5)")
     return parser
 
 
@@ -82,6 +102,8 @@ def settings_from(args: argparse.Namespace) -> JobSettings:
     settings = JobSettings.from_env()
     overrides: dict[str, Any] = {
         "device": args.device,
+        "hpu_mode": args.hpu_mode,
+        "compile": args.compile,
         "checkpoint_dir": args.checkpoint_dir,
         "checkpoint_interval": args.checkpoint_interval,
         "checkpoint_keep": args.checkpoint_keep,
@@ -101,26 +123,42 @@ def main(argv: list[str] | None = None) -> int:
     from gaudi_train.launcher import LaunchRequest, launch
     from gaudi_train.workload import WorkloadConfig
 
-    logging.basicConfig(level=logging.INFO, format="gaudi3-train %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s gaudi3-train %(levelname)s: %(message)s"
+    )
     own, script = split_script(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(own)
     try:
         settings = settings_from(args)
         elastic = ElasticSettings.from_env()
+        control = ControlSettings.from_env()
     except EnvError as exc:
         parser.error(str(exc))
     workload = WorkloadConfig.from_namespace(args)
 
+    if args.smoke and (script is not None or args.benchmark):
+        parser.error("--smoke runs the built-in workload; drop --script and --benchmark")
     if script is not None:
         if args.benchmark:
             parser.error("--benchmark measures the built-in workload; drop --script")
         entry = script
     elif args.benchmark:
         return benchmark(args, settings, elastic, workload)
+    elif args.smoke:
+        if args.allreduce_mib < 1 or args.allreduce_runs < 1:
+            parser.error("--allreduce-mib and --allreduce-runs must be at least 1")
+        entry = [
+            "--module",
+            "gaudi_train.smoke",
+            *workload.to_argv(),
+            f"--allreduce-mib={args.allreduce_mib}",
+            f"--allreduce-runs={args.allreduce_runs}",
+        ]
     else:
         entry = ["--module", "gaudi_train.worker", *workload.to_argv()]
-    return launch(LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts))
+    request = LaunchRequest(settings, elastic, entry, args.nproc, args.max_restarts)
+    return launch(dataclasses.replace(request, control=control))
 
 
 def benchmark(

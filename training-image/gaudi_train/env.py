@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gaudi_train import hpu_mode as modes
+
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_CHECKPOINT_INTERVAL = 100
 DEFAULT_CHECKPOINT_KEEP = 3
@@ -19,6 +21,10 @@ DEFAULT_MICRO_BATCH = 8
 # Worker exit codes the operator's failure rules can match on.
 EXIT_CONFIG_ERROR = 2  # bad settings: retrying cannot help
 EXIT_PEER_STOPPED = 75  # a peer was told to stop; checkpointed, safe to restart (EX_TEMPFAIL)
+# A worker whose collective failed because a peer went away (operator-managed recovery):
+# a consequence of another failure, never its cause.
+EXIT_WORLD_BROKEN = 76
+DEFAULT_LEAVE_TIMEOUT = 30.0
 
 
 class EnvError(ValueError):
@@ -33,6 +39,15 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         return int(raw)
     except ValueError:
         raise EnvError(f"{name}={raw!r} is not an integer") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise EnvError(f"{name}={raw!r}: use 1 or 0")
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,10 @@ class JobSettings:
     # tests use 127.0.0.1.
     metrics_address: str = ""
     device: str = "auto"
+    # Intel's HPU execution mode, eager (its default) or lazy: see gaudi_train.hpu_mode.
+    hpu_mode: str = modes.DEFAULT
+    # torch.compile the model with the device's backend (hpu_backend on Gaudi).
+    compile: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobSettings:
@@ -67,6 +86,10 @@ class JobSettings:
         device = env.get("GAUDI3_DEVICE", "auto").strip().lower() or "auto"
         if device not in ("auto", "hpu", "cuda", "cpu"):
             raise EnvError(f"GAUDI3_DEVICE={device!r}: use auto, hpu, cuda or cpu")
+        try:
+            mode = modes.resolve(env.get(modes.SETTING), env)
+        except modes.ModeError as exc:
+            raise EnvError(str(exc)) from None
         return cls(
             job_name=env.get("GAUDI3_JOB_NAME", "").strip() or "local",
             namespace=env.get("GAUDI3_NAMESPACE", "").strip(),
@@ -85,6 +108,8 @@ class JobSettings:
             metrics_address=env.get("GAUDI3_METRICS_ADDRESS", "").strip()
             or env.get("GAUDI3_POD_IP", "").strip(),
             device=device,
+            hpu_mode=mode,
+            compile=_flag(env, "GAUDI3_COMPILE"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -102,6 +127,8 @@ class JobSettings:
             "GAUDI3_METRICS_PORT": "off" if self.metrics_port is None else str(self.metrics_port),
             "GAUDI3_METRICS_ADDRESS": self.metrics_address,
             "GAUDI3_DEVICE": self.device,
+            modes.SETTING: self.hpu_mode,
+            "GAUDI3_COMPILE": "1" if self.compile else "0",
         }
         return env
 
@@ -197,3 +224,59 @@ class RankInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """Operator-managed recovery (gaudi_train.managed): on when GAUDI3_CONTROL_PORT is set.
+
+    Without it the launcher runs torchrun, which restarts failed workers by itself (the
+    fallback for a workstation, or an operator that does not speak the protocol)."""
+
+    port: int | None = None
+    address: str = ""  # where the control endpoint listens: GAUDI3_POD_IP by default
+    token: str = ""
+    spare: bool = False
+    in_place_generation: int = 0
+    pod_name: str = ""
+    node_name: str = ""
+    leave_timeout: float = DEFAULT_LEAVE_TIMEOUT
+    peer_state: bool = True  # new ranks take their state from a surviving replica
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ControlSettings:
+        env = os.environ if env is None else env
+        port = _int(env, "GAUDI3_CONTROL_PORT", None)
+        generation = _int(env, "GAUDI3_IN_PLACE_GENERATION", 0) or 0
+        if generation < 0:
+            raise EnvError(f"GAUDI3_IN_PLACE_GENERATION={generation}: expected 0 or more")
+        raw_timeout = env.get("GAUDI3_LEAVE_TIMEOUT", "").strip()
+        try:
+            leave_timeout = float(raw_timeout) if raw_timeout else DEFAULT_LEAVE_TIMEOUT
+        except ValueError:
+            raise EnvError(f"GAUDI3_LEAVE_TIMEOUT={raw_timeout!r} is not a number") from None
+        peer_state = env.get("GAUDI3_PEER_STATE", "").strip()
+        settings = cls(
+            port=port,
+            address=env.get("GAUDI3_CONTROL_ADDRESS", "").strip()
+            or env.get("GAUDI3_POD_IP", "").strip(),
+            token=env.get("GAUDI3_CONTROL_TOKEN", "").strip(),
+            spare=_flag(env, "GAUDI3_SPARE"),
+            in_place_generation=generation,
+            pod_name=env.get("GAUDI3_POD_NAME", "").strip(),
+            node_name=env.get("GAUDI3_NODE_NAME", "").strip(),
+            leave_timeout=leave_timeout,
+            peer_state=True if not peer_state else _flag(env, "GAUDI3_PEER_STATE"),
+        )
+        if settings.port is None and settings.spare:
+            raise EnvError("GAUDI3_SPARE=1 needs GAUDI3_CONTROL_PORT: a spare waits to be told")
+        if settings.port is not None and not settings.token:
+            raise EnvError(
+                "GAUDI3_CONTROL_PORT is set but GAUDI3_CONTROL_TOKEN is empty: the control "
+                "endpoint restarts and stops training, so it never runs without a token"
+            )
+        return settings
+
+    @property
+    def managed(self) -> bool:
+        return self.port is not None

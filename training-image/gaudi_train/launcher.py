@@ -1,9 +1,12 @@
-"""Run the workers under torchrun elastic (torch.distributed.run), one per device.
+"""Run the workers, one per device: under torchrun elastic, or under the operator's recovery.
 
 Inside a GaudiTrainingJob pod the rendezvous comes from the operator's PET_*
 variables; on a workstation `--standalone` gives a private rendezvous on a free port.
 torchrun restarts the local workers (up to PET_MAX_RESTARTS) when one of them dies,
 and forwards SIGTERM to them so they can checkpoint before the pod goes away.
+
+When the operator sets GAUDI3_CONTROL_PORT, torchrun is not used: the operator decides
+every restart, in place, and surviving workers keep their state (`gaudi_train.managed`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gaudi_train import prefork
+from gaudi_train import hpu_mode, prefork
 from gaudi_train.batching import valid_replica_counts, valid_world_sizes
-from gaudi_train.env import EXIT_CONFIG_ERROR, EXIT_PEER_STOPPED, ElasticSettings, JobSettings
+from gaudi_train.env import (
+    EXIT_CONFIG_ERROR,
+    EXIT_PEER_STOPPED,
+    ControlSettings,
+    ElasticSettings,
+    JobSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +45,7 @@ class LaunchRequest:
     nproc: int | None = None  # processes in this pod; None = PET_NPROC_PER_NODE or devices
     max_restarts: int | None = None  # None = PET_MAX_RESTARTS
     extra_env: dict[str, str] = field(default_factory=dict)
+    control: ControlSettings = field(default_factory=ControlSettings)  # the operator's recovery
 
 
 def device_count(prefer: str = "auto") -> int:
@@ -127,8 +139,60 @@ def torchrun_argv(request: LaunchRequest, nproc: int) -> list[str]:
     return argv + request.entry
 
 
+def habana_logs_problem(env: Mapping[str, str]) -> str | None:
+    """Why HABANA_LOGS cannot be written, or None (also when it is unset).
+
+    Intel's Gaudi software writes its logs under HABANA_LOGS (Intel's images set it to
+    /var/log/habana_logs/, a folder their packages create as root: Setup_and_Install
+    dockerfiles/base). Our image runs as a non-root user, so the folder must be writable
+    for it; a pod that runs under another user, or with a read-only root filesystem,
+    needs a writable volume there. Tried for real (create and delete a file), since
+    permission bits say nothing about read-only mounts."""
+    path = env.get("HABANA_LOGS", "").strip()
+    if not path:
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".gaudi3-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return (
+            f"HABANA_LOGS={path} is not writable for uid {os.getuid()} "
+            f"({exc.strerror or exc}): Intel's Gaudi software writes its logs there. "
+            "Mount a writable volume at that path (an emptyDir in the pod template) or set "
+            "HABANA_LOGS to a writable folder."
+        )
+    return None
+
+
+def settings_problem(settings: JobSettings) -> str | None:
+    """A combination of settings that cannot work on the HPU path, or None."""
+    if settings.compile and settings.hpu_mode == hpu_mode.LAZY:
+        # Intel's PyTorch Support Matrix: torch.compile(backend="hpu_backend") runs in
+        # eager mode (PT_HPU_LAZY_MODE=0) only. Refused on every device, so a job that
+        # would fail on Gaudi fails the same way in a CPU test run.
+        return (
+            "--compile (GAUDI3_COMPILE) needs eager mode: torch.compile(backend='hpu_backend') "
+            "is not supported in lazy mode (PT_HPU_LAZY_MODE=1). Drop --compile or use "
+            "--hpu-mode eager."
+        )
+    return None
+
+
 def launch(request: LaunchRequest) -> int:
     """Run torchrun in this process and return the exit code for the pod."""
+    # First of all, before anything imports torch (which loads Intel's bridge, and the
+    # bridge reads PT_HPU_LAZY_MODE once): the HPU mode, inherited by every worker.
+    try:
+        hpu_mode.apply(request.settings.hpu_mode)
+    except hpu_mode.ModeError as exc:
+        print(f"gaudi3-train: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    problem = settings_problem(request.settings) or habana_logs_problem(os.environ)
+    if problem:
+        print(f"gaudi3-train: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     nproc = resolve_nproc(request)
     problem = check_batch(request.settings, request.elastic, nproc)
     if problem:
@@ -156,6 +220,8 @@ def launch(request: LaunchRequest) -> int:
         or request.settings.device == "cpu"
     )
     early = prefork.wanted(os.environ, nproc_known)
+    if request.control.managed:
+        return launch_managed(request, nproc, early)
     if early and nproc > 1:
         # torchrun's own default, set before the fork so the workers' environment (read
         # by OpenMP when torch loads) is the one they were forked with.
@@ -178,6 +244,39 @@ def launch(request: LaunchRequest) -> int:
     except ChildFailedError as exc:
         return failure_exit_code([f.exitcode for f in exc.failures.values()])
     return 0
+
+
+def launch_managed(request: LaunchRequest, nproc: int, preload: bool) -> int:
+    """The operator's recovery (gaudi_train.managed) instead of torchrun."""
+    from gaudi_train.forkserver import ForkServer
+
+    several = (request.elastic.world_pods or request.elastic.node_range()[1]) > 1
+    if request.elastic.rdzv_endpoint is None and several and not request.control.spare:
+        print(
+            "gaudi3-train: error: operator-managed recovery of several pods needs "
+            "PET_RDZV_ENDPOINT (where worker 0 hosts the world's store)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    if nproc > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Forked before this process starts a thread. Where forking after torch is fine
+    # (gaudi_train.prefork's rules), torch is imported first and shared with the server.
+    if preload:
+        import torch.distributed  # noqa: F401 - loaded once, inherited by every worker
+
+        # torch._dynamo: DDP's constructor imports it (300 modules, 1-2 s of CPU here),
+        # in every new world's replacement worker unless the server already has.
+        preloaded = ("torch", "torch.distributed", "torch._dynamo", *preload_for(request.entry))
+        server = ForkServer.start(preloaded)
+    else:
+        server = ForkServer.start(())
+    from gaudi_train.managed import ManagedLauncher
+
+    launcher = ManagedLauncher(
+        request.settings, request.elastic, request.control, request.entry, nproc, server
+    )
+    return launcher.run()
 
 
 def preload_for(entry: list[str]) -> tuple[str, ...]:

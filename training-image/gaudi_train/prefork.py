@@ -264,7 +264,7 @@ def _zygote(read_fd: int, preload: Sequence[str]) -> NoReturn:
     code = 1
     try:
         os.setsid()  # torchrun starts workers in a new session and signals their group
-        _clear_exit_handlers()  # the launcher's, not the worker's
+        clear_exit_handlers()  # the launcher's, not the worker's
         # The worker configures logging itself (basicConfig is a no-op with handlers).
         logging.root.handlers.clear()
         logging.root.setLevel(logging.WARNING)
@@ -281,14 +281,26 @@ def _zygote(read_fd: int, preload: Sequence[str]) -> NoReturn:
     except BaseException:  # a zygote must never return into the launcher
         traceback.print_exc()
     finally:
-        _exit(code)
+        exit_like_interpreter(code)
 
 
 def _become_worker(argv: list[str], env: dict[str, str]) -> int:
-    _name_process(WORKER_NAME)
+    name_process(WORKER_NAME)
     os.environ.clear()
     os.environ.update(env)
-    _unbuffered()  # torchrun runs workers with `python -u`
+    unbuffered()  # torchrun runs workers with `python -u`
+    return run_as_main(argv, env)
+
+
+def run_as_main(
+    argv: list[str],
+    env: Mapping[str, str],
+    on_error: Callable[[BaseException], int] | None = None,
+) -> int:
+    """Run `-m MODULE ...` or `SCRIPT ...` as `__main__` in this process; its exit code.
+
+    An exception it raises is printed as the interpreter would; `on_error` picks the
+    exit code for it (default 1)."""
     # sys.path as the fresh interpreter would have it: the script's folder or the working
     # directory first, then PYTHONPATH.
     first = os.getcwd() if argv[0] == "-m" else os.path.dirname(os.path.realpath(argv[0]))
@@ -306,13 +318,13 @@ def _become_worker(argv: list[str], env: dict[str, str]) -> int:
     except KeyboardInterrupt:
         traceback.print_exc()
         return 128 + signal.SIGINT
-    except BaseException:  # printed as the interpreter would, exit 1
+    except BaseException as exc:  # printed as the interpreter would, exit 1
         traceback.print_exc()
-        return 1
+        return 1 if on_error is None else on_error(exc)
     return 0
 
 
-def _name_process(name: str) -> None:
+def name_process(name: str) -> None:
     """`ps -o comm` / /proc/PID/comm shows `name`; the command line stays the launcher's."""
     try:
         import ctypes
@@ -332,7 +344,7 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _unbuffered() -> None:
+def unbuffered() -> None:
     for name, fd in (("stdout", 1), ("stderr", 2)):
         old = getattr(sys, name)
         try:
@@ -347,13 +359,13 @@ def _unbuffered() -> None:
         setattr(sys, name, stream)
 
 
-def _clear_exit_handlers() -> None:
+def clear_exit_handlers() -> None:
     clear = getattr(atexit, "_clear", None)
     if clear is not None:
         clear()
 
 
-def _exit(code: int) -> NoReturn:
+def exit_like_interpreter(code: int) -> NoReturn:
     """End like an interpreter would (non-daemon threads, atexit, flush), never return."""
     try:
         main = threading.main_thread()

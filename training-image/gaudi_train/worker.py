@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG_ERROR
     times = StepTimes([]) if args.benchmark_json else None
-    code = train(cfg, session, args.warmup_steps, times)
+    try:
+        code = train(cfg, session, args.warmup_steps, times)
+    except BatchConfigError as exc:  # a new world whose size cannot keep the global batch
+        log.error("%s", exc)
+        return EXIT_CONFIG_ERROR
     if times is not None and rank.is_main:
         write_benchmark(args.benchmark_json, session, cfg, args.warmup_steps, times.seconds)
     return code

@@ -1,12 +1,12 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile, takeover, soak, recovery, rest); `support` holds what they share. Loaded only when
-`gaudi3 benchmark` runs."""
+reconcile, takeover, soak, recovery, inplace, rest); `support` holds what they share. Loaded
+only when `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
 import typer
 
-from gaudi_devtools.benchmarks import failover, recovery
+from gaudi_devtools.benchmarks import failover, inplace, recovery
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
 from gaudi_devtools.benchmarks.rest import benchmark_rest
@@ -25,3 +25,4 @@ benchmark_app.command("soak")(benchmark_soak)
 benchmark_app.command("rest")(benchmark_rest)
 failover.register(benchmark_app)
 recovery.register(benchmark_app)
+inplace.register(benchmark_app)

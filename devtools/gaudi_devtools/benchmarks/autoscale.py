@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from rich.console import Console
 from rich.table import Table
 
+from gaudi_devtools.benchmarks import support
 from gaudi_devtools.cluster import Cluster, ClusterError
 from gaudi_devtools.cluster.processes import free_port
 from gaudi_devtools.crd import install_crds
@@ -327,7 +328,9 @@ def benchmark_autoscale(
     ] = "gaudi3",
     runs: Annotated[int, typer.Option(min=1, max=100, help="Scale-up/down cycles.")] = 5,
     step: Annotated[int, typer.Option(min=1, max=16, help="Workers added per scale-up.")] = 2,
-    hpus_per_worker: Annotated[int, typer.Option(min=1, max=8, help="HPUs per worker.")] = 8,
+    hpus_per_worker: Annotated[
+        int, typer.Option(callback=support.hpus_per_worker, help="HPUs per worker: 1, 2, 4 or 8.")
+    ] = 8,
     interval: Annotated[
         float, typer.Option(min=0.2, help="Autoscaler loop period of the operator it starts.")
     ] = 10.0,

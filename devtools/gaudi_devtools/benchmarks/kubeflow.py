@@ -43,6 +43,7 @@ import httpx
 import yaml
 
 from gaudi_devtools.benchmarks.support import peak_rss_mib
+from gaudi_devtools.benchmarks.writes import controller_writes, request_totals
 from gaudi_devtools.cluster import Cluster
 from gaudi_operator.api import GaudiTrainingJobSpec
 from gaudi_operator.jobs.manifests import JobRef, worker_pod_manifest
@@ -300,6 +301,9 @@ class KubeflowResult:
     all_jobs_running: float  # s to every job's Running condition
     cleaned: float  # s from the delete to every pod gone
     peak_rss_mib: float | None
+    # The operator's writes per job from create to all Running, by kind, counted by the
+    # API server (benchmarks/writes.py).
+    writes: dict[str, float] | None = None
 
     @property
     def pods(self) -> int:
@@ -314,7 +318,7 @@ async def run_load(
     hpus: int = 1,
     in_flight: int = 32,
     limit_s: float = 900,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Submit `jobs` PyTorchJobs (`in_flight` creates at a time) into a new namespace, time
     them to Running, delete them and time until every pod is gone; drop the namespace."""
     base = cluster.apiserver_url
@@ -356,6 +360,10 @@ async def run_load(
                 async with limit:
                     await call("POST", jobs_url, json=body)
 
+            async def totals() -> Any:
+                return request_totals((await http.get(f"{base}/metrics")).text)
+
+            before = await totals()
             t0 = time.monotonic()
             await asyncio.gather(*(submit(i) for i in range(jobs)))
             submitted = time.monotonic() - t0
@@ -379,6 +387,7 @@ async def run_load(
                         jobs_at = time.monotonic() - t0
                         print(f"all {jobs} jobs Running at {jobs_at:.1f} s", file=sys.stderr)
             assert pods_at is not None and jobs_at is not None
+            writes = controller_writes(before, await totals(), GROUP, PLURAL).per(jobs)
             t1 = time.monotonic()
             await call("DELETE", jobs_url, json={"propagationPolicy": "Background"})
             while True:
@@ -390,11 +399,18 @@ async def run_load(
             cleaned = time.monotonic() - t1
         finally:
             await http.delete(f"{base}/api/v1/namespaces/{namespace}")
+            # Gone before the next run counts its writes (benchmarks/writes.py).
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if (await http.get(f"{base}/api/v1/namespaces/{namespace}")).status_code == 404:
+                    break
+                await asyncio.sleep(0.5)
     return {
         "submitted": submitted,
         "all_pods_running": pods_at,
         "all_jobs_running": jobs_at,
         "cleaned": cleaned,
+        "writes": writes,
     }
 
 
@@ -431,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cluster", default="gaudi3", help="local cluster name (gaudi3 cluster up)")
     p.add_argument("--jobs", type=int, default=100)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--hpus-per-worker", type=int, default=1)
+    p.add_argument("--hpus-per-worker", type=int, default=1, choices=(1, 2, 4, 8))
     p.add_argument("--timeout", type=float, default=900)
     a = p.parse_args(argv)
     c = Cluster(a.cluster)

@@ -29,7 +29,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gaudi_devtools.benchmarks import support
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
+from gaudi_devtools.benchmarks.writes import controller_writes, read_request_totals
 from gaudi_operator import api
 from gaudi_operator.clients import kube
 from gaudi_operator.jobs import manifests
@@ -85,6 +87,20 @@ async def _pod_phases(core: Any, ns: str, selector: str) -> list[str]:
     )
     items = json.loads(await resp.read())["items"]
     return [(p.get("status") or {}).get("phase", "") for p in items]
+
+
+async def _drop_namespace(core: Any, ns: str, limit_s: float = 300) -> None:
+    """Delete the namespace and wait until it is gone: its teardown (the namespace
+    controller's and kwok's pod deletes) must not run into the next run's write count."""
+    await core.delete_namespace(ns)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            await core.read_namespace(ns)  # preloaded: only then is a 404 an exception
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                return
+        await asyncio.sleep(0.5)
 
 
 async def _delete_all(call: Callable[[], Awaitable[Any]]) -> None:
@@ -170,7 +186,7 @@ async def _wait_all(
 
 async def _run_bare(
     kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     clients = await kube.connect(kubeconfig)
     core = clients.core
     try:
@@ -186,6 +202,7 @@ async def _run_bare(
             async with limit:
                 await core.create_namespaced_pod(ns, pod, _preload_content=False)
 
+        before = await read_request_totals(clients)
         t0 = time.monotonic()
         await asyncio.gather(*(submit(p) for p in pods))
         submitted = time.monotonic() - t0
@@ -194,6 +211,8 @@ async def _run_bare(
             return (await _pod_phases(core, ns, BARE_LABEL)).count("Running")
 
         _, all_running = await _wait_all("bare pods", len(pods), running_pods, t0, limit_s)
+        # The benchmark's own pod creates: what a job costs with no controller at all.
+        writes = controller_writes(before, await read_request_totals(clients), "", "")
         console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
         t1 = time.monotonic()
         cleaned = await _gone(
@@ -206,17 +225,22 @@ async def _run_bare(
                 ns, label_selector=BARE_LABEL, _preload_content=False
             ),
         )
-        return {"submitted": submitted, "all_running": all_running, "cleaned": cleaned}
+        return {
+            "submitted": submitted,
+            "all_running": all_running,
+            "cleaned": cleaned,
+            "writes": writes.per(jobs),
+        }
     finally:
         try:
-            await core.delete_namespace(ns)
+            await _drop_namespace(core, ns)
         finally:
             await clients.close()
 
 
 async def _run(
     kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     clients = await kube.connect(kubeconfig)
     core, custom = clients.core, clients.custom
     try:
@@ -233,6 +257,7 @@ async def _run(
                     job_manifest(f"job-{i:05d}", workers, hpus),
                 )
 
+        before = await read_request_totals(clients)
         t0 = time.monotonic()
         await asyncio.gather(*(submit(i) for i in range(jobs)))
         submitted = time.monotonic() - t0
@@ -246,8 +271,13 @@ async def _run(
             )
 
         first_running, all_running = await _wait_all("jobs", jobs, running_jobs, t0, limit_s)
-
+        writes = controller_writes(
+            before, await read_request_totals(clients), api.GROUP, api.PLURAL
+        )
         console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
+        console.print(
+            f"operator writes, create -> Running: {writes} ({writes.total / jobs:.2f} a job)"
+        )
         t1 = time.monotonic()
         cleaned = await _gone(
             core,
@@ -264,10 +294,11 @@ async def _run(
             "first_running": first_running,
             "all_running": all_running,
             "cleaned": cleaned,
+            "writes": writes.per(jobs),
         }
     finally:
         try:
-            await core.delete_namespace(ns)
+            await _drop_namespace(core, ns)
         finally:
             await clients.close()
 
@@ -301,7 +332,9 @@ def benchmark_reconcile(
     ),
     jobs: Annotated[int, typer.Option(min=1, max=5000, help="Jobs submitted at once.")] = 100,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Workers per job.")] = 4,
-    hpus_per_worker: Annotated[int, typer.Option(min=1, max=8)] = 1,
+    hpus_per_worker: Annotated[
+        int, typer.Option(callback=support.hpus_per_worker, help="1, 2, 4 or 8.")
+    ] = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600,
     versus: Annotated[
         str,
@@ -350,7 +383,7 @@ def benchmark_reconcile(
         raise typer.Exit(2)
     install_crds(c)
     kubeconfig = str(c.kubeconfig)
-    b: dict[str, float] | None = None
+    b: dict[str, Any] | None = None
     kf: Any = None
     if "bare" in peers:
         b = asyncio.run(
@@ -386,10 +419,10 @@ def _table(
     jobs: int,
     workers: int,
     need: int,
-    r: dict[str, float],
+    r: dict[str, Any],
     rss: float | None,
     cpu: float | None,
-    b: dict[str, float] | None,
+    b: dict[str, Any] | None,
     kf: Any,
 ) -> Table:
     """One table: this operator, then each peer that ran, then the ratios."""
@@ -431,8 +464,13 @@ def _table(
             cells.append(ratio(ours, theirs))
         table.add_row(*cells)
 
-    def get(d: dict[str, float] | None, key: str) -> float | None:
+    def get(d: dict[str, Any] | None, key: str) -> float | None:
         return d[key] if d is not None else None
+
+    def wrote(d: Any, key: str) -> float | None:
+        """Writes per job of one kind, from the API server's request counters."""
+        writes = d.get("writes") if isinstance(d, dict) else getattr(d, "writes", None)
+        return writes[key] if writes else None
 
     row(
         f"submitted ({IN_FLIGHT} in flight)",
@@ -451,6 +489,16 @@ def _table(
         b and pods / b["all_running"],
         "{:.1f}",
     )
+    # The write floor (issue 21): a job of N workers costs at most N + 4 writes to Running.
+    row(
+        f"writes per job to Running (floor {workers + 4})",
+        wrote(r, "total"),
+        wrote(kf, "total"),
+        wrote(b, "total"),
+        "{:.2f}",
+    )
+    for kind in ("pods", "services", "status", "events", "other"):
+        row(f"  {kind}", wrote(r, kind), wrote(kf, kind), wrote(b, kind), "{:.2f}")
     row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
     row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
     return table

@@ -383,6 +383,7 @@ def recovery(
     checkpoints.mkdir(parents=True)
     os.chown(checkpoints, rt.TRAINER_UID, -1)
     c.kubectl("create", "namespace", ns)
+    rt.allow_host_access(c, ns)
     loads = [load_average()]
     done: list[Trial] = []
     try:

@@ -12,6 +12,17 @@ from pathlib import Path
 from gaudi_devtools.cluster.processes import free_port
 
 
+def hpus_per_worker(value: int) -> int:
+    """A typer callback: the cards per worker Intel supports, as the CRD's rule has them."""
+    import typer
+
+    from gaudi_operator.api import SUPPORTED_HPUS_PER_WORKER
+
+    if value not in SUPPORTED_HPUS_PER_WORKER:
+        raise typer.BadParameter(f"{value}: must be 1, 2, 4 or 8 (spec.hpusPerWorker)")
+    return value
+
+
 def start_operator(
     kubeconfig: Path,
     log: Path,

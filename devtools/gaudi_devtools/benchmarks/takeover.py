@@ -318,8 +318,9 @@ def takeover(
         str, typer.Option(help="Local cluster name (gaudi3 cluster up).")
     ] = "gaudi3",
     trials: Annotated[int, typer.Option(min=1, help="Leader kills.")] = 5,
-    lease_duration: Annotated[int, typer.Option(help="Lease duration, seconds.")] = 10,
-    renew_deadline: Annotated[float, typer.Option(help="Renew deadline, seconds.")] = 7,
+    # The chart's defaults.
+    lease_duration: Annotated[int, typer.Option(help="Lease duration, seconds.")] = 15,
+    renew_deadline: Annotated[float, typer.Option(help="Renew deadline, seconds.")] = 10,
     retry_period: Annotated[float, typer.Option(help="Retry period, seconds.")] = 2,
     chart_rbac: Annotated[
         bool,

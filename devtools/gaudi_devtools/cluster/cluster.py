@@ -2,10 +2,11 @@
 with simulated Gaudi 3 nodes, and Prometheus, each a process on a free loopback port.
 
 State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and settings),
-``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``pids/``, ``specs/`` (what the
-supervisor restarts), ``restarts.jsonl`` and ``prometheus/targets/`` (a file_sd folder:
-drop a JSON target list there and Prometheus scrapes it within seconds; pods' own targets
-go in ``prometheus/targets/pods/``, scraped without honor_labels).
+``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``logs/audit.log`` (the API server's
+record of every write: audit.py), ``pids/``, ``specs/`` (what the supervisor restarts),
+``restarts.jsonl`` and ``prometheus/targets/`` (a file_sd folder: drop a JSON target list
+there and Prometheus scrapes it within seconds; pods' own targets go in
+``prometheus/targets/pods/``, scraped without honor_labels).
 
 A supervisor process per cluster (``supervisor.py``) restarts any component that exits.
 """
@@ -30,7 +31,7 @@ import httpx
 import yaml
 
 import gaudi_devtools
-from gaudi_devtools.cluster import node_pool, nodes
+from gaudi_devtools.cluster import audit, node_pool, nodes
 from gaudi_devtools.cluster.pki import ensure_pki, issue_cert
 from gaudi_devtools.cluster.processes import Processes, free_port
 from gaudi_devtools.cluster.realnodes import (
@@ -87,6 +88,8 @@ class Settings:
     ports: dict[str, int] = field(default_factory=dict)
     # Loopback addresses of the real nodes and CoreDNS.
     addresses: dict[str, str] = field(default_factory=dict)
+    # The API server logs every write (who, what, when) to logs/audit.log.
+    audit_log: bool = True
 
 
 class Cluster:
@@ -110,6 +113,11 @@ class Cluster:
     @property
     def pki(self) -> Path:
         return self.dir / "pki"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (read it with gaudi_devtools.cluster.audit.read)."""
+        return self.dir / "logs" / "audit.log"
 
     @property
     def targets_dir(self) -> Path:
@@ -487,6 +495,11 @@ class Cluster:
         kubelet_client = issue_cert(
             pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"
         )
+        audit_flags: list[str] = []
+        if s.audit_log:
+            policy = self.dir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(audit.POLICY, sort_keys=False))
+            audit_flags = audit.flags(policy, self.audit_log)
         self.procs.start(
             "kube-apiserver",
             [
@@ -519,6 +532,7 @@ class Cluster:
                 f"--kubelet-client-key={kubelet_client[1]}",
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 "--kubelet-preferred-address-types=InternalIP",
+                *audit_flags,
             ],
         )
         self._wait(
@@ -602,8 +616,10 @@ class Cluster:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}=fake",
                 f"--server-address=127.0.0.1:{s.ports['kwok']}",
-                "--node-ip=10.244.0.1",
-                "--cidr=10.244.0.1/16",
+                # Simulated pods get addresses on loopback too: nothing may ever send traffic
+                # to a private range from here, even by accident (a pod proxy, a probe).
+                "--node-ip=127.244.0.1",
+                "--cidr=127.244.0.1/16",
                 f"--node-lease-duration-seconds={nodes.lease_seconds(s.gaudi_nodes)}",
                 # INFO logs a line per Lease renewal: gigabytes a day at thousands of nodes.
                 "--v=WARN",

@@ -11,6 +11,11 @@ POOL_LABEL = "gaudi3.scalestarter.dev/local-cluster"
 REAL_LABEL = "gaudi3.scalestarter.dev/real-node"  # nodes run by a real kubelet
 GAUDI_RESOURCE = "habana.ai/gaudi"
 GAUDI_TAINT = {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
+# What Intel's network operator labels a node with once its Gaudi scale-out NICs are
+# configured (intel/network-operator, cmd/discover/main.go); the operator's scale-out gate
+# waits for it (gaudi_operator.api.SCALE_OUT_READY_LABEL). Every local Gaudi node has it, as
+# on a cluster set up with that operator.
+SCALE_OUT_LABEL = ("intel.feature.node.kubernetes.io/gaudi-scale-out", "true")
 # What `gaudi3 cluster up --gaudi-nodes` accepts; node_ip has room for 64,000.
 MAX_NODES = 10_000
 
@@ -73,6 +78,7 @@ def gaudi_node(name: str, hpus: int = 8, index: int = 0) -> dict[str, Any]:
                 "habana.ai/device.type": "gaudi3",
                 "habana.ai/device.count": str(hpus),
                 "habana.ai/gaudi.present": "true",
+                SCALE_OUT_LABEL[0]: SCALE_OUT_LABEL[1],
             },
         },
         "spec": {"taints": [GAUDI_TAINT]},

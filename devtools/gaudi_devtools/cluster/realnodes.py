@@ -489,6 +489,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "habana.ai/device.type": "gaudi3",
             "habana.ai/device.count": hpus,
             "habana.ai/gaudi.present": "true",
+            # The kubelet may set it: *.node.kubernetes.io is among its own label domains.
+            nodes.SCALE_OUT_LABEL[0]: nodes.SCALE_OUT_LABEL[1],
         }
 
     def _make_cgroup_root(self, node: RealNode) -> None:

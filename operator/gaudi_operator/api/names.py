@@ -33,6 +33,24 @@ GAUDI_RESOURCE = "habana.ai/gaudi"
 GAUDI_TAINT_KEY = "habana.ai/gaudi"
 HUGEPAGES_RESOURCE = "hugepages-2Mi"
 
+# Cards per worker pod that Intel supports: a whole node (8), or a module group of 1, 2 or
+# 4 ("only 2-Gaudi and 4-Gaudi scenarios are supported" for partial nodes: Intel Gaudi
+# docs, Orchestration > Multiple Tenants on HPU > Multiple Workloads on a Single Docker).
+SUPPORTED_HPUS_PER_WORKER = (1, 2, 4, 8)
+# What the Habana device plugin's Allocate writes into every container that gets cards
+# (HabanaAI/habanalabs-k8s-device-plugin, server.go): never set by the operator, and
+# refused in a template (the CRD's rule on spec.template's env), because a container that
+# set them would see other cards than the ones the kubelet gave it.
+DEVICE_PLUGIN_ENV = (
+    "HABANA_VISIBLE_DEVICES",
+    "HABANA_VISIBLE_MODULES",
+    "HL_VISIBLE_DEVICES",
+    "HL_VISIBLE_DEVICES_UUID",
+)
+# The node label Intel's network operator sets (through NFD) once a node's Gaudi scale-out
+# NICs are configured (intel/network-operator: README, cmd/discover/main.go).
+SCALE_OUT_READY_LABEL = "intel.feature.node.kubernetes.io/gaudi-scale-out=true"
+
 WORKER_CONTAINER = "worker"
 RDZV_PORT = 29400
 MASTER_PORT = 29500

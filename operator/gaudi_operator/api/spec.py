@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from gaudi_operator.api.names import DEVICE_PLUGIN_ENV, SUPPORTED_HPUS_PER_WORKER
+
 # --- enums ------------------------------------------------------------------------------
 
 
@@ -53,6 +55,8 @@ class FailureReason(StrEnum):
     PREEMPTED = "Preempted"
     NODE_LOST = "NodeLost"  # node NotReady past nodeFailureGraceSeconds, or gone
     HPU_UNHEALTHY = "HPUUnhealthy"
+    # A scale-out (external) NIC port of a worker's card went down; multi-worker jobs only.
+    SCALE_OUT_LINK_DOWN = "ScaleOutLinkDown"
     STALLED = "Stalled"  # no training progress for stallTimeoutSeconds
     # Some workers hold HPUs while others could not be placed for placementTimeoutSeconds.
     PLACEMENT_TIMEOUT = "PlacementTimeout"
@@ -67,6 +71,7 @@ INFRASTRUCTURE_REASONS = frozenset(
         FailureReason.PREEMPTED,
         FailureReason.NODE_LOST,
         FailureReason.HPU_UNHEALTHY,
+        FailureReason.SCALE_OUT_LINK_DOWN,
         FailureReason.PLACEMENT_TIMEOUT,
     }
 )
@@ -212,6 +217,17 @@ class Scheduling(Model):
     priority_class_name: str = ""
 
 
+class Gaudi(Model):
+    """Intel's pod contract for HPU workers (docs/gaudi.md); on by default."""
+
+    # hostIPC: true and the SYS_NICE capability, as in every Kubernetes example of Intel's
+    # (hostIPC "is required for distributed training using HCCL").
+    host_ipc: bool = Field(default=True, alias="hostIPC")
+    sys_nice: bool = True
+    # Jobs that can have more than one worker run only on nodes labelled scale-out ready.
+    require_scale_out_ready: bool = True
+
+
 class RunPolicy(Model):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
@@ -234,12 +250,17 @@ class GaudiTrainingJobSpec(Model):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    gaudi: Gaudi = Field(default_factory=Gaudi)
 
     @model_validator(mode="after")
     def _cross_field(self) -> GaudiTrainingJobSpec:
         # The same checks as the CRD's CEL rules: an object that reached the operator
         # without them (CRD installed without validation, an old stored object) fails
         # here, and the operator reports it as InvalidSpec instead of running it.
+        if self.hpus_per_worker not in SUPPORTED_HPUS_PER_WORKER:
+            raise ValueError(hpus_message(self.hpus_per_worker))
+        for path in device_plugin_env_in(self.template):
+            raise ValueError(device_plugin_env_message(path))
         w = self.workers
         if not w.min <= w.replicas <= w.max:
             raise ValueError(
@@ -276,3 +297,33 @@ class GaudiTrainingJobSpec(Model):
         if self.scheduling.gang and not self.scheduling.scheduler_name:
             raise ValueError("spec.scheduling.gang needs spec.scheduling.schedulerName")
         return self
+
+
+def hpus_message(hpus: int) -> str:
+    return (
+        f"spec.hpusPerWorker must be 1, 2, 4 or 8, got {hpus}: Intel supports a whole node "
+        f"or a module group of 1, 2 or 4 cards per workload"
+    )
+
+
+def device_plugin_env_in(template: dict[str, Any]) -> list[str]:
+    """Paths of the template's env entries that set a variable the device plugin owns."""
+    spec = template.get("spec") if isinstance(template, dict) else None
+    if not isinstance(spec, dict):
+        return []
+    out = []
+    for kind in ("containers", "initContainers"):
+        for i, c in enumerate(spec.get(kind) or []):
+            env = c.get("env") if isinstance(c, dict) else None
+            for j, e in enumerate(env or []):
+                if isinstance(e, dict) and e.get("name") in DEVICE_PLUGIN_ENV:
+                    out.append(f"spec.template.spec.{kind}[{i}].env[{j}]")
+    return out
+
+
+def device_plugin_env_message(path: str) -> str:
+    names = ", ".join(DEVICE_PLUGIN_ENV)
+    return (
+        f"{path}: the Habana device plugin sets {names} for the cards the kubelet "
+        f"allocates; a template must not set them"
+    )

@@ -22,7 +22,9 @@ A pass:
    when a scale-up is coming, at the nodes (capacity.py);
 5. applies the decision: a resize replaces the Scale with the resourceVersion it read, so
    it never overwrites a concurrent `kubectl scale`; then writes status.autoscaling,
-   status.lastScale and conditions, posts events, and counts metrics.
+   status.lastScale and conditions through the one status writer
+   (`runtime.status_writer`, as `AUTOSCALER`), posts events once that write landed, and
+   counts metrics.
 
 The loop's state (recommendations, the metric's value, the backoff) is kept in memory and
 reaches `status.autoscaling` only when the decision changes (`policy.worth_writing`): a job
@@ -87,10 +89,12 @@ from gaudi_operator.clients.promql import (
     scope_query_to_any,
 )
 from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.runtime import failpoints
+from gaudi_operator.runtime.status_writer import AUTOSCALER, RetrySoon, StatusWriter
 from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,6 @@ Key = tuple[str, str]  # (namespace, job name)
 DEFAULT_INTERVAL_SECONDS = 10.0
 INTERVAL_ENV = "GAUDI3_AUTOSCALE_INTERVAL_SECONDS"
 PROMETHEUS_ENV = "GAUDI3_PROMETHEUS_URL"
-STATUS_WRITE_ATTEMPTS = 4
 # Without a trusted namespace label (`--prometheus-namespace-label ""`), the launcher's own.
 LAUNCHER_NAMESPACE_LABEL = "gtj_namespace"
 # MetricsUnavailable reasons: why the metric could not be read.
@@ -169,10 +172,14 @@ class Autoscaler:
         clients: kube.Clients,
         settings: AutoscalerSettings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gaudi: GaudiSettings | None = None,
     ) -> None:
         self.clients = clients
         self.settings = settings
+        # Capacity checks place the worker pod the reconciler would create.
+        self.gaudi = gaudi or GaudiSettings()
         self.hpas = k8s.AutoscalingV2Api(clients.api_client)
+        self.status = StatusWriter(clients)
         self._clock = clock
         self._prom: dict[str, PrometheusClient] = {}
         self._due: dict[Key, float] = {}
@@ -342,15 +349,16 @@ class Autoscaler:
         spec: GaudiTrainingJobSpec,
         state: AutoscalingStatus,
         now: datetime,
-    ) -> tuple[Observation, str]:
+    ) -> tuple[Observation, str | None]:
         """What the pass sees, and why the metric is missing (a MetricsUnavailable reason;
-        "" when it was read, or not asked while backing off)."""
+        None when it was read, or not asked while backing off)."""
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         replicas = spec.workers.replicas
         value: float | None = None
         throughput: float | None = None
-        error, queried, why = "", True, ""
+        error, queried = "", True
+        why: str | None = None
         next_query = api.parse_rfc3339(state.next_query_time)
         try:
             url = choose_url(
@@ -485,7 +493,7 @@ class Autoscaler:
         try:
             ref = manifests.JobRef(name, ns, meta.get("uid", ""))
             pod_spec = manifests.worker_pod_manifest(
-                spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded
+                spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded, settings=self.gaudi
             )["spec"]
             node_objs, pod_objs = await self._cluster_objects()
         except Exception as err:
@@ -559,8 +567,8 @@ class Autoscaler:
         new = set_condition(
             conditions, ConditionType.AUTOSCALING_CONFLICT, True, "ExternalAutoscaler", msg, now
         )
-        await self._write_status(body, {}, new)
-        await post_event(self.clients, body, "Warning", "AutoscalingConflict", msg)
+        if await self._write_status(body, {}, new):
+            await post_event(self.clients, body, "Warning", "AutoscalingConflict", msg)
 
     async def _clear_conditions(self, body: Mapping[str, Any], conditions: list[Condition]) -> None:
         now = self._clock()
@@ -579,7 +587,7 @@ class Autoscaler:
         written: AutoscalingStatus,
         decision: Decision,
         obs: Observation,
-        why: str,
+        why: str | None,
         conditions: list[Condition],
         now: datetime,
     ) -> None:
@@ -646,7 +654,8 @@ class Autoscaler:
         if patch or changed or worth_writing(written, decision.state):
             # Explicit nulls: a merge patch must remove what the new state dropped.
             patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
-            await self._write_status(body, patch, conds if changed else None)
+            if not await self._write_status(body, patch, conds if changed else None):
+                return  # the job changed under this pass: decide again, post nothing yet
             log.info("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
         else:
             log.debug("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
@@ -666,7 +675,7 @@ class Autoscaler:
         old: AutoscalingStatus,
         decision: Decision,
         obs: Observation,
-        why: str,
+        why: str | None,
         unavailable_before: Condition | None,
     ) -> None:
         if decision.confirmed:
@@ -702,26 +711,11 @@ class Autoscaler:
     ) -> dict[str, Any] | None:
         """Write `intent` into status if the job is still the version `body` is; the new
         object, or None when it changed meanwhile (or is gone)."""
-        meta = body.get("metadata") or {}
-        old = body.get("status") or {}
-        patch = kube.merge_patch({k: old[k] for k in intent if k in old}, intent)
+        new = {**(body.get("status") or {}), **intent}
         try:
-            written: dict[
-                str, Any
-            ] = await self.clients.custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                meta.get("namespace", ""),
-                api.PLURAL,
-                meta.get("name", ""),
-                {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch},
-                _content_type=kube.MERGE_PATCH,
-            )
-        except Exception as err:
-            if kube.status_code(err) in (404, 409):
-                return None
-            raise
-        return written
+            return await self.status.commit(body, new, fields=tuple(intent))
+        except RetrySoon:
+            return None
 
     async def _finish_resize(
         self, body: Mapping[str, Any], spec: GaudiTrainingJobSpec, state: AutoscalingStatus
@@ -767,47 +761,31 @@ class Autoscaler:
         body: Mapping[str, Any],
         patch: dict[str, Any],
         conditions: list[Condition] | None,
-    ) -> None:
-        """Merge-patch our status fields. Conditions are shared with the reconciler, so
-        they are re-read and merged just before the write, under a resourceVersion
-        precondition, and retried on a conflict."""
-        meta = body.get("metadata") or {}
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
-        ours = {c.type: c for c in conditions or [] if c.type in OUR_CONDITIONS}
-        # Each field replaced whole: keys an earlier value had and this one lacks go null.
+    ) -> bool:
+        """Write our status fields (`patch`, each replaced whole) and, when given, our
+        condition types through the one status writer; the reconciler's conditions are
+        left as the job has them. False when the job changed under this pass (decide
+        again next pass: nothing was written)."""
         old = body.get("status") or {}
-        patch = kube.merge_patch({k: old[k] for k in patch if k in old}, patch)
-        for _ in range(STATUS_WRITE_ATTEMPTS):
-            full = dict(patch)
-            rv = meta.get("resourceVersion")
-            if conditions is not None:
-                fresh = await self._get_job(ns, name)
-                if fresh is None:
-                    return
-                rv = (fresh.get("metadata") or {}).get("resourceVersion")
-                merged = [c for c in _conditions(fresh.get("status") or {}) if c.type not in ours]
-                full["conditions"] = [c.to_dict() for c in [*merged, *ours.values()]]
-                body_patch: dict[str, Any] = {"metadata": {"resourceVersion": rv}, "status": full}
-            else:
-                body_patch = {"status": full}
-            try:
-                await self.clients.custom.patch_namespaced_custom_object_status(
-                    api.GROUP,
-                    api.VERSION,
-                    ns,
-                    api.PLURAL,
-                    name,
-                    body_patch,
-                    _content_type=kube.MERGE_PATCH,
-                )
-                return
-            except Exception as err:
-                code = kube.status_code(err)
-                if code == 404:
-                    return
-                if code != 409 or conditions is None:
-                    raise
-        log.warning("%s/%s: status write kept conflicting; next pass retries", ns, name)
+        new = {**old, **patch}
+        fields = list(patch)
+        if conditions is not None:
+            # Only our types change; the others stay exactly as read (a re-serialised copy
+            # could differ and be taken for a change of the reconciler's).
+            ours = {c.type: c.to_dict() for c in conditions if c.type in OUR_CONDITIONS}
+            raw = list(old.get("conditions") or [])
+            merged = [ours.pop(c.get("type"), c) if c.get("type") in ours else c for c in raw]
+            new["conditions"] = [*merged, *ours.values()]
+            fields.append("conditions")
+        try:
+            await self.status.write(body, new, writer=AUTOSCALER, fields=fields)
+        except RetrySoon as err:
+            meta = body.get("metadata") or {}
+            log.info(
+                "%s/%s: %s; next pass decides again", meta.get("namespace"), meta.get("name"), err
+            )
+            return False
+        return True
 
 
 # --- helpers ------------------------------------------------------------------------------

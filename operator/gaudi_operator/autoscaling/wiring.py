@@ -38,7 +38,8 @@ async def start(memo: kopf.Memo) -> None:
     clients = await kube.connect(kubeconfig, pool_size=16)
     allowed = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
     label = getattr(cfg, "prometheus_namespace_label", DEFAULT_NAMESPACE_LABEL)
-    autoscaler = Autoscaler(clients, AutoscalerSettings.from_env(url, allowed, label))
+    settings = AutoscalerSettings.from_env(url, allowed, label)
+    autoscaler = Autoscaler(clients, settings, gaudi=memo.get("gaudi"))
     autoscaler.start()
     memo["autoscaler"] = autoscaler
     log.info(

@@ -1,9 +1,9 @@
 """`gaudi3`: the one entry point.
 
-`gaudi3 operator` lives here. Other packages add sub-commands through the entry-point
-group `gaudi3.commands` (the dev tools add `cluster`, `benchmark` and `demo`); each is
-imported only when it is run or listed, so `gaudi3 operator` never loads them and the
-operator image, which does not install them, simply has no such commands.
+`gaudi3 operator` and `gaudi3 preflight` live here. Other packages add sub-commands through
+the entry-point group `gaudi3.commands` (the dev tools add `cluster`, `benchmark` and
+`demo`); each is imported only when it is run or listed, so `gaudi3 operator` never loads
+them and the operator image, which does not install them, simply has no such commands.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from gaudi_operator.cli.operator_command import run_operator
+from gaudi_operator.cli.preflight_command import run_preflight
 
 PLUGIN_GROUP = "gaudi3.commands"
 
@@ -61,6 +62,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command("operator")(run_operator)
+app.command("preflight")(run_preflight)
 
 
 @app.callback()

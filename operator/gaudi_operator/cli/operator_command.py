@@ -74,20 +74,44 @@ def run_operator(
         ),
     ] = None,
     lease_duration: Annotated[
-        int, typer.Option(help="Seconds a standby waits after the last renewal to take over.")
-    ] = 10,
+        int,
+        typer.Option(help="Seconds a standby waits after the leader's last renewal to take over."),
+    ] = 15,
     renew_deadline: Annotated[
-        float, typer.Option(help="Seconds the leader keeps retrying a renewal before it exits.")
-    ] = 7.0,
+        float,
+        typer.Option(
+            help="Seconds after its last renewal at which a leader that could not renew "
+            "stops acting and exits; renew deadline + 2 x retry period must be below the "
+            "lease duration."
+        ),
+    ] = 10.0,
     retry_period: Annotated[
         float, typer.Option(help="Seconds between two attempts to acquire or renew the Lease.")
     ] = 2.0,
+    leader_election_server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GAUDI3_LEADER_ELECTION_SERVER",
+            help="Test/ops hook: the election's client dials this URL (the same API server "
+            "behind a proxy) instead of the kubeconfig's; the server's certificate is still "
+            "checked against the kubeconfig's name.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Jobs reconciled at the same time.")] = 32,
     pod_concurrency: Annotated[
         int, typer.Option(help="Pod create/delete requests in flight, for all jobs together.")
     ] = 32,
     resync_seconds: Annotated[
         float, typer.Option(help="Every job is reconciled at least this often.")
+    ] = 30.0,
+    status_debounce_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Workers' progress on the way to Running (counts, Scheduled, Starting) is "
+            "written this late at most, or with the next other change (workers that cannot "
+            "be placed: 5 s at most); 0 writes every step.",
+        ),
     ] = 30.0,
     kubeconfig: Annotated[
         str | None,
@@ -133,6 +157,26 @@ def run_operator(
             "least 60 otherwise. The step itself is in the operator's metrics.",
         ),
     ] = 600.0,
+    hugepages_mi_per_hpu: Annotated[
+        int,
+        typer.Option(
+            "--hugepages-mi-per-hpu",
+            min=0,
+            help="hugepages-2Mi (MiB, even) each worker requests per HPU unless its "
+            "spec.resources says otherwise; 0 requests none. Default: Intel's sizing "
+            "(docs/gaudi.md).",
+        ),
+    ] = 3624,
+    scale_out_label: Annotated[
+        str,
+        typer.Option(
+            "--scale-out-label",
+            help="Node label (key=value, or key for any value) that marks a node whose "
+            "Gaudi scale-out NICs are configured; workers of jobs that can have more than "
+            "one worker run only on such nodes. Empty turns the gate off. Default: the "
+            "label Intel's network operator sets.",
+        ),
+    ] = "intel.feature.node.kubernetes.io/gaudi-scale-out=true",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
 ) -> None:
     """Run the operator (Ctrl-C or SIGTERM stops it)."""
@@ -149,6 +193,17 @@ def run_operator(
         )
     import kopf
 
+    from gaudi_operator.jobs.gaudi import NodeLabel
+
+    try:
+        NodeLabel.parse(scale_out_label)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--scale-out-label") from err
+    if hugepages_mi_per_hpu % 2:
+        raise typer.BadParameter(
+            f"{hugepages_mi_per_hpu}: whole 2 MiB pages only (an even number of MiB)",
+            param_hint="--hugepages-mi-per-hpu",
+        )
     # Registers every handler in kopf's default registry.
     from gaudi_operator import app  # noqa: F401
     from gaudi_operator.observability import metrics
@@ -172,10 +227,13 @@ def run_operator(
         workers=workers,
         pod_concurrency=pod_concurrency,
         resync_seconds=resync_seconds,
+        status_debounce_seconds=status_debounce_seconds,
         prometheus_url=prometheus_url,
         prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
         prometheus_namespace_label=prometheus_namespace_label,
         progress_status_interval=progress_status_interval,
+        hugepages_mi_per_hpu=hugepages_mi_per_hpu,
+        scale_out_label=scale_out_label,
     )
     if not prometheus_namespace_label:
         logging.getLogger(__name__).warning(
@@ -203,6 +261,7 @@ def run_operator(
         lease_duration=lease_duration,
         renew_deadline=renew_deadline,
         retry_period=retry_period,
+        server=leader_election_server,
     )
     if leader_election_namespace:
         election.namespace = leader_election_namespace
@@ -215,6 +274,10 @@ def run_operator(
         except ValueError as err:
             hint = "--lease-duration/--renew-deadline/--retry-period"
             raise typer.BadParameter(str(err), param_hint=hint) from err
+    # Every client names this replica in its User-Agent (the API server's audit log).
+    from gaudi_operator.clients import kube
+
+    kube.set_identity(election.identity)
     # Served before the campaign: a standby is a healthy scrape target (gaudi_operator_leader 0).
     metrics.serve(metrics_port, metrics_address)
     if not leader_elect:

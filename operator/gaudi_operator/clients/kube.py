@@ -7,15 +7,34 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from gaudi_operator.clients import fence
+
 log = logging.getLogger(__name__)
+
+# This process's name in every request's User-Agent, so the API server's audit log says
+# which replica sent a write: `gaudi3 operator` sets it to the leader-election identity.
+_identity = socket.gethostname()
+
+
+def set_identity(identity: str) -> None:
+    global _identity
+    _identity = identity
+
+
+def user_agent(component: str) -> str:
+    """`gaudi-operator/<identity> (<component>)`: component is kopf, operator or lease."""
+    return f"gaudi-operator/{_identity} ({component})"
+
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -30,20 +49,33 @@ class Clients:
         await self.api_client.close()
 
 
-async def connect(kubeconfig: str | None = None, pool_size: int = 64) -> Clients:
-    """In-cluster service account when there is one, else the kubeconfig."""
+async def connect(
+    kubeconfig: str | None = None,
+    pool_size: int = 64,
+    *,
+    component: str = "operator",
+    server: str | None = None,
+) -> Clients:
+    """In-cluster service account when there is one, else the kubeconfig. Every write goes
+    through the leader's fence (clients/fence.py). `server` dials another address for the
+    same API server (its certificate is still checked against the configured name)."""
     cfg = client.Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=cfg)
     else:
         await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if server:
+        cfg.tls_server_name = cfg.tls_server_name or urlsplit(cfg.host).hostname
+        cfg.host = server.rstrip("/")
     # Bounded pod creation runs many requests at once; the default pool is smaller.
     cfg.connection_pool_maxsize = pool_size
     api_client = client.ApiClient(configuration=cfg)
+    api_client.user_agent = user_agent(component)
     # kubernetes_asyncio's session trusts the environment: every request then reads the
     # proxy variables and ~/.netrc in a thread (a few % of the CPU at scale). The API server
     # is reached directly, as kopf's own session does.
     api_client.rest_client.pool_manager._trust_env = False
+    fence.fence_session(api_client.rest_client.pool_manager)
     return Clients(
         api_client=api_client,
         core=client.CoreV1Api(api_client),

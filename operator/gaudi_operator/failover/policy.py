@@ -39,7 +39,9 @@ MAX_BACKOFF_SECONDS = 300
 
 # Reasons that blame the node, not the program: with excludeFailedNodes the replacement
 # must avoid it. Evictions and preemptions are about capacity, not a broken machine.
-NODE_FAULT_REASONS = frozenset({FailureReason.NODE_LOST, FailureReason.HPU_UNHEALTHY})
+NODE_FAULT_REASONS = frozenset(
+    {FailureReason.NODE_LOST, FailureReason.HPU_UNHEALTHY, FailureReason.SCALE_OUT_LINK_DOWN}
+)
 
 # The pod's DisruptionTarget condition (Kubernetes >= 1.26) names who is taking it away.
 _DISRUPTION_REASONS: Mapping[str, FailureReason] = {
@@ -62,6 +64,7 @@ class Failure:
     worker_index: int | None = None
     exit_code: int | None = None
     message: str = ""
+    uid: str | None = None  # the failed pod's uid (RecreateFailed records it: `step`)
 
     @property
     def node_at_fault(self) -> bool:
@@ -136,23 +139,29 @@ def classify_pod(pod: PodFacts, now: datetime) -> Failure | None:
     if pod.disruption:
         reason = _DISRUPTION_REASONS.get(pod.disruption, FailureReason.EVICTED)
         msg = f"{pod.disruption}: {pod.message}" if pod.message else pod.disruption
-        return Failure(reason, now, pod.name, pod.node, pod.index, code, msg)
+        return Failure(reason, now, pod.name, pod.node, pod.index, code, msg, pod.uid)
     if pod.phase == "Failed":
         when = pod.finished_at or now
         if pod.reason == "Evicted":  # kubelet node-pressure eviction (no condition)
             msg = pod.message or "evicted by the kubelet"
-            return Failure(FailureReason.EVICTED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.EVICTED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if pod.reason == "Preempting":
             msg = pod.message or "preempted by a higher-priority pod"
-            return Failure(FailureReason.PREEMPTED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.PREEMPTED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if pod.reason == "OOMKilled":
             msg = "the container ran out of memory (OOMKilled)"
-            return Failure(FailureReason.OOM_KILLED, when, pod.name, pod.node, pod.index, code, msg)
+            return Failure(
+                FailureReason.OOM_KILLED, when, pod.name, pod.node, pod.index, code, msg, pod.uid
+            )
         if code is not None and code > 128:
             msg = f"killed by {_signal_name(code - 128)}"
         else:
             msg = pod.message or pod.reason or ""
-        return Failure(FailureReason.ERROR, when, pod.name, pod.node, pod.index, code, msg)
+        return Failure(FailureReason.ERROR, when, pod.name, pod.node, pod.index, code, msg, pod.uid)
     if pod.deleting and pod.phase in ("Pending", "Running"):
         # The operator deletes only pods it has written off (and skips them here through
         # `Signals.own_deletions`), so a live worker being deleted is someone else's doing.
@@ -164,6 +173,7 @@ def classify_pod(pod: PodFacts, now: datetime) -> Failure | None:
             pod.index,
             code,
             "the worker pod was deleted by another client",
+            pod.uid,
         )
     return None
 
@@ -185,6 +195,9 @@ class NodeHealth:
     unschedulable: bool = False
     # When the operator first saw allocatable below capacity (signals.NodeCache notes it).
     hpus_missing_since: datetime | None = None
+    # The HPUs were already missing when the operator first saw the node (at start-up, or
+    # a new node): nobody can tell which workers started before the drop.
+    hpus_missing_before_seen: bool = False
 
     @property
     def hpus_missing(self) -> int:
@@ -246,7 +259,10 @@ def node_failure(
     NotReady grace runs out (a timedelta: come back then).
 
     An HPU drop only hits workers that started before it was seen: a worker placed on the
-    node afterwards got healthy cards (the device plugin never hands out unhealthy ones)."""
+    node afterwards got healthy cards (the device plugin never hands out unhealthy ones).
+    A drop that predates the operator's first look at the node hits nobody: after an
+    operator restart a long-dead card would otherwise restart every job on its node (a
+    worker that did lose its card fails or stalls, and is caught as that)."""
     if not health.exists:
         return FailureReason.NODE_LOST, now, "the node was deleted"
     if not health.ready:
@@ -261,6 +277,8 @@ def node_failure(
             )
         return lost_at - now
     since = health.hpus_missing_since
+    if health.hpus_missing_before_seen:
+        return None
     if health.hpus_missing and not (pod_started and since and pod_started > since):
         return (
             FailureReason.HPU_UNHEALTHY,
@@ -271,17 +289,78 @@ def node_failure(
     return None
 
 
+# --- HPU health from the Gaudi exporter --------------------------------------------------
+
+
+class HpuFaultKind(StrEnum):
+    """What the HPU health query found on a card (its `fault` label, docs/gaudi.md)."""
+
+    ECC = "ecc"  # rows with uncorrectable (double-bit) ECC errors pending replacement
+    TEMPERATURE = "temperature"  # on-chip temperature at the card's shutdown threshold
+    LINK_DOWN = "link"  # a scale-out (external) NIC port went down
+    OTHER = "other"  # a custom query's fault without one of the kinds above
+
+
+@dataclass(frozen=True)
+class HpuFault:
+    """One faulty card held by one worker pod, as one reading of the health query saw it."""
+
+    kind: HpuFaultKind
+    message: str
+
+
+@dataclass(frozen=True)
+class HpuReading:
+    """One reading of the operator's HPU health query, for one job's workers.
+
+    Intel's exporter names the pod holding each card (`pod_name`, `pod_namespace`, from the
+    kubelet's pod-resources API) as of its last scrape. A reading therefore speaks for a
+    worker only once the worker is older than one scrape interval (`min_pod_age`): until
+    then a series may still name the previous worker of the same name (workers keep their
+    names across restarts), on another node with other cards.
+    """
+
+    faults: Mapping[str, Sequence[HpuFault]] = field(default_factory=dict)  # pod name ->
+    at: datetime | None = None  # when the query ran
+    min_pod_age: float = 0.0
+
+
+def hpu_failure(pod: PodFacts, reading: HpuReading, replicas: int, now: datetime) -> Failure | None:
+    """HPUUnhealthy for a worker holding a card with an ECC, temperature (or custom) fault;
+    ScaleOutLinkDown for a worker whose card lost a scale-out port, only when the job has
+    more than one worker (a single worker never uses the scale-out network). None when
+    the reading says nothing about this worker (yet)."""
+    faults = reading.faults.get(pod.name)
+    if not faults or reading.at is None:
+        return None
+    if (
+        pod.started_at is None
+        or (reading.at - pod.started_at).total_seconds() < reading.min_pod_age
+    ):
+        return None
+    cards = [f for f in faults if f.kind != HpuFaultKind.LINK_DOWN]
+    links = [f for f in faults if f.kind == HpuFaultKind.LINK_DOWN] if replicas > 1 else []
+    if cards:
+        reason, found = FailureReason.HPU_UNHEALTHY, cards
+    elif links:
+        reason, found = FailureReason.SCALE_OUT_LINK_DOWN, links
+    else:
+        return None
+    message = "; ".join(sorted({f.message for f in found}))
+    return Failure(reason, now, pod.name, pod.node, pod.index, None, message, pod.uid)
+
+
 # --- detection ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Signals:
-    """Observations from outside the job's pod list, gathered by `health.py`."""
+    """Observations from outside the job's pod list, gathered by `signals.signals_for`."""
 
     # Node name -> health of the nodes the workers run on (`exists=False`: it is gone);
     # no key: not known yet (never a failure).
     nodes: Mapping[str, NodeHealth] = field(default_factory=dict)
-    unhealthy_hpu_nodes: Mapping[str, str] = field(default_factory=dict)  # node -> why
+    hpu: HpuReading = field(default_factory=HpuReading)  # the exporter's faults per worker
     gone: Sequence[Failure] = ()  # workers deleted by someone else, no longer listed
     own_deletions: frozenset[str] = frozenset()  # uids the operator deleted itself
     # The training step as the stall clock last read it (None: not reported, or not read
@@ -332,9 +411,12 @@ def detect_failures(
     signals: Signals | None = None,
     stall: Failure | None = None,
     placement_timeout: int = 0,
+    replicas: int = 1,
 ) -> Detection:
     """Every failure among the current generation's worker pods, their nodes and the
-    job's progress. One failure per pod: the pod's own state wins over its node's."""
+    job's progress. One failure per pod: the pod's own state wins over its node's, and
+    its node's over its cards'. `replicas` (the job's desired workers) tells whether the
+    scale-out network matters."""
     signals = signals or Signals()
     pods = list(pods)
     failures: list[Failure] = []
@@ -357,17 +439,9 @@ def detect_failures(
                     recheck = secs if recheck is None else min(recheck, secs)
                 elif verdict is not None:
                     reason, when, msg = verdict
-                    found = Failure(reason, when, pod.name, pod.node, pod.index, None, msg)
-            if found is None and pod.node in signals.unhealthy_hpu_nodes:
-                found = Failure(
-                    FailureReason.HPU_UNHEALTHY,
-                    now,
-                    pod.name,
-                    pod.node,
-                    pod.index,
-                    None,
-                    signals.unhealthy_hpu_nodes[pod.node],
-                )
+                    found = Failure(reason, when, pod.name, pod.node, pod.index, None, msg, pod.uid)
+            if found is None:
+                found = hpu_failure(pod, signals.hpu, replicas, now)
         if found is not None:
             failures.append(found)
     failures += [g for g in signals.gone if g.pod not in seen]
@@ -643,10 +717,14 @@ def step(
     stall = None
     if ready_since is not None and signals is not None:
         stall = stall_failure(signals.progress, ready_since, policy.stall_timeout_seconds)
-    found = detect_failures(pods, policy, now, signals, stall, placement_timeout)
+    found = detect_failures(pods, policy, now, signals, stall, placement_timeout, replicas)
+    # A RecreateFailed restart already counted (its intent names the pods it replaces) whose
+    # pods are still here: the operator died before deleting them. Finish it, count nothing.
+    replaced = set(status.replaced_pods or ())
+    resumed = [f for f in found.failures if f.uid and f.uid in replaced]
     decision = decide(
         policy,
-        found.failures,
+        [f for f in found.failures if f not in resumed],
         restarts=status.restarts,
         excluded_nodes=status.excluded_nodes,
         replicas=replicas,
@@ -654,6 +732,8 @@ def step(
         recheck_after=found.recheck_after,
     )
     out = Outcome(decision)
+    if resumed:
+        _resume_restart(out, status, resumed)
     if decision.verdict == Verdict.NONE or decision.primary is None:
         return out
 
@@ -677,7 +757,7 @@ def step(
         why = FAIL_BY_RULE if decision.action == FailureAction.FAIL else RESTART_LIMIT
         out.fail = (why, decision.message)
         out.condition = (False, why, decision.message)  # not restarting any more
-        out.force_delete = sorted(on_dead_node)
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
         return out
 
     out.restarting = True
@@ -695,15 +775,41 @@ def step(
     status.restarts = decision.restarts
     if decision.new_generation:
         status.restart_generation += 1
+        status.replaced_pods = None  # the whole old generation goes
+    else:
+        # RecreateFailed keeps the generation: the failed pods' uids are what marks this
+        # restart as done if the operator dies before it deletes them.
+        uids = {f.uid for f in [*decision.failures, *resumed] if f.uid}
+        status.replaced_pods = sorted(uids) or None
     out.events.append(("Normal", "RestartingWorkers", decision.message))
     if decision.new_generation:
         # The lifecycle's surplus rule deletes the old generation; pods on a dead node
         # are deleted without grace, or their names would stay taken for ever.
-        out.force_delete = sorted(on_dead_node)
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
     else:
-        out.delete = [p for p in decision.pods_to_delete if p not in on_dead_node]
-        out.force_delete = sorted(on_dead_node)
+        out.delete += [p for p in decision.pods_to_delete if p not in on_dead_node]
+        out.force_delete = sorted(on_dead_node | set(out.force_delete))
     return out
+
+
+def _resume_restart(out: Outcome, status: Any, resumed: Sequence[Failure]) -> None:
+    """Delete the pods of a restart recorded (and counted) by an earlier pass that did not
+    live to delete them; the Restarting condition says so until the world runs again."""
+    dead = {f.pod for f in resumed if f.pod and f.reason == FailureReason.NODE_LOST}
+    out.delete += [f.pod for f in resumed if f.pod and f.pod not in dead]
+    out.force_delete += sorted(dead)
+    out.restarting = True
+    if out.decision.verdict != Verdict.NONE:
+        return  # a new failure decides the condition and the events
+    indices = sorted({f.worker_index for f in resumed if f.worker_index is not None})
+    what = "worker" + ("s " if len(indices) > 1 else " ") + ", ".join(map(str, indices))
+    primary = resumed[0]
+    message = (
+        f"recreating {what} (RecreateFailed): the restart recorded before the operator "
+        f"restarted, counted once (restart {status.restarts})"
+    )
+    out.condition = (True, primary.reason.value, message)
+    out.events.append(("Normal", "RestartingWorkers", message))
 
 
 def settle(status: Any, pods: Iterable[Any], running: bool) -> tuple[bool, str, str] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,20 +27,37 @@ from gaudi_operator.observability import metrics
 
 log = logging.getLogger(__name__)
 
-# The Gaudi exporter (Intel's metric-exporter DaemonSet) publishes per-card gauges. A card
-# is unhealthy when it has rows pending replacement for uncorrectable (double-bit) ECC
-# errors, or when its on-chip temperature reached the shutdown threshold. Both sides of
-# the comparison come from the same card, so they share labels and match one-to-one.
-# The exporter's series carry the node in a label set by the scrape config (`node` with
-# the usual kubernetes_sd relabelling); HPU_HEALTH_NODE_LABEL names it.
+# The HPU health query, over Intel's Gaudi Prometheus metric exporter as it ships
+# (HabanaAI/gaudi-metric-exporter 1.24.0-1007: exporter.go, samples.go; docs/gaudi.md).
+# Every device series carries the card (`Serial`, `id`) and the pod holding it
+# (`pod_namespace`, `pod_name`, from the kubelet's pod-resources API; empty for a free
+# card), never the node. The exporter writes 0 for every field it failed to read
+# (rhlml/src/lib.rs: `unwrap_or(0)`), so a 0 is never taken as a fault: a threshold of 0
+# is no threshold, and a port that reads 0 is down only if it was up in the last 10
+# minutes and its card still answers (its on-chip temperature reads above 0). The result
+# names the worker pod and the fault (`fault` label: ecc, temperature, link).
 DEFAULT_HPU_HEALTH_QUERY = (
-    "max by (node) ("
-    "(habanalabs_pending_rows_with_double_bit_ecc_errors > 0)"
+    "label_replace(max by (pod_namespace, pod_name, id, Serial) ("
+    "habanalabs_pending_rows_with_double_bit_ecc_errors > 0"
+    '), "fault", "ecc", "", "")'
     " or "
-    "(habanalabs_temperature_onchip >= habanalabs_temperature_threshold_shutdown)"
-    ")"
+    "label_replace(max by (pod_namespace, pod_name, id, Serial) ("
+    "habanalabs_temperature_onchip >= (habanalabs_temperature_threshold_shutdown > 0)"
+    '), "fault", "temperature", "", "")'
+    " or "
+    "label_replace(count by (pod_namespace, pod_name, id, Serial) ("
+    '(habanalabs_nic_port_status{port_type="external"} == 0)'
+    ' and (max_over_time(habanalabs_nic_port_status{port_type="external"}[10m]) == 1)'
+    " and ignoring (port, port_type) (habanalabs_temperature_onchip > 0)"
+    '), "fault", "link", "", "")'
 )
-DEFAULT_HPU_HEALTH_NODE_LABEL = "node"
+HPU_HEALTH_QUERY_ENV = "GAUDI3_HPU_HEALTH_QUERY"
+HPU_HEALTH_INTERVAL_ENV = "GAUDI3_HPU_HEALTH_INTERVAL_SECONDS"
+HPU_HEALTH_POD_GRACE_ENV = "GAUDI3_HPU_HEALTH_POD_GRACE_SECONDS"
+DEFAULT_HPU_HEALTH_INTERVAL = 5.0
+# A reading speaks for a worker once it is older than one scrape of the exporter: Intel
+# recommends a 30 s scrape interval, and a scrape takes a few seconds (rhlml).
+DEFAULT_HPU_HEALTH_POD_GRACE = 40.0
 DELETED_NODE_TTL = 600.0
 
 
@@ -79,9 +97,18 @@ class NodeCache:
         before = self._nodes.get(name)
         health = failover.node_health(body, name)
         if health.hpus_missing:
-            # Kubernetes does not say when allocatable dropped: the first sighting counts.
-            seen = before.hpus_missing_since if before is not None else None
-            health = replace(health, hpus_missing_since=seen or utcnow())
+            # Kubernetes does not say when allocatable dropped: the first sighting counts,
+            # unless the drop was there before the operator looked (a restart, a new node).
+            if before is None:
+                health = replace(health, hpus_missing_before_seen=True)
+            elif before.hpus_missing >= health.hpus_missing:
+                health = replace(
+                    health,
+                    hpus_missing_since=before.hpus_missing_since,
+                    hpus_missing_before_seen=before.hpus_missing_before_seen,
+                )
+            else:  # (more) cards went bad while the operator watched
+                health = replace(health, hpus_missing_since=utcnow())
         self._nodes[name] = health
         self._deleted.pop(name, None)
         return before is None or _health_key(before) != _health_key(health)
@@ -216,17 +243,21 @@ class DisruptionLog:
 # --- Prometheus: HPU health and training progress -----------------------------------------
 
 
+HpuFaults = Mapping[tuple[str, str], tuple[failover.HpuFault, ...]]  # (namespace, pod) ->
+
+
 @dataclass
 class PrometheusProbes:
     """Queries shared by every job; one HPU-health query per interval for all of them."""
 
     url: str = ""
     hpu_health_query: str = DEFAULT_HPU_HEALTH_QUERY
-    hpu_health_node_label: str = DEFAULT_HPU_HEALTH_NODE_LABEL
-    hpu_health_interval: float = 5.0
+    hpu_health_interval: float = DEFAULT_HPU_HEALTH_INTERVAL
+    hpu_pod_grace: float = DEFAULT_HPU_HEALTH_POD_GRACE
     allowed_urls: tuple[str, ...] = ()
     _clients: dict[str, PrometheusClient] = field(default_factory=dict)
-    _hpu_cache: dict[str, str] = field(default_factory=dict)
+    _hpu_cache: HpuFaults = field(default_factory=dict)
+    _hpu_read_at: datetime | None = None
     _hpu_at: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -243,38 +274,70 @@ class PrometheusProbes:
             await c.aclose()
         self._clients.clear()
 
-    async def unhealthy_hpu_nodes(self) -> dict[str, str]:
-        """node → why, from the health query; {} when Prometheus is off or unreachable
+    async def hpu_faults(self) -> tuple[HpuFaults, datetime | None]:
+        """(namespace, pod) -> the faults of the cards it holds, and when the query ran;
+        ({}, None) when Prometheus is off, and the last reading while it does not answer
         (missing data never restarts a job)."""
         prom = self.client()
         if prom is None or not self.hpu_health_query:
-            return {}
+            return {}, None
         if self._lock.locked():
-            return self._hpu_cache  # a query is on its way: never hold a pass up for it
+            # A query is on its way: never hold a pass up for it.
+            return self._hpu_cache, self._hpu_read_at
         async with self._lock:
             if time.monotonic() - self._hpu_at < self.hpu_health_interval:
-                return self._hpu_cache
+                return self._hpu_cache, self._hpu_read_at
+            asked = utcnow()
             try:
                 samples = await prom.query(self.hpu_health_query)
             except PromQLError as e:
                 log.warning("HPU health query failed: %s", e)
                 samples = None
             if samples is not None:
-                self._hpu_cache = hpu_unhealthy_from_samples(samples, self.hpu_health_node_label)
+                self._hpu_cache = hpu_faults_from_samples(samples)
+                self._hpu_read_at = asked
+                metrics.set_hpu_faults(
+                    Counter(f.kind.value for fs in self._hpu_cache.values() for f in fs)
+                )
             self._hpu_at = time.monotonic()
-            return self._hpu_cache
+            return self._hpu_cache, self._hpu_read_at
 
 
-def hpu_unhealthy_from_samples(samples: Iterable[Any], node_label: str) -> dict[str, str]:
-    """Every sample of the health query with a non-zero value marks its node unhealthy."""
-    out: dict[str, str] = {}
+_FAULT_TEXT = {
+    failover.HpuFaultKind.ECC: "{v:g} rows with double-bit ECC errors pending replacement",
+    failover.HpuFaultKind.TEMPERATURE: "on-chip temperature {v:g} C reached its shutdown threshold",
+    failover.HpuFaultKind.LINK_DOWN: "{v:g} scale-out port(s) down",
+}
+
+
+def hpu_faults_from_samples(
+    samples: Iterable[Any],
+) -> dict[tuple[str, str], tuple[failover.HpuFault, ...]]:
+    """The health query's result by worker pod. A sample counts when it names a pod
+    (`pod_namespace`, `pod_name`: a free card affects no job) and its value is neither 0
+    nor NaN; its `fault` label says what (ecc, temperature, link; anything else is an HPU
+    fault of a custom query)."""
+    out: dict[tuple[str, str], list[failover.HpuFault]] = {}
     for s in samples:
-        node = s.labels.get(node_label)
-        if node and s.value == s.value and s.value != 0:
-            out[node] = (
-                f"the Gaudi exporter reports an HPU fault on {node} (health query: {s.value:g})"
-            )
-    return out
+        ns, pod = s.labels.get("pod_namespace"), s.labels.get("pod_name")
+        if not ns or not pod or s.value != s.value or s.value == 0:
+            continue
+        label = s.labels.get("fault", "")
+        try:
+            kind = failover.HpuFaultKind(label)
+        except ValueError:
+            kind = failover.HpuFaultKind.OTHER
+        card = s.labels.get("id")
+        serial = s.labels.get("Serial")
+        where = f"HPU {card}" if card else "an HPU"
+        if serial:
+            where += f" (serial {serial})"
+        text = _FAULT_TEXT.get(kind, "the HPU health query reports {fault} ({v:g})")
+        what = text.format(v=s.value, fault=label or "a fault")
+        out.setdefault((ns, pod), []).append(
+            failover.HpuFault(kind, f"the Gaudi exporter reports {where}: {what}")
+        )
+    return {key: tuple(faults) for key, faults in out.items()}
 
 
 # --- what the reconciler asks for, and tells back ------------------------------------------
@@ -288,10 +351,19 @@ CLOCKS = ProgressClocks()  # the stall clock's (failover/stall.py), read by ever
 async def signals_for(obs: Observation) -> failover.Signals:
     """Everything failover needs beyond the pod list, for one reconcile pass."""
     job, pods = obs.job, obs.pods
-    unhealthy = await PROBES.unhealthy_hpu_nodes() if pods else {}
+    faults, read_at = await PROBES.hpu_faults() if pods else ({}, None)
+    hpu = failover.HpuReading(
+        {
+            p.name: faults[(job.namespace, p.name)]
+            for p in pods
+            if (job.namespace, p.name) in faults
+        },
+        read_at,
+        PROBES.hpu_pod_grace,
+    )
     return failover.Signals(
         nodes=NODES.lookup({p.node for p in pods if p.node}),
-        unhealthy_hpu_nodes=unhealthy,
+        hpu=hpu,
         gone=DISRUPTIONS.pending(
             job.namespace, job.name, job.uid, obs.generation, obs.replicas, (p.name for p in pods)
         ),

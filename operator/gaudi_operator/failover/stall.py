@@ -6,8 +6,9 @@ operator's metrics), and wakes a job whose step has not moved for
 A sweep sends one query per Prometheus for every job at once (the operator's own series,
 limited to the jobs' namespaces), so a slow Prometheus costs a sweep one timeout, not one
 per job. `status.progress` is written only on a transition or every
-`status_interval` seconds (`failover.progress.should_write`): at rest a training job
-costs no API writes.
+`status_interval` seconds (`failover.progress.should_write`), through the one status
+writer (`runtime.status_writer`, as `STALL_CLOCK`): at rest a training job costs no API
+writes but that record.
 
 After a start-up (or a new leader), a job's clock is rebuilt from the step's history: one
 range query over the last stall timeout (`progress.from_history`), without writing. The
@@ -57,6 +58,7 @@ from gaudi_operator.failover.progress import (
 )
 from gaudi_operator.failover.signals import CLOCKS, PROBES, PrometheusProbes
 from gaudi_operator.observability import metrics
+from gaudi_operator.runtime.status_writer import STALL_CLOCK, RetrySoon, StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class Watched:
     url: str
     ready_since: datetime | None
     status_step: float | None  # what status.progress says now
+    body: Mapping[str, Any] = field(compare=False, repr=False)  # as the index had it
 
 
 @dataclass
@@ -183,6 +186,7 @@ class StallClock:
             url=url,
             ready_since=_ready_since(status),
             status_step=float(step) if isinstance(step, int | float) else None,
+            body=body,
         )
 
     async def _read(self, url: str, group: list[Watched], now: datetime) -> bool:
@@ -241,21 +245,19 @@ class StallClock:
         now: datetime,
     ) -> None:
         slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        writer = StatusWriter(clients)
 
         async def write(w: Watched, clock: JobClock, p: Progress, stalled: bool) -> None:
             async with slots:
+                old = w.body.get("status") or {}
+                new = {**old, "progress": status_progress(p)}
                 try:
-                    await clients.custom.patch_namespaced_custom_object_status(
-                        api.GROUP,
-                        api.VERSION,
-                        w.key[0],
-                        api.PLURAL,
-                        w.key[1],
-                        {"status": {"progress": status_progress(p)}},
-                        _content_type=kube.MERGE_PATCH,
-                    )
+                    await writer.write(w.body, new, writer=STALL_CLOCK, fields=("progress",))
                 except asyncio.CancelledError:
                     raise
+                except RetrySoon as err:  # someone else wrote progress: look next sweep
+                    log.debug("%s/%s: progress not recorded: %s", *w.key, err)
+                    return
                 except Exception as err:  # one job's trouble must not stop the clock for all
                     if kube.status_code(err) != 404:
                         log.warning("%s/%s: cannot record progress: %s", *w.key, err)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -48,12 +49,16 @@ async def start(memo: kopf.Memo) -> None:
     probes = signals.PROBES
     probes.url = getattr(cfg, "prometheus_url", "") or os.environ.get("GAUDI3_PROMETHEUS_URL", "")
     probes.allowed_urls = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
-    # The health query is the operator's (cluster-wide hardware), not a job's.
+    # The health query is the operator's (cluster-wide hardware), not a job's. An empty
+    # query turns it off; an unset one is Intel's exporter's default (docs/gaudi.md).
     probes.hpu_health_query = os.environ.get(
-        "GAUDI3_HPU_HEALTH_QUERY", signals.DEFAULT_HPU_HEALTH_QUERY
+        signals.HPU_HEALTH_QUERY_ENV, signals.DEFAULT_HPU_HEALTH_QUERY
     )
-    probes.hpu_health_node_label = os.environ.get(
-        "GAUDI3_HPU_HEALTH_NODE_LABEL", signals.DEFAULT_HPU_HEALTH_NODE_LABEL
+    probes.hpu_health_interval = float(
+        os.environ.get(signals.HPU_HEALTH_INTERVAL_ENV, signals.DEFAULT_HPU_HEALTH_INTERVAL)
+    )
+    probes.hpu_pod_grace = float(
+        os.environ.get(signals.HPU_HEALTH_POD_GRACE_ENV, signals.DEFAULT_HPU_HEALTH_POD_GRACE)
     )
     clock = StallClock(
         settings=StallSettings(
@@ -64,14 +69,16 @@ async def start(memo: kopf.Memo) -> None:
         )
     )
     memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo, clock))
+    memo["hpu_health_task"] = supervise("hpu-health", lambda: hpu_health_loop(memo))
 
 
 async def stop(memo: kopf.Memo) -> None:
-    task = memo.get("stall_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("stall_task", "hpu_health_task"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await signals.PROBES.aclose()
 
 
@@ -111,3 +118,38 @@ async def worker_deleted(
             failure.message,
         )
         controller.enqueue((namespace, labels[api.LABEL_JOB_NAME]))
+
+
+async def hpu_health_loop(memo: kopf.Memo) -> None:
+    """Read the HPU health query every interval and wake the jobs whose workers hold a card
+    with a fault the previous reading did not have: a fault is acted on within an
+    interval, not at the next resync (the pass decides; passes reuse the reading)."""
+    probes = signals.PROBES
+    seen: frozenset[tuple[str, str, Any]] = frozenset()
+    while True:
+        await asyncio.sleep(probes.hpu_health_interval)
+        # Read even without workers: gaudi_operator_hpu_faults stays current.
+        faults, _ = await probes.hpu_faults()
+        controller = _controller(memo)
+        if controller is None or controller.pods is None:
+            continue
+        wake, seen = jobs_with_new_faults(controller.pods, faults, seen)
+        for key in wake:
+            controller.enqueue(key)
+
+
+def jobs_with_new_faults(
+    pods_by_job: Mapping[tuple[str, str], Iterable[Any]],
+    faults: signals.HpuFaults,
+    seen: frozenset[tuple[str, str, Any]],
+) -> tuple[list[tuple[str, str]], frozenset[tuple[str, str, Any]]]:
+    """The jobs (namespace, name) with a worker whose faults include one not in `seen`,
+    and the faults to remember for the next reading."""
+    now = frozenset((ns, pod, f) for (ns, pod), fs in faults.items() for f in fs)
+    new = {(ns, pod) for ns, pod, _ in now - seen}
+    wake = [
+        key
+        for key, pods in list(pods_by_job.items())
+        if new and any((key[0], getattr(p, "name", None)) in new for p in pods)
+    ]
+    return wake, now

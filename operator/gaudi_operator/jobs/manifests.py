@@ -14,13 +14,16 @@ from typing import Any
 
 from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec
+from gaudi_operator.jobs import gaudi
+from gaudi_operator.jobs.gaudi import GaudiSettings
 
-# Per-HPU defaults, overridable through spec.resources or the template. Gaudi's runtime
-# maps host memory with 2 MiB huge pages; Intel's examples give about 1 GiB per card.
-HUGEPAGES_MI_PER_HPU = 1024
+# Per-HPU defaults, overridable through spec.resources or the template. Huge pages: see
+# `gaudi.HUGEPAGES_MI_PER_HPU` (Intel's sizing; operator-wide in GaudiSettings).
 MEMORY_GI_PER_HPU = 16
 CPU_PER_HPU = 4
+# /dev/shm of a worker without hostIPC (with it, the node's own /dev/shm: docs/gaudi.md).
 SHM_GI_PER_HPU = 8
+SHM_PATH = "/dev/shm"
 TERMINATION_GRACE_SECONDS = 120  # the launcher checkpoints on SIGTERM
 
 SHM_VOLUME = "dshm"
@@ -73,6 +76,13 @@ def _metadata(job: JobRef, name: str, labels: dict[str, str]) -> dict[str, Any]:
         "labels": labels,
         "ownerReferences": [owner_reference(job)],
     }
+
+
+def needs_service(spec: GaudiTrainingJobSpec) -> bool:
+    """The headless Service gives workers each other's names; a job that can never have a
+    second worker (workers.max 1) has nobody to find and gets none (one write less): its
+    worker 0 reaches itself at its own IP (`worker_env`)."""
+    return spec.workers.max > 1
 
 
 def service_manifest(job: JobRef) -> dict[str, Any]:
@@ -130,18 +140,32 @@ def worker_env(
     # The launcher's listeners bind this address, never 0.0.0.0: with host networking
     # every pod of a machine shares one port space.
     out.append({"name": "GAUDI3_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    if not needs_service(spec):
+        # No Service, so no worker-0 name: the one worker's rendezvous and master address
+        # are its own IP, which the name would resolve to. `$(VAR)` is expanded by the
+        # kubelet from variables defined before it, so these move after GAUDI3_POD_IP.
+        own = {
+            "PET_RDZV_ENDPOINT": f"$(GAUDI3_POD_IP):{api.RDZV_PORT}",
+            "MASTER_ADDR": "$(GAUDI3_POD_IP)",
+        }
+        out = [e for e in out if e["name"] not in own]
+        out += [{"name": k, "value": v} for k, v in own.items()]
     return out
 
 
-def worker_resources(spec: GaudiTrainingJobSpec) -> dict[str, dict[str, Any]]:
+def worker_resources(
+    spec: GaudiTrainingJobSpec, settings: GaudiSettings = gaudi.DEFAULTS
+) -> dict[str, dict[str, Any]]:
     """Defaults, then spec.resources; habana.ai/gaudi always equals hpusPerWorker."""
     hpus = spec.hpus_per_worker
     requests: dict[str, Any] = {
         "cpu": str(CPU_PER_HPU * hpus),
         "memory": f"{MEMORY_GI_PER_HPU * hpus}Gi",
-        api.HUGEPAGES_RESOURCE: f"{HUGEPAGES_MI_PER_HPU * hpus}Mi",
     }
-    limits: dict[str, Any] = {api.HUGEPAGES_RESOURCE: requests[api.HUGEPAGES_RESOURCE]}
+    limits: dict[str, Any] = {}
+    if settings.hugepages_mi_per_hpu > 0:  # 0: no huge pages (nodes without any)
+        pages = f"{settings.hugepages_mi_per_hpu * hpus}Mi"
+        requests[api.HUGEPAGES_RESOURCE] = limits[api.HUGEPAGES_RESOURCE] = pages
     requests.update(spec.resources.requests)
     limits.update(spec.resources.limits)
     return _pin_resources({"requests": requests, "limits": limits}, hpus)
@@ -166,6 +190,7 @@ def worker_pod_manifest(
     index: int,
     generation: int,
     excluded_nodes: Iterable[str] = (),
+    settings: GaudiSettings = gaudi.DEFAULTS,
 ) -> dict[str, Any]:
     name = api.worker_pod_name(job.name, index)
     labels = {
@@ -182,16 +207,13 @@ def worker_pod_manifest(
         "name": api.WORKER_CONTAINER,
         "image": spec.image,
         "env": worker_env(spec, job, index, generation),
-        "resources": worker_resources(spec),
+        "resources": worker_resources(spec, settings),
         "ports": [
             {"name": "rdzv", "containerPort": api.RDZV_PORT},
             {"name": "master", "containerPort": api.MASTER_PORT},
             {"name": "metrics", "containerPort": api.METRICS_PORT},
         ],
-        "volumeMounts": [
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
-            {"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path},
-        ],
+        "volumeMounts": [{"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path}],
     }
     if spec.command:
         container["command"] = list(spec.command)
@@ -212,20 +234,12 @@ def worker_pod_manifest(
         "enableServiceLinks": False,  # thousands of Services would bloat every worker's env
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [container],
-        "volumes": [
-            {
-                "name": SHM_VOLUME,
-                "emptyDir": {
-                    "medium": "Memory",
-                    "sizeLimit": f"{SHM_GI_PER_HPU * spec.hpus_per_worker}Gi",
-                },
-            },
-            ckpt_volume,
-        ],
+        "volumes": [ckpt_volume],
         "tolerations": [
             {"key": api.GAUDI_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
         ],
     }
+    gaudi.apply_host_ipc(pod_spec, spec)
     sched = spec.scheduling
     if sched.scheduler_name:
         pod_spec["schedulerName"] = sched.scheduler_name
@@ -243,7 +257,41 @@ def worker_pod_manifest(
         "spec": pod_spec,
     }
     pod = apply_template(pod, spec.template, spec.hpus_per_worker)
+    gaudi.add_sys_nice(pod["spec"]["containers"][0], spec)
+    _mount_shm(pod, spec.hpus_per_worker)
+    label = gaudi.scale_out_gate(spec, settings)
+    if label is not None:
+        _require_on_every_term(pod, label.requirement())
     return exclude_nodes(pod, sorted(set(excluded_nodes)))
+
+
+def _mount_shm(pod: dict[str, Any], hpus: int) -> None:
+    """/dev/shm of the worker, decided after the template (which may set hostIPC).
+
+    With hostIPC the runtime gives the container the node's own /dev/shm (containerd's CRI
+    does so for a pod in the node's IPC namespace unless a volume is mounted there), as
+    Docker's `--ipc=host` in Intel's examples: POSIX shared memory and System V IPC then
+    live in one namespace, the host's. A private memory volume there would split them.
+    Without hostIPC the runtime's /dev/shm is 64 MiB, too small for data loaders: a
+    memory-backed emptyDir instead. A `dshm` volume of the template is always mounted.
+    """
+    spec = pod["spec"]
+    worker = spec["containers"][0]
+    mounts = worker.setdefault("volumeMounts", [])
+    if any(m.get("mountPath") == SHM_PATH for m in mounts):
+        return  # the template mounts its own
+    user_shm = any(v.get("name") == SHM_VOLUME for v in spec["volumes"])
+    if spec.get("hostIPC") and not user_shm:
+        return
+    if not user_shm:
+        spec["volumes"].insert(
+            0,
+            {
+                "name": SHM_VOLUME,
+                "emptyDir": {"medium": "Memory", "sizeLimit": f"{SHM_GI_PER_HPU * hpus}Gi"},
+            },
+        )
+    mounts.insert(0, {"name": SHM_VOLUME, "mountPath": SHM_PATH})
 
 
 def apply_template(pod: dict[str, Any], template: dict[str, Any], hpus: int) -> dict[str, Any]:
@@ -312,17 +360,23 @@ def exclude_nodes(pod: dict[str, Any], nodes: list[str]) -> dict[str, Any]:
     if not nodes:
         return pod
     pod = copy.deepcopy(pod)
-    expr = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": nodes}
+    _require_on_every_term(
+        pod, {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": nodes}
+    )
+    return pod
+
+
+def _require_on_every_term(pod: dict[str, Any], expr: dict[str, Any]) -> None:
+    """Add a required node-selector expression, whatever affinity the pod has."""
     affinity = pod["spec"].setdefault("affinity", {})
     node_aff = affinity.setdefault("nodeAffinity", {})
     required = node_aff.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
     terms = required.setdefault("nodeSelectorTerms", [])
     if not terms:
         terms.append({})
-    # Terms are ORed: the exclusion must be in every one of them.
+    # Terms are ORed: the expression must be in every one of them.
     for term in terms:
-        term.setdefault("matchExpressions", []).append(dict(expr))
-    return pod
+        term.setdefault("matchExpressions", []).append(copy.deepcopy(expr))
 
 
 def is_volcano(spec: GaudiTrainingJobSpec) -> bool:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec, GaudiTrainingJobStatus
 from gaudi_operator.failover.policy import Signals
+from gaudi_operator.jobs.gaudi import ScaleOut
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,17 @@ class Observation:
     job: JobView
     now: datetime
     pods: tuple[WorkerPod, ...] = ()  # the job's own: controlled by this job's uid
-    # Pods with the job's label controlled by another uid: an earlier job of the same name,
-    # deleted and re-created before the garbage collector removed its workers.
+    # Pods with the job's label not controlled by its uid: an earlier job of the same name,
+    # deleted and re-created before the garbage collector removed its workers, or pods left
+    # without an owner (`kubectl delete --cascade=orphan`).
     foreign: tuple[WorkerPod, ...] = ()
     # The spec as a model, or why it cannot be one (each problem naming its field).
     spec: GaudiTrainingJobSpec | None = None
     spec_error: str | None = None
     status: GaudiTrainingJobStatus = field(default_factory=GaudiTrainingJobStatus)
     signals: Signals = field(default_factory=Signals)
+    # The scale-out readiness gate (jobs.gaudi): None when it is off or not known yet.
+    scale_out: ScaleOut | None = None
 
     @property
     def replicas(self) -> int:
@@ -214,6 +218,8 @@ def observe(
 
 
 def _ours(pod: WorkerPod, job_uid: str) -> bool:
-    # The operator sets the controller reference on every worker; a body without one (or a
-    # job without a uid) is taken as the job's own, as before owner uids were checked.
-    return not pod.owner_uid or not job_uid or pod.owner_uid == job_uid
+    # Owner references by uid, never by name or label alone (client-go's habit): the
+    # operator sets the controller reference on every worker it creates, so a pod without
+    # one is not ours, whatever its labels say (`kubectl delete --cascade=orphan` leaves
+    # such pods behind, and a job re-created under the same name must not take them).
+    return pod.owner_uid == job_uid

@@ -21,9 +21,10 @@ Every pass then writes the kstatus conditions GitOps tools read (see `_kstatus_c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from gaudi_operator import api
 from gaudi_operator.api import (
@@ -39,10 +40,17 @@ from gaudi_operator.api import (
     set_condition,
 )
 from gaudi_operator.failover import policy as failover
+from gaudi_operator.jobs import gaudi
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
 from gaudi_operator.queueing import policy as queueing
 
 POD_REJECTED = "PodRejected"  # InvalidSpec reason when the API server refused a worker pod
+FOREIGN_WORKERS = "ForeignWorkers"  # Warning event: ownerless pods with a worker's name
+# Created=False reasons when the API server refused to create workers for a reason that
+# may pass (a namespace ResourceQuota, a LimitRange): the reconciler retries with backoff.
+QUOTA_EXCEEDED = "QuotaExceeded"
+CREATE_FORBIDDEN = "CreateForbidden"
+REFUSED_REASONS = (QUOTA_EXCEEDED, CREATE_FORBIDDEN)
 
 # kstatus conditions (sigs.k8s.io/cli-utils, what Flux's health checks compute from):
 # Reconciling True while the job converges, Stalled True while it cannot go on without a
@@ -97,13 +105,28 @@ def decide(obs: Observation) -> Plan:
 
 
 def _replace_foreign(out: Plan, obs: Observation) -> None:
-    """A predecessor's workers (same job name, another uid) are never this job's: delete
-    them, and create a worker only once its name is free again."""
+    """Pods named like this job's workers that it does not control are never its own: a
+    predecessor's (same job name, another uid) or ownerless ones (`kubectl delete
+    --cascade=orphan` leaves its workers without an owner). They are not counted, never
+    adopted, and deleted (uid preconditions) so that a worker is created once its name is
+    free again: kept, they would hold the names and answer the rendezvous DNS name."""
     if not obs.foreign:
         return
     taken = {p.name for p in obs.foreign}
     out.create = [i for i in out.create if api.worker_pod_name(obs.job.name, i) not in taken]
-    out.delete += [p for p in obs.foreign if not p.deleting and p not in out.delete]
+    going = [p for p in obs.foreign if not p.deleting and p not in out.delete]
+    out.delete += going
+    orphans = sorted(p.name for p in going if not p.owner_uid)
+    if orphans:
+        out.events.append(
+            Event(
+                "Warning",
+                FOREIGN_WORKERS,
+                f"deleting {len(orphans)} pods named as this job's workers that no job owns "
+                f"({', '.join(orphans)}; left by `kubectl delete --cascade=orphan`?): never "
+                f"adopted, their names are needed for this job's workers",
+            )
+        )
 
 
 def _decide(obs: Observation) -> Plan:
@@ -205,7 +228,7 @@ def _decide(obs: Observation) -> Plan:
     surplus += [p for p in pods if p.name in written_off and p not in surplus]
     out.delete = sorted(surplus, key=lambda p: -(p.index if p.index is not None else 1 << 30))
     out.force_delete = fo.force_delete
-    if out.create and status.start_time is None:
+    if (out.create or in_world) and status.start_time is None:
         status.start_time = api.to_rfc3339(now)
     _count(status, spec, pods, in_world, desired)
     status.phase = _running_phase(before.phase, pods, gen, in_world, desired, bool(out.delete))
@@ -217,13 +240,17 @@ def _decide(obs: Observation) -> Plan:
         status.conditions = set_condition(
             status.conditions, ConditionType.RESTARTING, *settled, now, job.generation
         )
+        if not settled[0]:
+            status.replaced_pods = None  # the restart is over: its record goes
     restarting = get_condition(status.conditions, ConditionType.RESTARTING)
     if restarting is not None and restarting.status == "True":
         status.phase = Phase.RESTARTING  # until the whole world runs again
     _running_conditions(status, job.generation, desired, now)
-    _scheduled_condition(status, [p for p in pods if p.generation == gen], job.generation, now)
-    if status.phase != before.phase and status.phase == Phase.RUNNING:
-        out.events.append(Event("Normal", "Running", f"all {desired} workers are running"))
+    scale_out = obs.scale_out if gaudi.needs_scale_out(spec) else None
+    world_pods = [p for p in pods if p.generation == gen]
+    _scheduled_condition(status, world_pods, job.generation, now, scale_out)
+    # No event for reaching Running: phase and Ready say it (with the time), and a job's
+    # way to Running posts one Normal event only, CreatedWorkers (docs/architecture.md).
     return out
 
 
@@ -326,20 +353,31 @@ def unschedulable_reason(message: str, excluded_nodes: list[str]) -> str:
 
 
 def _scheduled_condition(
-    status: GaudiTrainingJobStatus, world: list[WorkerPod], generation: int, now: datetime
+    status: GaudiTrainingJobStatus,
+    world: list[WorkerPod],
+    generation: int,
+    now: datetime,
+    scale_out: gaudi.ScaleOut | None = None,
 ) -> None:
     """Scheduled: whether every worker of the current world has a node, and if not, the
-    scheduler's own reason (a job that cannot run says why instead of sitting Pending)."""
+    scheduler's own reason (a job that cannot run says why instead of sitting Pending).
+    A job held by the scale-out gate (`scale_out`, when its workers need a ready node)
+    while no node is ready says that instead: no other fix would place it."""
     alive = [p for p in world if not p.deleting and not p.terminal]
     waiting = [p for p in alive if p.unschedulable]
     if waiting:
         said = waiting[0].unschedulable or ""
+        reason = unschedulable_reason(said, status.excluded_nodes)
+        why = f"{len(waiting)} of {len(alive)} workers cannot be placed"
+        if scale_out is not None and scale_out.ready_nodes == 0:
+            reason = gaudi.NO_SCALE_OUT_READY_NODE
+            why += f": {gaudi.scale_out_message(scale_out.label)}"
         status.conditions = set_condition(
             status.conditions,
             ConditionType.SCHEDULED,
             False,
-            unschedulable_reason(said, status.excluded_nodes),
-            f"{len(waiting)} of {len(alive)} workers cannot be placed; the scheduler says: {said}",
+            reason,
+            f"{why}; the scheduler says: {said}",
             now,
             generation,
         )
@@ -360,15 +398,19 @@ def _running_conditions(
 ) -> None:
     conds = status.conditions
     created = status.replicas == desired
-    conds = set_condition(
-        conds,
-        ConditionType.CREATED,
-        created,
-        "WorkersCreated" if created else "CreatingWorkers",
-        f"{status.replicas}/{desired} worker pods exist",
-        now,
-        generation,
-    )
+    refused = get_condition(conds, ConditionType.CREATED)
+    if created or refused is None or refused.reason not in REFUSED_REASONS:
+        # A refusal (quota) stays until every worker exists: the reconciler's backoff
+        # retries, and the passes in between must not flip the condition back and forth.
+        conds = set_condition(
+            conds,
+            ConditionType.CREATED,
+            created,
+            "WorkersCreated" if created else "CreatingWorkers",
+            f"{status.replicas}/{desired} worker pods exist",
+            now,
+            generation,
+        )
     ready = status.ready_replicas == desired
     conds = set_condition(
         conds,
@@ -540,3 +582,49 @@ def _suspended(
     if before.phase != Phase.SUSPENDED:
         out.events.append(Event("Normal", "Suspended", f"{message}: deleting workers"))
     return out
+
+
+# --- which status changes may wait --------------------------------------------------------
+
+# Workers' progress on their way to Running: counts, and whether they exist and have nodes.
+PROGRESS_FIELDS = frozenset({"replicas", "readyReplicas", "workers", "hpus"})
+PROGRESS_CONDITIONS = frozenset({ConditionType.CREATED.value, ConditionType.SCHEDULED.value})
+_PROGRESS_PHASES = frozenset({Phase.PENDING.value, Phase.STARTING.value})
+
+
+def waiting_for_placement(status: Mapping[str, Any]) -> bool:
+    """A worker the scheduler cannot place (Scheduled=False): worth saying soon."""
+    return any(
+        c.get("type") == ConditionType.SCHEDULED.value and c.get("status") == "False"
+        for c in status.get("conditions") or []
+    )
+
+
+def progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when the status change from `old` to `new` is workers' progress alone: the
+    counts, the Created and Scheduled conditions, Pending <-> Starting, and the messages of
+    other conditions whose status and reason stay. The reconciler may hold such a change
+    for a moment (`--status-debounce-seconds`), so that a job's way from created to Running
+    costs two status writes, not one per step; any other change is written at once."""
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    if changed - PROGRESS_FIELDS - {"phase", "conditions"}:
+        return False
+    if "phase" in changed and {old.get("phase"), new.get("phase")} - _PROGRESS_PHASES:
+        return False
+    if "conditions" not in changed:
+        return True
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    after = {c.get("type"): c for c in new.get("conditions") or []}
+    for type_ in before.keys() | after.keys():
+        a, b = before.get(type_), after.get(type_)
+        if a == b:
+            continue
+        if type_ in PROGRESS_CONDITIONS and (b or {}).get("reason") not in REFUSED_REASONS:
+            continue  # a refusal (quota) is a decision: written at once
+        if a is None or b is None or a.get("status") != b.get("status"):
+            return False
+        reasons = {a.get("reason"), b.get("reason")}
+        # Reconciling's reason is the phase: Pending -> Starting is progress too.
+        if len(reasons) > 1 and not (type_ == RECONCILING and reasons <= _PROGRESS_PHASES):
+            return False
+    return True

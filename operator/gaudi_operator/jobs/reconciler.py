@@ -1,17 +1,31 @@
-"""One level-based pass over one job: plan (pure, `jobs.plan.plan`), then act.
+"""One level-based pass over one job: decide (pure, `jobs.plan.decide`), then act, with
+client-go's controller habits:
 
-Acting is idempotent because every child has a deterministic name: creating a pod that
-already exists is a 409 and means "already done"; deleting one that is gone is a 404.
-So a pass after an operator crash, a stale cache or a duplicate event does no harm.
+- intent before effect: a restart's count, generation, failure and (RecreateFailed) the
+  pods it replaces are committed first, guarded by the version the pass decided from;
+- expectations: the pods a pass creates or deletes are recorded before the requests go
+  out, and the controller runs no further pass of the job until the pod watch has shown
+  them (`runtime.expectations`): nothing is POSTed twice, no status comes from counts
+  that miss the pass's own pods;
+- one status writer (`runtime.status_writer`): status is written only when it changed,
+  guarded by the version read, rebased onto the other writers' fields. Workers' progress
+  on their way to Running waits up to `status_debounce_seconds` to go out with the next
+  change (`jobs.plan.progress_only`): from create to Running a job costs two status writes;
+- events after the status write that decides them (a pass whose write conflicts decides
+  again, events included); events for what was done (pods created, deleted) once done.
+
+Children have deterministic names: creating one that exists is a 409 ("already done"),
+deleting one that is gone a 404. A pass after a crash or a duplicate event does no harm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gaudi_operator import api
@@ -22,14 +36,41 @@ from gaudi_operator.failover.recording import RECORDER
 from gaudi_operator.failover.signals import DISRUPTIONS, signals_for
 from gaudi_operator.jobs import manifests
 from gaudi_operator.jobs import plan as job_plan
+from gaudi_operator.jobs.gaudi import DEFAULTS, GaudiSettings, ScaleOutNodes
 from gaudi_operator.jobs.observation import JobView, WorkerPod, observe
 from gaudi_operator.jobs.plan import Event, Plan
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.runtime import failpoints
-from gaudi_operator.runtime.controller import RetrySoon
+from gaudi_operator.runtime.expectations import Expectations
+from gaudi_operator.runtime.status_writer import (
+    RetrySoon,
+    StatusWriter,
+    merge_conditions,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "INTENT_FIELDS",
+    "Reconciler",
+    "Result",
+    "intent_patch",
+    "merge_conditions",
+    "status_patch",
+    "summarize_indices",
+]
+
+# A worker refused for a reason that may pass (a namespace quota): tried again after this
+# much, doubling each time up to the cap; the passes in between create nothing.
+REFUSAL_BACKOFF_SECONDS = 5.0
+REFUSAL_BACKOFF_MAX_SECONDS = 300.0
+# Progress held back (see `Reconciler._write_status`) while a worker cannot be placed is
+# written after this long at most: "why is my job Pending" must not wait the full debounce.
+UNPLACED_DEBOUNCE_SECONDS = 5.0
+
+Key = tuple[str, str]  # (namespace, job name)
 
 
 @dataclass
@@ -39,6 +80,9 @@ class Result:
     pending: int = 0  # worker pods waiting to be scheduled or started
     # Versions we wrote in this pass before `body`: the index showing one of them lags.
     superseded: list[str] = field(default_factory=list)
+    # A status change held back (progress, see `jobs.plan.progress_only`) or a creation
+    # backing off: the pass runs again after this long at the latest.
+    wait: float | None = None
 
     @property
     def phase(self) -> str:
@@ -46,7 +90,8 @@ class Result:
 
     @property
     def requeue_after(self) -> float | None:
-        return self.plan.requeue_after
+        times = [t for t in (self.plan.requeue_after, self.wait) if t is not None]
+        return min(times) if times else None
 
     @property
     def workers(self) -> dict[str, int]:
@@ -60,52 +105,18 @@ class Result:
         return {c.type: c.status == "True" for c in self.plan.status.conditions}
 
 
-def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from old to new status: changed keys, and null for removed ones,
-    nested objects included (each status field is replaced whole, never mixed)."""
-    return kube.merge_patch(old, new)
-
-
 # What a restart decides, written before any pod is touched (see `Reconciler.reconcile`).
-INTENT_FIELDS = ("restartGeneration", "restarts", "lastFailure", "excludedNodes")
+INTENT_FIELDS = ("restartGeneration", "restarts", "lastFailure", "excludedNodes", "replacedPods")
 
 
 def intent_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The merge patch of the intent fields alone; empty when the pass decided no restart."""
-    return kube.merge_patch(
-        {k: old[k] for k in INTENT_FIELDS if k in old},
-        {k: new[k] for k in INTENT_FIELDS if k in new},
-    )
+    return status_patch(old, new, INTENT_FIELDS)
 
 
 def restarts(plan: Plan) -> bool:
     decision = plan.failover.decision if plan.failover is not None else None
     return decision is not None and decision.verdict == Verdict.RESTART
-
-
-def merge_conditions(
-    old: Sequence[Mapping[str, Any]],
-    new: Sequence[Mapping[str, Any]],
-    current: Sequence[Mapping[str, Any]],
-) -> list[dict[str, Any]]:
-    """Rebase this pass's condition changes onto the conditions the server has now.
-
-    A merge patch replaces the whole list, and another writer (the autoscaler) may have set
-    its own condition types since this pass read the job: keep theirs, apply only the types
-    this pass added, changed or removed.
-    """
-    before = {c.get("type"): c for c in old}
-    after = {c.get("type"): c for c in new}
-    changed = {t for t in after if before.get(t) != after[t]}
-    removed = {t for t in before if t not in after}
-    merged = [
-        dict(after[c.get("type")]) if c.get("type") in changed else dict(c)
-        for c in current
-        if c.get("type") not in removed
-    ]
-    have = {c.get("type") for c in merged}
-    merged += [dict(after[t]) for t in after if t in changed and t not in have]
-    return merged
 
 
 def summarize_indices(indices: Iterable[int]) -> str:
@@ -124,6 +135,22 @@ def summarize_indices(indices: Iterable[int]) -> str:
     return ",".join(out)
 
 
+@dataclass
+class Creation:
+    """What the API server said to this pass's pod creations."""
+
+    created: list[int] = field(default_factory=list)
+    rejected: str | None = None  # 422: the template cannot be a pod (InvalidSpec)
+    refused: list[str] = field(default_factory=list)  # 403s (quota): may pass, back off
+    attempted: int = 0
+
+
+@dataclass
+class _Refusal:
+    attempts: int
+    retry_at: datetime
+
+
 class Reconciler:
     def __init__(
         self,
@@ -131,17 +158,42 @@ class Reconciler:
         *,
         pod_concurrency: int = 32,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gaudi: GaudiSettings = DEFAULTS,
+        scale_out_nodes: ScaleOutNodes | None = None,
+        expectations: Expectations | None = None,
+        status_debounce_seconds: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clients = clients
+        self.gaudi = gaudi
+        # Fed by the node watch (jobs.wiring); without one the gate's state is unknown.
+        self.scale_out_nodes = scale_out_nodes or ScaleOutNodes(None)
+        self.status = StatusWriter(clients)
+        self.expectations = expectations if expectations is not None else Expectations()
         # One bound for the whole operator: a 1000-worker job must not open 1000 requests.
         self._pod_slots = asyncio.Semaphore(pod_concurrency)
         self._clock = clock
-        self._gang_warned: set[tuple[str, str]] = set()
+        self._monotonic = monotonic
+        self.debounce = status_debounce_seconds
+        self._gang_warned: set[Key] = set()
+        # Children this process created (or found), by job and job uid: never POSTed again
+        # while the job lives, whatever the indices show meanwhile.
+        self._services: dict[Key, str] = {}
+        self._pod_groups: dict[Key, str] = {}
+        self._refusals: dict[Key, _Refusal] = {}
+        self._held: dict[Key, float] = {}  # a progress-only status change waiting since
         metrics.track_cache("gang_warned", lambda: len(self._gang_warned))
+        metrics.track_cache("services_created", lambda: len(self._services))
+        metrics.track_cache("pod_groups_created", lambda: len(self._pod_groups))
+        metrics.track_cache("create_refusals", lambda: len(self._refusals))
+        metrics.track_cache("status_held", lambda: len(self._held))
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Key) -> None:
         """The job is gone: what the operator remembers of it goes too."""
+        for memory in (self._services, self._pod_groups, self._refusals, self._held):
+            memory.pop(key, None)
         self._gang_warned.discard(key)
+        self.expectations.forget(key)
         RECORDER.forget(key)
         DISRUPTIONS.handled(*key)
 
@@ -149,54 +201,68 @@ class Reconciler:
         self, body: Mapping[str, Any], observed: Iterable[WorkerPod], service_exists: bool
     ) -> Result:
         job = JobView.from_body(body)
+        key = (job.namespace, job.name)
         obs = observe(job, observed, self._clock())  # parsed once, here at the edge
         obs = replace(obs, signals=await signals_for(obs))  # nodes, HPU health, vanished pods
+        obs = replace(obs, scale_out=self.scale_out_nodes.view())
         plan = job_plan.decide(obs)
         now = obs.now
         if job.deleting:
             return Result(plan)
         if plan.delete_job:
-            await self._post(body, plan.events)
             await self._delete_job(job)
+            await self._post(body, plan.events)
             return Result(plan)
+        backoff = self._hold_refused(key, plan, now)
 
-        # Commit before act: a restart's intent (count, generation, failure, excluded nodes)
-        # is written first, guarded by the version this pass decided from. A crash after
-        # this line converges on restart (old-generation pods are surplus) and counts
-        # nothing twice; a conflict means the view was stale, and nothing was done.
+        # Commit before act: a restart's intent (count, generation, failure, excluded nodes,
+        # the pods it replaces) is written first, guarded by the version this pass decided
+        # from. A crash after this line converges on restart and counts nothing twice; a
+        # conflict means the view was stale, and nothing was done (RetrySoon).
         read: Mapping[str, Any] = body
         written: dict[str, Any] | None = None
         new = plan.status.to_dict()
-        intent = intent_patch(body.get("status") or {}, new) if restarts(plan) else {}
-        if intent:
-            written = await self._commit_intent(job, body, intent)
+        if restarts(plan) and intent_patch(body.get("status") or {}, new):
+            written = await self.status.commit(body, new, INTENT_FIELDS)
             read = written
             failpoints.hit("after-restart-intent")
 
-        events = list(plan.events)
+        decided = list(plan.events)  # told once the status write that decides them is done
+        done: list[Event] = []  # told once done, whatever becomes of the status write
         if plan.spec is not None and plan.ensure_children:
             ref = manifests.JobRef(job.name, job.namespace, job.uid)
-            if not service_exists:
-                await self._create(job, manifests.service_manifest(ref), "Service")
-            await self._ensure_pod_group(job, plan.spec, ref, events)
-            rejected = await self._create_workers(job, plan, ref, events)
-            if rejected:
-                _mark_rejected(plan, rejected, job.generation, now, events)
-        await self._delete_workers(job, plan, events)
-        if any(e.reason == "InvalidSpec" for e in events):
+            await self._ensure_service(job, plan.spec, ref, service_exists)
+            await self._ensure_pod_group(job, plan.spec, ref, done)
+            creation = await self._create_workers(job, plan, ref, done)
+            if creation.attempted:
+                backoff = self._after_creation(key, plan, creation, job.generation, now, decided)
+        await self._delete_workers(job, plan, done)
+        if any(e.reason == "InvalidSpec" for e in decided):
             metrics.INVALID_SPECS.inc()
-        await self._post(body, events)
-        final = await self._write_status(job, read, plan)
+
+        try:
+            final, held = await self._write_status(key, read, plan, decided)
+        except RetrySoon:
+            # Nothing of this pass's own status was written: the next pass decides again,
+            # its events with it. What was done is done, and a committed restart decided.
+            await self._post(read, done)
+            if written is not None:
+                await self._post(read, decided)
+                RECORDER.after_pass(job, plan, [*decided, *done], now)
+            raise
+        events = [*decided, *done]
+        await self._post(final or read, events)
+        RECORDER.after_pass(job, plan, events, now)  # failover metrics
         # Our intent commit is superseded by the status write: while the index shows it,
         # the index is behind us (see runtime.controller.Written).
         superseded = [_rv(written)] if written is not None and final is not None else []
-        RECORDER.after_pass(job, plan, events, now)  # failover metrics
         pending = sum(1 for p in obs.pods if p.phase == "Pending" and not p.deleting)
-        return Result(plan, final or written, pending, superseded)
+        waits = [t for t in (held, backoff) if t is not None]
+        return Result(plan, final or written, pending, superseded, min(waits) if waits else None)
 
     # --- children -----------------------------------------------------------------------
 
-    async def _create(self, job: JobView, manifest: dict[str, Any], what: str) -> None:
+    async def _create(self, job: JobView, manifest: dict[str, Any]) -> None:
         try:
             if manifest["kind"] == "Service":
                 path = kube.core_path(job.namespace, "services")
@@ -210,85 +276,154 @@ class Reconciler:
             if kube.status_code(err) != 409:
                 raise
 
+    async def _ensure_service(
+        self,
+        job: JobView,
+        spec: GaudiTrainingJobSpec,
+        ref: manifests.JobRef,
+        service_exists: bool,
+    ) -> None:
+        """The headless Service, only for a job that can ever have a second worker (one
+        worker reaches itself at its own IP: `manifests.needs_service`)."""
+        key = (job.namespace, job.name)
+        if (
+            service_exists
+            or not manifests.needs_service(spec)
+            or self._services.get(key) == job.uid
+        ):
+            return
+        await self._create(job, manifests.service_manifest(ref))
+        self._services[key] = job.uid
+
     async def _ensure_pod_group(
         self, job: JobView, spec: GaudiTrainingJobSpec, ref: manifests.JobRef, events: list[Event]
     ) -> None:
+        """The gang scheduler's PodGroup, created only when missing: looked up once per job
+        (and operator process), never POSTed on every pass."""
         manifest = manifests.pod_group_manifest(spec, ref)
-        if manifest is None:
+        key = (job.namespace, job.name)
+        if manifest is None or self._pod_groups.get(key) == job.uid or key in self._gang_warned:
             return
+        group, version = manifest["apiVersion"].split("/")
         try:
-            await self._create(job, manifest, "PodGroup")
+            await self.clients.custom.get_namespaced_custom_object(
+                group, version, job.namespace, "podgroups", manifest["metadata"]["name"]
+            )
+            self._pod_groups[key] = job.uid
+            return
+        except Exception as err:
+            if kube.status_code(err) != 404:
+                raise
+        try:
+            await self._create(job, manifest)
+            self._pod_groups[key] = job.uid
         except Exception as err:
             if kube.status_code(err) != 404:
                 raise
             # The gang scheduler's CRD is not installed: run without it, say so once.
-            key = (job.namespace, job.name)
-            if key not in self._gang_warned:
-                self._gang_warned.add(key)
-                events.append(
-                    Event(
-                        "Warning",
-                        "GangSchedulingUnavailable",
-                        f"spec.scheduling.gang: cannot create {manifest['apiVersion']} PodGroup "
-                        f"(is {spec.scheduling.scheduler_name} installed?); workers are created "
-                        f"without it",
-                    )
+            self._gang_warned.add(key)
+            events.append(
+                Event(
+                    "Warning",
+                    "GangSchedulingUnavailable",
+                    f"spec.scheduling.gang: cannot create {manifest['apiVersion']} PodGroup "
+                    f"(is {spec.scheduling.scheduler_name} installed?); workers are created "
+                    f"without it",
                 )
+            )
 
     async def _create_workers(
         self, job: JobView, plan: Plan, ref: manifests.JobRef, events: list[Event]
-    ) -> str | None:
-        """Create the missing workers concurrently; returns the API's message if it refused them."""
+    ) -> Creation:
+        """Create the missing workers concurrently. Expectations first: the watch can show
+        a new pod before its POST returns."""
+        out = Creation(attempted=len(plan.create))
         if not plan.create or plan.spec is None:
-            return None
+            return out
         spec, status = plan.spec, plan.status
+        key = (job.namespace, job.name)
         excluded = status.excluded_nodes if spec.failure_policy.exclude_failed_nodes else []
         gen = status.restart_generation
         pods_path = kube.core_path(job.namespace, "pods")
+        names = {i: api.worker_pod_name(job.name, i) for i in plan.create}
+        self.expectations.expect(key, creations=names.values())
 
         async def create(index: int) -> str:
-            manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded)
-            async with self._pod_slots:
-                try:
+            manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded, self.gaudi)
+            try:
+                async with self._pod_slots:
                     await kube.create(self.clients, pods_path, manifest)
-                except Exception as err:
-                    code = kube.status_code(err)
-                    if code == 409:
-                        return "exists"
-                    if code == 422:
-                        return "rejected:" + kube.api_message(err)
-                    if code == 403:
-                        return "forbidden:" + kube.api_message(err)
-                    raise
+            except BaseException as err:
+                code = kube.status_code(err)
+                if code == 409:
+                    return "exists"  # an earlier pass's: the watch will show it
+                self.expectations.created(key, names[index])  # never to be seen
+                if code == 422:
+                    return "rejected:" + kube.api_message(err)
+                if code == 403 and not kube.namespace_terminating(err):
+                    return "refused:" + kube.api_message(err)
+                raise
             return "created"
 
         results = await asyncio.gather(*(create(i) for i in plan.create), return_exceptions=True)
-        created = [i for i, r in zip(plan.create, results, strict=True) if r == "created"]
-        if created:
-            metrics.PODS_CREATED.inc(len(created))
+        out.created = [i for i, r in zip(plan.create, results, strict=True) if r == "created"]
+        if out.created:
+            metrics.PODS_CREATED.inc(len(out.created))
             events.append(
                 Event(
                     "Normal",
                     "CreatedWorkers",
-                    f"created {len(created)} worker pods (indices {summarize_indices(created)}, "
-                    f"generation {gen})",
+                    f"created {len(out.created)} worker pods "
+                    f"(indices {summarize_indices(out.created)}, generation {gen})",
                 )
             )
-        for r in results:
-            if isinstance(r, str) and r.startswith("forbidden:"):
-                events.append(Event("Warning", "FailedCreate", r.removeprefix("forbidden:")))
-                break
-        errors = [r for r in results if isinstance(r, BaseException)]
-        rejected = next(
-            (r for r in results if isinstance(r, str) and r.startswith("rejected:")), None
+        said = [r for r in results if isinstance(r, str)]
+        out.refused = [r.removeprefix("refused:") for r in said if r.startswith("refused:")]
+        out.rejected = next(
+            (r.removeprefix("rejected:") for r in said if r.startswith("rejected:")), None
         )
-        if errors and not rejected:
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and not out.rejected:
             raise errors[0]
-        return rejected.removeprefix("rejected:") if rejected else None
+        return out
+
+    def _hold_refused(self, key: Key, plan: Plan, now: datetime) -> float | None:
+        """While a refused creation backs off, passes create nothing; seconds left."""
+        refusal = self._refusals.get(key)
+        if refusal is None or not plan.create:
+            return None
+        left = (refusal.retry_at - now).total_seconds()
+        if left <= 0:
+            return None
+        plan.create = []
+        return left
+
+    def _after_creation(
+        self,
+        key: Key,
+        plan: Plan,
+        creation: Creation,
+        generation: int,
+        now: datetime,
+        events: list[Event],
+    ) -> float | None:
+        """Conditions, events and backoff for what the API server refused."""
+        if creation.rejected:
+            _mark_rejected(plan, creation.rejected, generation, now, events)
+        if not creation.refused:
+            if not creation.rejected:
+                self._refusals.pop(key, None)  # all created: the refusal is over
+            return None
+        attempts = self._refusals[key].attempts + 1 if key in self._refusals else 1
+        delay = min(REFUSAL_BACKOFF_MAX_SECONDS, REFUSAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
+        self._refusals[key] = _Refusal(attempts, now + timedelta(seconds=delay))
+        _mark_refused(plan, creation, generation, now, events)
+        return delay
 
     async def _delete_workers(self, job: JobView, plan: Plan, events: list[Event]) -> None:
         if not plan.delete:
             return
+        key = (job.namespace, job.name)
         reason = (
             "suspend"
             if plan.status.phase == Phase.SUSPENDED
@@ -302,19 +437,24 @@ class Reconciler:
             options: dict[str, Any] = {"preconditions": {"uid": pod.uid}} if pod.uid else {}
             if pod.name in plan.force_delete:
                 options["gracePeriodSeconds"] = 0  # its node is dead: nobody would confirm
-            async with self._pod_slots:
-                try:
+            try:
+                async with self._pod_slots:
                     await self.clients.core.delete_namespaced_pod(
                         pod.name, job.namespace, body=options
                     )
-                except Exception as err:
-                    if kube.status_code(err) in (404, 409):
-                        return False
-                    raise
+            except BaseException as err:
+                if kube.status_code(err) != 409:
+                    # Gone already (404) or never deleted: no event of its going will come.
+                    # A 409 is another pod under the name now: this one's DELETED will.
+                    self.expectations.deleted(key, pod.uid)
+                if kube.status_code(err) in (404, 409):
+                    return False
+                raise
             return True
 
         # Our own deletions are not disruptions (failover watches for deleted workers).
         DISRUPTIONS.deleting(p.uid for p in plan.delete)
+        self.expectations.expect(key, deletions=(p.uid for p in plan.delete))
         # Highest index first: on scale-down the tail of the world goes, rank 0 stays.
         results = await asyncio.gather(*(delete(p) for p in plan.delete), return_exceptions=True)
         deleted = [p for p, r in zip(plan.delete, results, strict=True) if r is True]
@@ -354,75 +494,54 @@ class Reconciler:
             log.info("%s/%s: %s %s", _ns(body), _name(body), e.reason, e.message)
             await post_event(self.clients, body, e.type, e.reason, e.message)
 
-    async def _commit_intent(
-        self, job: JobView, body: Mapping[str, Any], intent: dict[str, Any]
-    ) -> dict[str, Any]:
-        rv = (body.get("metadata") or {}).get("resourceVersion")
-        try:
-            written: dict[
-                str, Any
-            ] = await self.clients.custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                job.namespace,
-                api.PLURAL,
-                job.name,
-                {"metadata": {"resourceVersion": rv}, "status": intent},
-                _content_type=kube.MERGE_PATCH,
-            )
-        except Exception as err:
-            if kube.status_code(err) in (404, 409):
-                raise RetrySoon(f"the job changed since this pass read it ({err})") from err
-            raise
-        return written
-
     async def _write_status(
-        self, job: JobView, read: Mapping[str, Any], plan: Plan
-    ) -> dict[str, Any] | None:
-        """Write this pass's status, guarded by the version it decided from (`read`).
+        self, key: Key, read: Mapping[str, Any], plan: Plan, decided: list[Event]
+    ) -> tuple[dict[str, Any] | None, float | None]:
+        """Write this pass's status through the one status writer, guarded by the version
+        it decided from (`read`); a conflict with our own part changed is `RetrySoon`.
 
-        A conflict is another writer: the autoscaler's own fields and conditions are rebased
-        onto; anything else (our own earlier write the index had not shown yet) means this
-        pass decided from a stale copy, so nothing is written and the pass runs again.
+        Workers' progress alone (`jobs.plan.progress_only`), with nothing decided, waits up
+        to `debounce` seconds (5 s while a worker cannot be placed) for the next change to go
+        out with: returns (None, seconds left) while it waits. The trade-off: `kubectl get`
+        may show Pending for those seconds while pods already start (image pulls); a job on
+        its way to Running costs two status writes, even on a loaded API server.
         """
         old = read.get("status") or {}
         new = plan.status.to_dict()
-        patch = status_patch(old, new)
-        if not patch:
-            return None
-        rv = (read.get("metadata") or {}).get("resourceVersion")
-        for attempt in range(3):
-            body = {"metadata": {"resourceVersion": rv}, "status": patch}
-            try:
-                return await self.clients.custom.patch_namespaced_custom_object_status(
-                    api.GROUP,
-                    api.VERSION,
-                    job.namespace,
-                    api.PLURAL,
-                    job.name,
-                    body,
-                    _content_type=kube.MERGE_PATCH,
-                )
-            except Exception as err:
-                code = kube.status_code(err)
-                if code == 404:
-                    return None  # deleted meanwhile
-                if code != 409 or attempt == 2:
-                    raise
-            current = await self.clients.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
-            )
-            now_status = current.get("status") or {}
-            if api.reconciler_part(now_status) != api.reconciler_part(old):
-                raise RetrySoon("the job's status changed since this pass read it")
-            if "conditions" in patch:
-                patch["conditions"] = merge_conditions(
-                    old.get("conditions") or [],
-                    new.get("conditions") or [],
-                    now_status.get("conditions") or [],
-                )
-            rv = current["metadata"]["resourceVersion"]
-        return None
+        if not status_patch(old, new):
+            self._held.pop(key, None)
+            return None, None
+        if self.debounce > 0 and not decided and job_plan.progress_only(old, new):
+            hold = self.debounce
+            if job_plan.waiting_for_placement(new):
+                hold = min(hold, UNPLACED_DEBOUNCE_SECONDS)
+            since = self._held.setdefault(key, self._monotonic())
+            left = hold - (self._monotonic() - since)
+            if left > 0:
+                return None, left
+        self._held.pop(key, None)
+        return await self.status.write(read, new), None
+
+
+def _mark_refused(
+    plan: Plan, creation: Creation, generation: int, now: datetime, events: list[Event]
+) -> None:
+    """Workers refused by a namespace quota (or another 403 that may pass): Created=False
+    with the API server's words, and one Warning event when it starts. Retried passes
+    that are refused again change nothing: no new event, no status write."""
+    message = creation.refused[0]
+    reason = job_plan.QUOTA_EXCEEDED if "exceeded quota" in message else job_plan.CREATE_FORBIDDEN
+    old = api.get_condition(plan.status.conditions, ConditionType.CREATED)
+    if old is not None and old.status == "False" and old.reason == reason:
+        return
+    text = (
+        f"{len(creation.refused)} of {creation.attempted} worker pods were refused by the API "
+        f"server; retrying with backoff: {message}"
+    )
+    plan.status.conditions = api.set_condition(
+        plan.status.conditions, ConditionType.CREATED, False, reason, text, now, generation
+    )
+    events.append(Event("Warning", reason, text))
 
 
 def _mark_rejected(

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from gaudi_operator import api
+from gaudi_operator.jobs.gaudi import ScaleOutNodes
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.runtime.controller import Controller
 
@@ -81,8 +82,24 @@ async def job_event(
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+async def pod_event(
+    type: str | None,
+    namespace: str,
+    name: str,
+    uid: str,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
+    key = (namespace, labels[api.LABEL_JOB_NAME])
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        # kopf updated the pod index before this handler: what the event shows, a pass
+        # now sees (the expectations of the job's last pass).
+        going = type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        controller.observe_pod(key, name, uid, going)
+    _wake(memo, key, kwargs)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
@@ -90,3 +107,21 @@ async def service_event(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+
+
+@kopf.on.event("v1", "nodes")
+async def scale_out_node_event(
+    type: str | None, name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep the scale-out ready nodes (jobs.gaudi) current. When the cluster goes from none
+    to some or back, jobs whose workers wait for a node are looked at again: their
+    Scheduled condition says whether the gate is what holds them."""
+    nodes: ScaleOutNodes | None = memo.get("scale_out_nodes")
+    if nodes is None or not nodes.update(type, name, labels):
+        return
+    controller: Controller | None = memo.get("controller")
+    if controller is None or controller.pods is None:
+        return
+    for key, pods in list(controller.pods.items()):
+        if any(getattr(p, "unschedulable", None) for p in pods):
+            controller.enqueue(key)

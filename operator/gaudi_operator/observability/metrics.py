@@ -144,6 +144,18 @@ FAILOVER_LATENCY = Histogram(
     ["stage"],
     buckets=(0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600),
 )
+HPU_FAULTS = Gauge(
+    "gaudi_operator_hpu_faults",
+    "Faulty cards held by pods in the last reading of the HPU health query, by kind "
+    "(ecc, temperature, link, other); 0 once the exporter reports them healthy",
+    ["kind"],
+)
+
+
+def set_hpu_faults(by_kind: Mapping[str, int]) -> None:
+    """Publish one HPU health reading: every kind seen so far, 0 when none now."""
+    for kind in ("ecc", "temperature", "link", "other", *by_kind):
+        HPU_FAULTS.labels(kind=kind).set(by_kind.get(kind, 0))
 
 
 # --- per job (controller.py after each pass, health.py on restarts; gone with the job) ----

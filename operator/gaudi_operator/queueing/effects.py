@@ -21,9 +21,12 @@ from pydantic import ValidationError
 from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec
 from gaudi_operator.clients import kube
+from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import WorkerPod, parse_status
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.queueing import policy
+from gaudi_operator.runtime.status_writer import QUEUEING, RetrySoon, StatusWriter
+from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,13 @@ class Admission:
         clients: kube.Clients,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         resync_seconds: float = 30.0,
+        gaudi: GaudiSettings | None = None,
     ) -> None:
         self.clients = clients
+        self.status = StatusWriter(clients)
         self._clock = clock
         self.resync_seconds = resync_seconds
+        self.gaudi = gaudi or GaudiSettings()  # the workers' pod contract, for the pod set
 
     async def sync(self, body: Mapping[str, Any], pods: Iterable[WorkerPod]) -> float | None:
         """Returns when to look again (None: the next event will do)."""
@@ -91,7 +97,7 @@ class Admission:
                 await self._suspend(job, True)
             return 30.0
         priority = await self._priority(meta, spec) if wl is None else None
-        d = policy.decide(job, wl, now, priority)
+        d = policy.decide(job, wl, now, priority, self.gaudi)
 
         if d.delete is not None:
             await self._delete_workload(job.namespace, d.delete)
@@ -279,15 +285,9 @@ class Admission:
             )
 
         if same(job.status.conditions):
-            return  # as the watch last saw it: no read needed
-        current = await self.clients.custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name
-        )
-        status = parse_status(current.get("status") or {})
-        if same(status.conditions):
-            return
+            return  # as the watch last saw it: nothing to write
         conditions = api.set_condition(
-            status.conditions,
+            job.status.conditions,
             policy.QUEUED,
             waiting,
             reason,
@@ -295,20 +295,17 @@ class Admission:
             self._clock(),
             job.generation,
         )
-        await self.clients.custom.patch_namespaced_custom_object_status(
-            api.GROUP,
-            api.VERSION,
-            job.namespace,
-            api.PLURAL,
-            job.name,
-            {
-                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                "status": {"conditions": [c.to_dict() for c in conditions]},
-            },
-            _content_type=kube.MERGE_PATCH,
+        # Through the one status writer: guarded by the version the watch showed, the
+        # Queued condition rebased onto the others' conditions on a conflict; a Queued
+        # condition changed meanwhile is RetrySoon, and the pass runs again.
+        written = await self.status.write(
+            body,
+            {"conditions": [c.to_dict() for c in conditions]},
+            writer=QUEUEING,
+            fields=("conditions",),
         )
         for type_, why, text in events:
-            await post_event(self.clients, body, type_, why, text)
+            await post_event(self.clients, written or body, type_, why, text)
 
 
 class AdmissionController:
@@ -335,8 +332,11 @@ class AdmissionController:
         self.jobs, self.pods = jobs, pods
 
     def start(self) -> None:
+        if self._tasks:
+            return  # started already (a retried start-up)
+        # Supervised like every background loop: restarted with back-off, seen by /healthz.
         for i in range(self._workers):
-            self._tasks.append(asyncio.create_task(self._work(), name=f"queueing-{i}"))
+            self._tasks.append(supervise(f"queueing-{i}", self._work))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -381,7 +381,7 @@ class AdmissionController:
             n = self._failures.get(key, 0) + 1
             self._failures[key] = n
             delay = min(60.0, 0.25 * 2**n)
-            if kube.status_code(err) == 409:
+            if kube.status_code(err) == 409 or isinstance(err, RetrySoon):
                 log.debug("%s/%s: conflict, retry in %.1fs", *key, delay)
             else:
                 log.exception("queueing %s/%s failed (retry in %.1fs)", *key, delay)

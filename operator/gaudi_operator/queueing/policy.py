@@ -35,6 +35,7 @@ from typing import Any
 from gaudi_operator import api
 from gaudi_operator.api import Condition, GaudiTrainingJobSpec, GaudiTrainingJobStatus, Phase
 from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs.gaudi import DEFAULTS, GaudiSettings
 
 KUEUE_GROUP = "kueue.x-k8s.io"
 WORKLOAD_VERSION = "v1beta2"
@@ -98,11 +99,14 @@ def workload_name(job_name: str, uid: str) -> str:
 
 
 def workload_manifest(
-    spec: GaudiTrainingJobSpec, job: manifests.JobRef, priority: Priority | None = None
+    spec: GaudiTrainingJobSpec,
+    job: manifests.JobRef,
+    priority: Priority | None = None,
+    gaudi: GaudiSettings = DEFAULTS,
 ) -> dict[str, Any]:
     """One pod set: every worker, with the pod spec the operator will create (requests,
     node selector, tolerations), so Kueue accounts exactly what will run."""
-    pod = manifests.worker_pod_manifest(spec, job, 0, 0)
+    pod = manifests.worker_pod_manifest(spec, job, 0, 0, settings=gaudi)
     pod_spec = pod["spec"]
     for c in pod_spec.get("containers") or []:
         c.pop("env", None)  # per-worker values: meaningless for the pod set
@@ -318,7 +322,11 @@ def _queued_now(job: JobFacts) -> Condition | None:
 
 
 def decide(
-    job: JobFacts, wl: WorkloadView | None, now: datetime, priority: Priority | None = None
+    job: JobFacts,
+    wl: WorkloadView | None,
+    now: datetime,
+    priority: Priority | None = None,
+    gaudi: GaudiSettings = DEFAULTS,
 ) -> Decision:
     spec, out = job.spec, Decision()
     queued = _queued_now(job)
@@ -350,7 +358,7 @@ def decide(
         hold()
         if mine is None:
             ref = manifests.JobRef(job.name, job.namespace, job.uid)
-            out.create = workload_manifest(spec, ref, priority)
+            out.create = workload_manifest(spec, ref, priority, gaudi)
         say(
             True,
             "Pending",

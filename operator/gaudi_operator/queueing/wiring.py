@@ -9,6 +9,7 @@ import kopf
 
 from gaudi_operator import api
 from gaudi_operator.clients import kube
+from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.queueing import policy
 from gaudi_operator.queueing.effects import Admission, AdmissionController, may_be_queued
 from gaudi_operator.runtime import failpoints
@@ -16,8 +17,13 @@ from gaudi_operator.runtime import failpoints
 CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
 
 
-async def start(memo: kopf.Memo, clients: kube.Clients, resync_seconds: float = 30.0) -> None:
-    controller = AdmissionController(Admission(clients, resync_seconds=resync_seconds))
+async def start(
+    memo: kopf.Memo,
+    clients: kube.Clients,
+    resync_seconds: float = 30.0,
+    gaudi: GaudiSettings | None = None,
+) -> None:
+    controller = AdmissionController(Admission(clients, resync_seconds=resync_seconds, gaudi=gaudi))
     controller.start()
     memo["queueing"] = controller
 

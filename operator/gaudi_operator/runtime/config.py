@@ -15,6 +15,10 @@ class OperatorConfig:
     workers: int = 32
     pod_concurrency: int = 32
     resync_seconds: float = 30.0
+    # Workers' progress on the way to Running (counts, Scheduled, Pending -> Starting) is
+    # written at most this late, or with the next other change (jobs.plan.progress_only);
+    # workers the scheduler cannot place are said within 5 s at most.
+    status_debounce_seconds: float = 30.0
     watch_timeout: int = 300
     prometheus_url: str = ""
     # Further Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
@@ -25,3 +29,7 @@ class OperatorConfig:
     # status.progress is written on a transition, and otherwise at most this often (0:
     # transitions only); the step itself lives in memory and in the metrics.
     progress_status_interval: float = 600.0
+    # Intel's pod contract (jobs.gaudi, docs/gaudi.md): huge pages per HPU in MiB (0: none),
+    # and the node label of scale-out readiness, `key=value` or `key` ("" turns the gate off).
+    hugepages_mi_per_hpu: int = 3624
+    scale_out_label: str = "intel.feature.node.kubernetes.io/gaudi-scale-out=true"

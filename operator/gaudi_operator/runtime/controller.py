@@ -17,14 +17,21 @@ from typing import Any, Protocol
 
 from gaudi_operator.clients import kube
 from gaudi_operator.observability import metrics
+from gaudi_operator.runtime.expectations import Expectations
+from gaudi_operator.runtime.status_writer import RetrySoon
 from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
+
+__all__ = ["Controller", "PassResult", "Reconciles", "RetrySoon", "Written"]
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, job name)
 MAX_BACKOFF = 300.0
 RETRY_SOON_SECONDS = 0.2
+# A job waiting for the watch to show the pods its last pass created or deleted is woken
+# by those very pod events; this is only the safety net's own pace.
+EXPECTATIONS_RECHECK_SECONDS = 5.0
 
 
 class PassResult(Protocol):
@@ -51,11 +58,6 @@ class Reconciles(Protocol):
 
     def forget(self, key: Key) -> None:
         """The job is gone: drop everything kept about it."""
-
-
-class RetrySoon(Exception):
-    """A pass found its view of the job stale (a guarded write conflicted) and did
-    nothing: run it again shortly, on a fresh view. Not an error."""
 
 
 def _meta(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -104,8 +106,17 @@ def first(store: Any) -> Any:
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciles, *, workers: int = 8, resync_seconds: float = 30):
+    def __init__(
+        self,
+        reconciler: Reconciles,
+        *,
+        workers: int = 8,
+        resync_seconds: float = 30,
+        expectations: Expectations | None = None,
+    ):
         self.reconciler = reconciler
+        # Shared with the reconciler, which records what its passes create and delete.
+        self.expectations = expectations if expectations is not None else Expectations()
         self.queue = WorkQueue()
         self.phases = metrics.PhaseTracker()
         self._workers = workers
@@ -116,6 +127,7 @@ class Controller:
         metrics.track_cache("controller_written", lambda: len(self._written))
         metrics.track_cache("controller_failures", lambda: len(self._failures))
         metrics.track_cache("workqueue_scheduled", self.queue.scheduled)
+        metrics.track_cache("expectations", lambda: len(self.expectations))
         # kopf indices, bound by the first handler call (they are live views).
         self.jobs: Mapping[Key, Any] | None = None
         self.pods: Mapping[Key, Any] | None = None
@@ -127,6 +139,8 @@ class Controller:
         self.jobs, self.pods, self.services = jobs, pods, services
 
     def start(self) -> None:
+        if self._tasks:
+            return  # started already (a retried start-up)
         for i in range(self._workers):
             self._tasks.append(supervise(f"worker-{i}", self._work))
         self._tasks.append(supervise("resync", self._resync_loop))
@@ -143,8 +157,13 @@ class Controller:
         self.queue.add(key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
+    def observe_pod(self, key: Key, name: str, uid: str, going: bool) -> None:
+        """A pod watch event, after kopf updated the pod index (expectations)."""
+        self.expectations.observe(key, name, uid, going)
+
     def forget(self, key: Key) -> None:
         self.reconciler.forget(key)
+        self.expectations.forget(key)
         self._written.pop(key, None)
         self._failures.pop(key, None)
         self.queue.forget(key)
@@ -169,6 +188,12 @@ class Controller:
         indexed = first((self.jobs or {}).get(key))
         if indexed is None:
             self.forget(key)  # deleted
+            return
+        if not self.expectations.satisfied(key):
+            # The pod index does not show yet what the last pass created or deleted: a
+            # pass now would create those pods again and count from stale numbers. The
+            # pod events that show them wake the job; this is the safety net.
+            self.queue.add_after(key, EXPECTATIONS_RECHECK_SECONDS)
             return
         written = self._written.get(key)
         body = written.pick(indexed) if written is not None else None

@@ -1,22 +1,30 @@
 """Leader election on a `coordination.k8s.io` Lease, so that of several operator replicas
-only one runs kopf's handlers.
+only one acts, and a deposed leader stops acting before anyone else can start.
 
-The election is kubernetes_asyncio's (`LeaderElection` with a `LeaseLock`); this module
-runs the process around it:
+The election follows client-go's leaderelection (kubernetes/kubernetes,
+staging/src/k8s.io/client-go/tools/leaderelection) on the Lease API: read the Lease, take it
+when it is free or its holder has not renewed it for a lease duration (counted from when
+*we* saw it change, never from the timestamps in it), and write it back guarded by the
+resourceVersion just read. Around it, this module runs the process:
 
 1. campaign: while another replica holds the Lease, answer `/healthz` from a small standby
    server, so Kubernetes does not kill the standby;
 2. lead: once the Lease is ours, stop the standby server and start the operator (kopf serves
-   `/healthz` from then on);
-3. lose: when a renewal misses the renew deadline, cancel the operator and exit non-zero at
-   once (as controller-runtime does): the Deployment restarts the process as a standby. Never
-   act without the Lease;
+   `/healthz` from then on); renew every retry period;
+3. fence: the leader may act until `last renewal sent + renew deadline`, on a clock that
+   also counts while the process is paused. The write fence (clients/fence.py) refuses
+   every write after that instant by reading the clock itself, and at that instant this
+   module cancels kopf and every other task and exits non-zero (the Deployment restarts
+   the process as a standby). A Lease seen held by someone else ends leadership at once.
+   A standby takes over no sooner than `last renewal + lease duration`; the settings
+   keep `renew deadline + 2 x retry period` below the lease duration, so the old leader
+   has stopped more than two retry periods before (docs/high-availability.md);
 4. stop: on SIGTERM or Ctrl-C the operator stops cleanly and the Lease is released, so a
    standby takes over at its next retry instead of after the lease duration.
 
-Two gaps of the library are closed here: a renewal that hangs (no API timeout) or raises a
-connection error would stall or crash the loop, so each attempt is bounded by the retry
-period and any error counts as a failed attempt; and the library never releases the Lease.
+Each renewal is measured from the moment its first request was *sent*: the API server may
+have recorded it any time after, and the standby counts from when it saw the change, so
+the leader's deadline can only come early, never late.
 """
 
 from __future__ import annotations
@@ -27,19 +35,18 @@ import logging
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from kubernetes_asyncio import client
-from kubernetes_asyncio.leaderelection.electionconfig import Config
-from kubernetes_asyncio.leaderelection.leaderelection import LeaderElection
-from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from gaudi_operator.clients import kube
+from gaudi_operator.clients.fence import FENCE, Fence
 from gaudi_operator.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_LEASE_NAME = "gaudi-operator"
 EXIT_LOST_LEADERSHIP = 1
+# Tasks get this long to finish after leadership is lost (they cannot write any more).
+HALT_GRACE_SECONDS = 5.0
 
 
 def default_namespace() -> str:
@@ -69,40 +78,262 @@ class LeaderElectionSettings:
     namespace: str = field(default_factory=default_namespace)
     name: str = DEFAULT_LEASE_NAME
     identity: str = field(default_factory=default_identity)
-    lease_duration: int = 10  # whole seconds: the Lease's leaseDurationSeconds
-    renew_deadline: float = 7.0
+    # controller-runtime's and kube-controller-manager's defaults: 10 + 2 x 2 < 15.
+    lease_duration: int = 15  # whole seconds: the Lease's leaseDurationSeconds
+    renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # Test/ops hook: the election's client dials this address instead of the kubeconfig's
+    # (the same API server behind a proxy; its certificate is checked as usual).
+    server: str | None = None
 
     def validate(self) -> None:
-        """The library's own checks (it raises ValueError), before anything starts."""
-        Config(
-            lock=object(),  # type: ignore[arg-type]
-            lease_duration=self.lease_duration,
-            renew_deadline=self.renew_deadline,
-            retry_period=self.retry_period,
-            onstarted_leading=_never,
-            onstopped_leading=_never,
+        """Refuse timings under which a deposed leader could still act after a standby
+        took over. Raises ValueError naming the `gaudi3 operator` flags."""
+        if self.lease_duration < 1 or self.retry_period <= 0 or self.renew_deadline <= 0:
+            raise ValueError(
+                "--lease-duration must be at least 1 s, --renew-deadline and --retry-period "
+                "above 0 s"
+            )
+        if self.renew_deadline < self.retry_period:
+            raise ValueError(
+                f"--renew-deadline ({self.renew_deadline:g} s) must be at least "
+                f"--retry-period ({self.retry_period:g} s): the leader needs one renewal "
+                "attempt before it gives up"
+            )
+        margin = self.renew_deadline + 2 * self.retry_period
+        if margin >= self.lease_duration:
+            raise ValueError(
+                f"--renew-deadline ({self.renew_deadline:g} s) + 2 x --retry-period "
+                f"({self.retry_period:g} s) = {margin:g} s must be below --lease-duration "
+                f"({self.lease_duration} s): a deposed leader must stop acting well before "
+                "a standby may take over (e.g. 15, 10 and 2)"
+            )
+
+
+# --- the Lease, as the election sees it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str  # "" when free
+    duration: int  # seconds
+    transitions: int = 0
+    acquire_time: datetime | None = None
+    renew_time: datetime | None = None
+    resource_version: str = ""
+
+    def record(self) -> tuple[object, ...]:
+        """What changes when a holder renews or hands over (not the resourceVersion)."""
+        return (self.holder, self.duration, self.transitions, self.acquire_time, self.renew_time)
+
+
+class LeaseConflict(Exception):
+    """The Lease changed since we read it (409), or was created by someone else."""
+
+
+class LeaseAPI(Protocol):
+    async def read(self) -> Lease | None: ...  # None: no Lease yet
+
+    async def create(self, lease: Lease) -> Lease: ...
+
+    async def replace(self, lease: Lease) -> Lease: ...  # guarded by lease.resource_version
+
+
+def _micro_time(t: datetime | None) -> Any:
+    """MicroTime as the API server parses it (RFC 3339 with exactly six fractional digits):
+    `isoformat()` drops the fraction when it is zero, and the server would refuse that."""
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KubeLeases:
+    """LeaseAPI on the real API server."""
+
+    def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str) -> None:
+        self.api, self.namespace, self.name = api, namespace, name
+
+    @staticmethod
+    def _lease(obj: client.V1Lease) -> Lease:
+        spec = obj.spec or client.V1LeaseSpec()
+        return Lease(
+            holder=spec.holder_identity or "",
+            duration=spec.lease_duration_seconds or 0,
+            transitions=spec.lease_transitions or 0,
+            acquire_time=spec.acquire_time,
+            renew_time=spec.renew_time,
+            resource_version=obj.metadata.resource_version or "",
         )
 
+    def _body(self, lease: Lease) -> client.V1Lease:
+        return client.V1Lease(
+            metadata=client.V1ObjectMeta(
+                name=self.name,
+                namespace=self.namespace,
+                resource_version=lease.resource_version or None,
+            ),
+            spec=client.V1LeaseSpec(
+                holder_identity=lease.holder or None,
+                lease_duration_seconds=lease.duration,
+                lease_transitions=lease.transitions,
+                acquire_time=_micro_time(lease.acquire_time),
+                renew_time=_micro_time(lease.renew_time),
+            ),
+        )
 
-async def _never() -> None:
-    return None
+    async def read(self) -> Lease | None:
+        try:
+            return self._lease(await self.api.read_namespaced_lease(self.name, self.namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def create(self, lease: Lease) -> Lease:
+        try:
+            created = await self.api.create_namespaced_lease(self.namespace, self._body(lease))
+        except ApiException as err:
+            if err.status == 409:
+                raise LeaseConflict("the Lease was created by someone else") from err
+            raise
+        return self._lease(created)
+
+    async def replace(self, lease: Lease) -> Lease:
+        try:
+            done = await self.api.replace_namespaced_lease(
+                self.name, self.namespace, self._body(lease)
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise LeaseConflict("the Lease changed since it was read") from err
+            raise
+        return self._lease(done)
 
 
-class Elector(LeaderElection):
-    """kubernetes_asyncio's election, with each attempt bounded and never raising."""
+# --- the election ---------------------------------------------------------------------
+
+
+class LostLease(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC)
+
+
+class Elector:
+    """One candidate. `acquire()` returns once the Lease is ours; `keep()` renews it and
+    returns when leadership ends, with the fence closed.
+
+    Time comes from the fence's clock; tests run it on an event loop with virtual time."""
+
+    def __init__(
+        self,
+        leases: LeaseAPI,
+        settings: LeaderElectionSettings,
+        fence: Fence,
+        *,
+        wall: Callable[[], datetime] = _wall,
+    ) -> None:
+        self.leases = leases
+        self.le = settings
+        self.fence = fence
+        self.clock = fence.clock
+        self.wall = wall
+        self.leading = False
+        self.observed: Lease | None = None
+        self.observed_at = 0.0  # our clock when `observed` last changed
+        self.last_renewal = 0.0  # our clock when the last successful renewal was sent
 
     async def try_acquire_or_renew(self) -> bool:
-        try:
-            return await asyncio.wait_for(
-                super().try_acquire_or_renew(), timeout=self.election_config.retry_period
+        """One attempt. True: the Lease is ours until `sent + renew deadline`. Raises
+        LostLease when leading and someone else holds it."""
+        sent = self.clock()  # before the first request: the server records it later
+        lease = await self.leases.read()
+        if lease is None:
+            if self.leading:
+                raise LostLease("the Lease was deleted")
+            new = Lease(
+                holder=self.le.identity,
+                duration=self.le.lease_duration,
+                acquire_time=self.wall(),
+                renew_time=self.wall(),
             )
+            return self._won(await self.leases.create(new), sent)
+        if self.observed is None or lease.record() != self.observed.record():
+            self.observed, self.observed_at = lease, self.clock()
+        mine = lease.holder == self.le.identity
+        if self.leading and not mine:
+            raise LostLease(f"the Lease is held by {lease.holder or 'nobody'}")
+        if lease.holder and not mine and self.clock() < self.observed_at + lease.duration:
+            return False  # held, and renewed within its duration as far as we saw
+        now = self.wall()
+        ours = replace(
+            lease,
+            holder=self.le.identity,
+            duration=self.le.lease_duration,
+            renew_time=now,
+            acquire_time=lease.acquire_time if mine else now,
+            transitions=lease.transitions if mine else lease.transitions + 1,
+        )
+        return self._won(await self.leases.replace(ours), sent)
+
+    def _won(self, lease: Lease, sent: float) -> bool:
+        self.observed, self.observed_at = lease, self.clock()
+        self.leading = True
+        self.last_renewal = sent
+        self.fence.hold_until(sent + self.le.renew_deadline)
+        return True
+
+    async def _attempt(self, within: float) -> bool:
+        """One attempt bounded by `within` seconds; an error is a failed attempt."""
+        try:
+            async with asyncio.timeout(max(0.0, within)):
+                return await self.try_acquire_or_renew()
+        except LostLease:
+            raise
         except TimeoutError:
-            log.warning("lease request timed out")
-            return False
-        except Exception as err:  # the API unreachable: a failed attempt, not a crash
+            log.warning("lease request timed out after %.1fs", within)
+        except Exception as err:  # the API unreachable, a conflict: a failed attempt
             log.warning("lease request failed: %s", err)
-            return False
+        return False
+
+    async def acquire(self) -> None:
+        """Campaign until the Lease is ours."""
+        while True:
+            started = self.clock()
+            if await self._attempt(self.le.retry_period):
+                return
+            await asyncio.sleep(max(0.0, started + self.le.retry_period - self.clock()))
+
+    async def keep(self) -> str:
+        """Renew every retry period while the fence holds; returns why leadership ended,
+        with the fence closed. Cancelled (a clean stop), it leaves the fence as it is: the
+        Lease is still ours to release until the deadline."""
+        last_try = self.last_renewal
+        while True:
+            wake = min(last_try + self.le.retry_period, self.fence.deadline)
+            await asyncio.sleep(max(0.0, wake - self.clock()))
+            now = self.clock()
+            if not self.fence.allows():
+                why = (
+                    f"no renewal in {now - self.last_renewal:.1f}s "
+                    f"(renew deadline {self.le.renew_deadline:g}s)"
+                )
+                break
+            last_try = now
+            # An attempt still in flight at the deadline is abandoned with it.
+            try:
+                await self._attempt(min(self.le.retry_period, self.fence.remaining()))
+            except LostLease as lost:
+                why = lost.why
+                break
+        self.leading = False
+        self.fence.close()
+        return why
+
+
+# --- the process around it ------------------------------------------------------------
 
 
 async def _standby_server(host: str, port: int, identity: str) -> web.AppRunner:
@@ -117,52 +348,76 @@ async def _standby_server(host: str, port: int, identity: str) -> web.AppRunner:
     return runner
 
 
-async def release(api: client.CoordinationV1Api, le: LeaderElectionSettings) -> bool:
+async def release(leases: LeaseAPI, identity: str, wall: Callable[[], datetime] = _wall) -> bool:
     """Give the Lease up if we still hold it (client-go's ReleaseOnCancel): an empty holder
-    lets a standby take it at its next retry. Guarded by the resourceVersion just read."""
+    lets a standby take it at its next retry. Guarded by the resourceVersion just read, and
+    by the fence (past the renew deadline it is not ours to give)."""
     try:
-        lease = await api.read_namespaced_lease(le.name, le.namespace)
-        if lease.spec is None or lease.spec.holder_identity != le.identity:
+        lease = await leases.read()
+        if lease is None or lease.holder != identity:
             return False
-        lease.spec.holder_identity = None
-        lease.spec.lease_duration_seconds = 1
-        lease.spec.renew_time = datetime.now(UTC)
-        await api.replace_namespaced_lease(le.name, le.namespace, lease)
+        await leases.replace(replace(lease, holder="", duration=1, renew_time=wall()))
     except Exception as err:
-        log.warning("could not release the lease %s/%s: %s", le.namespace, le.name, err)
+        log.warning("could not release the lease: %s", err)
         return False
-    log.info("released the lease %s/%s", le.namespace, le.name)
+    log.info("released the lease")
     return True
 
 
+async def _halt(grace: float = HALT_GRACE_SECONDS) -> None:
+    """Cancel every other task of the process: kopf, the controller, every loop."""
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in others:
+        task.cancel()
+    if others:
+        _, stuck = await asyncio.wait(others, timeout=grace)
+        if stuck:
+            names = sorted(_task_name(t) for t in stuck)
+            log.warning(
+                "%d tasks still running after %.0fs (they cannot write): %s",
+                len(stuck),
+                grace,
+                ", ".join(names),
+            )
+
+
+def _task_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    return f"{task.get_name()} ({getattr(coro, '__qualname__', coro)})"
+
+
+async def _wait_first(*aws: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 async def run_as_leader(
-    operator: Callable[[asyncio.Event], Awaitable[Any]],
+    operator: Callable[[asyncio.Event], Coroutine[Any, Any, Any]],
     le: LeaderElectionSettings,
     *,
     kubeconfig: str | None,
     health_host: str,
     health_port: int,
+    fence: Fence = FENCE,
 ) -> int:
-    """Campaign, then run `operator()` while leading; returns the process's exit code."""
+    """Campaign, then run `operator(stop)` while leading; returns the process's exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     metrics.LEADER.set(0)
     # Until kopf runs (it installs its own handlers), a signal ends the campaign.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    clients = await kube.connect(kubeconfig, pool_size=2)
-    leading = asyncio.Event()
-
-    async def hold() -> None:
-        leading.set()
-        await asyncio.Event().wait()  # cancelled by the library when the Lease is lost
-
-    lock = LeaseLock(le.name, le.namespace, le.identity, clients.api_client)
-    config = Config(lock, le.lease_duration, le.renew_deadline, le.retry_period, hold, _never)
-    election = asyncio.create_task(Elector(config).run(), name="leader-election")
+    clients = await kube.connect(kubeconfig, pool_size=2, component="lease", server=le.server)
+    leases = KubeLeases(client.CoordinationV1Api(clients.api_client), le.namespace, le.name)
+    elector = Elector(leases, le, fence)
     standby = await _standby_server(health_host, health_port, le.identity) if health_port else None
     log.info(
-        "campaigning for the lease %s/%s as %s (lease %.0fs, renew deadline %.0fs, retry %.0fs)",
+        "campaigning for the lease %s/%s as %s (lease %ds, renew deadline %gs, retry %gs)",
         le.namespace,
         le.name,
         le.identity,
@@ -171,48 +426,57 @@ async def run_as_leader(
         le.retry_period,
     )
     try:
-        waiters = [asyncio.create_task(leading.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait([election, *waiters], return_when=asyncio.FIRST_COMPLETED)
-        for w in waiters:
-            w.cancel()
+        campaign = asyncio.create_task(elector.acquire(), name="leader-campaign")
+        await _wait_first(asyncio.shield(campaign), stop.wait())
         if standby is not None:
             await standby.cleanup()
-        if not leading.is_set():
-            election.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await election
-            return 0 if stop.is_set() else EXIT_LOST_LEADERSHIP
-        if stop.is_set():  # asked to stop while winning: don't start, give the Lease back
-            election.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await election
-            await release(client.CoordinationV1Api(clients.api_client), le)
+        if not campaign.done():
+            campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await campaign
+        elif campaign.exception() is not None:
+            raise campaign.exception()  # type: ignore[misc]
+        if not elector.leading:
             return 0
-        log.info("leading: the lease %s/%s is held by %s", le.namespace, le.name, le.identity)
-        metrics.LEADER.set(1)
+        if stop.is_set():  # asked to stop while winning: don't start, give the Lease back
+            await release(leases, le.identity)
+            return 0
         # Our handlers stay until kopf installs its own over them: a signal in between
         # sets `stop`, which kopf also watches, so it stops at once and the Lease is
         # released (removing ours first left a window where SIGTERM killed the process).
-        running = asyncio.create_task(_run(lambda: operator(stop)), name="operator")
-        await asyncio.wait([election, running], return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
-            log.error(
-                "lost the lease %s/%s: stopping at once (a standby takes over)",
-                le.namespace,
-                le.name,
-            )
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(running, timeout=5)
-            return EXIT_LOST_LEADERSHIP
-        metrics.LEADER.set(0)
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await election
-        await release(client.CoordinationV1Api(clients.api_client), le)
-        return 0 if running.result() else 1
+        log.info("leading: the lease %s/%s is held by %s", le.namespace, le.name, le.identity)
+        return await lead(elector, lambda: operator(stop))
     finally:
+        fence.close()
         await clients.close()
+
+
+async def lead(elector: Elector, operator: Callable[[], Awaitable[Any]]) -> int:
+    """Run `operator()` while the Lease is ours; returns the process's exit code."""
+    le, fence = elector.le, elector.fence
+    metrics.LEADER.set(1)
+    keeper = asyncio.create_task(elector.keep(), name="leader-renewal")
+    running = asyncio.create_task(_run(operator), name="operator")
+    await asyncio.wait([keeper, running], return_when=asyncio.FIRST_COMPLETED)
+    metrics.LEADER.set(0)
+    if keeper.done():
+        err = keeper.exception()  # keep() closed the fence, or failed: close it here
+        fence.close()
+        log.error(
+            "lost the lease %s/%s: %s; stopping at once (a standby takes over)",
+            le.namespace,
+            le.name,
+            f"renewal failed: {err!r}" if err else keeper.result(),
+        )
+        await _halt()
+        return EXIT_LOST_LEADERSHIP
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
+    # The only write after kopf stopped; the fence refuses it past the deadline.
+    await release(elector.leases, le.identity)
+    fence.close()
+    return 0 if running.result() else 1
 
 
 async def _run(operator: Callable[[], Awaitable[Any]]) -> bool:

@@ -55,6 +55,7 @@ class Supervisor:
         self._clock = clock
         self._sleep = sleep
         self.loops: dict[str, LoopState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def backoff(self, consecutive: int) -> float:
         """Delay before the restart after `consecutive` failures in a row (1, 2, ...)."""
@@ -95,8 +96,17 @@ class Supervisor:
         return {name: {"restarts": s.restarts} for name, s in sorted(self.loops.items())}
 
     def supervise(self, name: str, factory: LoopFactory) -> asyncio.Task[None]:
+        """Start the loop `name` once: while its task lives, asking again returns that task
+        (kopf retries a start-up handler that raised, and each loop must run once)."""
+        running = self._tasks.get(name)
+        loop = asyncio.get_running_loop()
+        if running is not None and not running.done() and running.get_loop() is loop:
+            log.warning("loop %s is running already; not starting it twice", name)
+            return running
         self.loops.setdefault(name, LoopState())
-        return asyncio.create_task(self._run(name, factory), name=f"supervised-{name}")
+        task = asyncio.create_task(self._run(name, factory), name=f"supervised-{name}")
+        self._tasks[name] = task
+        return task
 
     async def _run(self, name: str, factory: LoopFactory) -> None:
         state = self.loops[name]

@@ -99,7 +99,13 @@ def test_every_admitted_spec_is_planned_or_named_as_invalid(
         obj["metadata"].update(uid="u-1", generation=1)
         pods = [
             WorkerPod(
-                f"fuzz-worker-{i}", f"p{i}", index=i, generation=0, phase="Running", node="n0"
+                f"fuzz-worker-{i}",
+                f"p{i}",
+                owner_uid="u-1",
+                index=i,
+                generation=0,
+                phase="Running",
+                node="n0",
             )
             for i in range(workers)
         ]

@@ -266,7 +266,7 @@ def test_no_free_node_says_so_in_a_condition(
     assert any(e.reason == "NoFeasibleNode" for e in events_for(core, namespace, "full"))
 
 
-# --- Prometheus: the Gaudi exporter and the training progress ------------------------------
+# --- Prometheus: the training progress (the Gaudi exporter: test_exporter_faults.py) -------
 
 
 class Exporter:
@@ -306,50 +306,6 @@ def exporter(cluster: Any, request: pytest.FixtureRequest) -> Iterator[Exporter]
     e = Exporter(cluster, f"failover-{request.node.name[:40]}-{os.getpid()}")
     yield e
     e.close()
-
-
-def gaudi_exporter_text(nodes: list[str], faulty: str) -> str:
-    lines = []
-    for n in nodes:
-        for card in range(2):
-            lbl = f'node="{n}",device="{card}"'
-            ecc = 1 if (n == faulty and card == 1) else 0
-            lines += [
-                f"habanalabs_pending_rows_with_double_bit_ecc_errors{{{lbl}}} {ecc}",
-                f"habanalabs_temperature_onchip{{{lbl}}} 45",
-                f"habanalabs_temperature_threshold_shutdown{{{lbl}}} 105",
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def test_exporter_hpu_fault_is_hpu_unhealthy(
-    failover_operator: Any,
-    core: Any,
-    custom: Any,
-    namespace: str,
-    hpus_free: Any,
-    exporter: Exporter,
-) -> None:
-    hpus_free()
-    nodes = [n.metadata.name for n in core.list_node().items]
-    exporter.text = gaudi_exporter_text(nodes, faulty="")
-    pods = start(custom, core, namespace, "ecc", 2, hpus=4)
-    bad = pods[1].spec.node_name
-    time.sleep(3)  # healthy scrapes first: a fault must come from the value, not the series
-    assert status(custom, namespace, "ecc").get("restarts") == 0
-    exporter.text = gaudi_exporter_text(nodes, faulty=bad)
-    st = wait_for(
-        lambda: (s := status(custom, namespace, "ecc")).get("lastFailure") and s,
-        timeout=45,
-        what="a failure from the exporter",
-    )
-    exporter.text = gaudi_exporter_text(nodes, faulty="")
-    assert st["lastFailure"]["reason"] == "HPUUnhealthy"
-    assert st["lastFailure"]["node"] == bad and "Gaudi exporter" in st["lastFailure"]["message"]
-    after = wait_for(
-        lambda: running(core, namespace, "ecc", 2, gen=1), timeout=60, what="restarted"
-    )
-    assert all(p.spec.node_name != bad for p in after)
 
 
 class Trainer:

@@ -228,7 +228,11 @@ def test_every_dashboard_and_alert_expression_returns_series(
         own = 'sum(gaudi3_train_samples_per_second{gtj="$job",gtj_namespace="$namespace"})'
         create_job(custom, ns, autoscaled(TRAIN, own))
         create_job(custom, ns, autoscaled("blind", 'sum(no_such_metric{gtj="$job"})'))
-        create_job(custom, refused, job_body("refused", hpusPerWorker=1, workers={"replicas": 1}))
+        # Two workers at most: a one-worker job has no Service to refuse.
+        refused_job = job_body(
+            "refused", hpusPerWorker=1, workers={"replicas": 1, "maxReplicas": 2}
+        )
+        create_job(custom, refused, refused_job)
         fail_after_a_restart(core, custom, ns, "doomed")
         wait_phase(custom, ns, TRAIN, "Running", timeout=60)
 

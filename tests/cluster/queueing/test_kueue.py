@@ -121,11 +121,16 @@ def test_a_second_job_waits_for_quota_until_the_first_finishes(
     assert pod_set["count"] == 2
 
     finish(core, namespace, "first", custom)
-    wl_first = workload_of(custom, namespace, "first")
-    assert wl_first is not None
-    assert any(
-        c["type"] == "Finished" and c["status"] == "True" for c in wl_first["status"]["conditions"]
-    )
+
+    # Kueue admission reacts to the job's Succeeded (a watch event, another loop): the
+    # Workload is marked Finished a moment after the job's phase says so (about 0.1 s).
+    def finished() -> bool:
+        wl_first = workload_of(custom, namespace, "first")
+        assert wl_first is not None
+        conditions = (wl_first.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Finished" and c["status"] == "True" for c in conditions)
+
+    wait_for(finished, timeout=10, interval=0.1, what="the first job's Workload Finished")
     wait_admitted(custom, namespace, "second")
     wl = workload_of(custom, namespace, "second")
     assert wl is not None and wl["status"]["admission"]["clusterQueue"] == queue["cluster"]

@@ -80,6 +80,7 @@ def watched(real: Any) -> Iterator[tuple[str, Path, OperatorProcess]]:
     os.chown(checkpoints, realtraining.TRAINER_UID, -1)
     try:
         real.kubectl("create", "namespace", ns)
+        realtraining.allow_host_access(real, ns)
         wait_for(
             lambda: real.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
             timeout=30,

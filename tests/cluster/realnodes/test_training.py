@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cluster.gtj import OperatorProcess
+from cluster.kubectl_gtj import gtj, gtj_for
 from cluster.realnodes.conftest import training_image_on_nodes
 from conftest import wait_for
 from gaudi_devtools import realtraining
@@ -67,6 +68,7 @@ def training(real: Any, trainer: OperatorProcess) -> Iterator[tuple[str, Path]]:
     checkpoints.mkdir(parents=True)
     os.chown(checkpoints, TRAINER_UID, -1)
     real.kubectl("create", "namespace", ns)
+    realtraining.allow_host_access(real, ns)
     wait_for(
         lambda: real.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
         timeout=30,
@@ -105,6 +107,23 @@ def test_two_workers_on_two_real_nodes_form_one_world_and_loss_falls(
     assert isinstance(logged, list)
     (first_step, first_loss), (last_step, last_loss) = logged[0], logged[-1]
     assert last_step > first_step and last_loss < first_loss - 0.1, logged
+    assert_intels_pod_contract_reached_the_runtime(ns)
+
+
+CAP_SYS_NICE = 23  # linux/capability.h
+
+
+def assert_intels_pod_contract_reached_the_runtime(ns: str) -> None:
+    """hostIPC and SYS_NICE as the kubelet and containerd applied them (docs/gaudi.md): the
+    worker runs in this machine's IPC namespace with its /dev/shm, and SYS_NICE is in its
+    capability bounding set (not effective: the image runs as a non-root user)."""
+    pid = launcher_pid(ns, JOB, 0)
+    assert pid is not None, "worker 0's launcher process on this machine"
+    proc = Path(f"/proc/{pid}")
+    assert os.readlink(proc / "ns" / "ipc") == os.readlink("/proc/self/ns/ipc")
+    assert os.stat(proc / "root" / "dev" / "shm").st_dev == os.stat("/dev/shm").st_dev
+    status = dict(line.split(":\t", 1) for line in (proc / "status").read_text().splitlines())
+    assert int(status["CapBnd"], 16) >> CAP_SYS_NICE & 1, status["CapBnd"]
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(
@@ -182,6 +201,80 @@ def test_scaling_two_to_one_to_two_keeps_the_global_batch_and_resumes_each_time(
         if replicas == 1:  # GAUDI3_WORLD_PODS=1 closed the round, not the last call
             generation = int(job_status(real, ns).get("restartGeneration", 0))
             assert "1" in EARLY_CLOSE.findall(logs(real, ns, generation))
+
+
+def test_kubectl_gtj_shows_each_ranks_step_loss_and_samples_per_second(
+    real: Any, training: tuple[str, Path]
+) -> None:
+    """`kubectl gtj JOB` while the job trains: each rank's numbers, read live from its own
+    metrics endpoint, are the training's (the loss rank 0 logs at that step);
+    `--prometheus-url` reads the same series from the cluster's Prometheus. Last in the
+    module: it only reads, and the recovery tests above check the loss on the early, steep
+    part of the curve.
+
+    The real nodes' pods have loopback IPs, which the API server refuses to proxy to
+    (Kubernetes' IsProxyableIP), so here the plugin reads them directly (its rule for a
+    loopback pod of an API server on this machine); the pod proxy path itself is checked up
+    to the API server by tests/cluster/kubectl/test_gtj_why.py."""
+    ns, _ = training
+
+    def both_ranks(*extra: str) -> dict[str, Any] | None:
+        got = json.loads(gtj(real, JOB, "-n", ns, "-o", "json", *extra))
+        return got if len([r for r in got["ranks"] if r["samplesPerSecond"]]) == 2 else None
+
+    def at_a_logged_step() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A reading where some rank is at a step rank 0 logs (every INTERVAL)."""
+        got = both_ranks()
+        logged = [r for r in (got or {}).get("ranks", []) if r["step"] % INTERVAL == 0]
+        return (got, logged[0]) if got and logged else None
+
+    reading = wait_for(at_a_logged_step, timeout=180, interval=0.3, what="a rank at a logged step")
+    assert isinstance(reading, tuple)
+    got, rank = reading
+    assert got["phase"] == "Running" and got["worldSize"] == 2
+    assert "read directly (loopback pod IPs on this machine): 2 of 2" in got["metrics"]
+    ranks = got["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert {r["pod"] for r in ranks} == {f"{JOB}-worker-0", f"{JOB}-worker-1"}
+    nodes = {r["node"] for r in ranks}
+    assert len(nodes) == 2 and all(n.startswith("gaudi3-real-") for n in nodes)
+    assert all(r["worldSize"] == 2 and r["samplesPerSecond"] > 0 for r in ranks)
+    assert got["samplesPerSecond"] == pytest.approx(sum(r["samplesPerSecond"] for r in ranks))
+    # The loss every rank holds is the all-reduced mean that rank 0 logs at that step.
+    generation = int(job_status(real, ns).get("restartGeneration", 0))
+    logged = wait_for(
+        lambda: dict(steps(real, ns, generation)).get(rank["step"]),
+        timeout=30,
+        what="that step's log line",
+    )
+    assert f"{rank['loss']:.4f}" == f"{logged:.4f}"
+
+    # What a person reads: one row per rank, then their sum.
+    lines = gtj(real, JOB, "-n", ns).splitlines()
+    assert lines[0].startswith(f"gtj/{JOB} in {ns}: Running, workers 2/2")
+    rows = {line.split()[0]: line.split() for line in lines if line[:2] in ("0 ", "1 ", "al")}
+    for r in ("0", "1"):
+        _, pod, node, step, loss, sps, world, _ckpt = rows[r]
+        assert pod.startswith(f"{JOB}-worker-") and node.startswith("gaudi3-real-")
+        assert int(step) > 0 and float(loss) > 0 and float(sps) > 0 and world == "2"
+    assert float(rows["all"][3]) > 0  # samples/s summed over the ranks
+
+    # --watch: a new frame every interval, with the steps moving on (no terminal here, so
+    # frames follow each other, as `kubectl get -w` prints them).
+    frames = gtj_for(real, 8, JOB, "-n", ns, "-w", "--interval", "1").split("Every 1s: ")[1:]
+    seen = [int(m.group(1)) for f in frames if (m := re.search(r"\n\d +\S+ +\S+ +(\d+) ", f))]
+    assert len(seen) >= 3 and seen[-1] > seen[0], frames
+
+    # The same series through Prometheus (realnodes-sync has it scrape the workers).
+    prom = wait_for(
+        lambda: both_ranks("--prometheus-url", real.prometheus_url),
+        timeout=60,
+        interval=1,
+        what="both ranks in Prometheus",
+    )
+    assert isinstance(prom, dict) and "from Prometheus at" in prom["metrics"]
+    assert [r["rank"] for r in prom["ranks"]] == [0, 1]
+    assert prom["step"] > 0 and prom["loss"] > 0
 
 
 def job_status(real: Any, ns: str) -> dict[str, Any]:

@@ -33,6 +33,11 @@ PER_JOB_CACHES = {
     "own_deletions",
     "autoscale_due",
     "autoscale_running",
+    "expectations",
+    "services_created",
+    "pod_groups_created",
+    "create_refusals",
+    "status_held",
 }
 
 

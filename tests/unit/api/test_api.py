@@ -122,6 +122,38 @@ def test_elastic_bounds_default_to_replicas() -> None:
     ("spec", "field"),
     [
         ({"hpusPerWorker": 9}, "spec.hpusPerWorker"),
+        ({"hpusPerWorker": 3}, "spec.hpusPerWorker must be 1, 2, 4 or 8"),
+        ({"hpusPerWorker": 6}, "spec.hpusPerWorker must be 1, 2, 4 or 8"),
+        (
+            {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "w",
+                                "env": [
+                                    {"name": "A", "value": "1"},
+                                    {"name": "HABANA_VISIBLE_DEVICES", "value": "0"},
+                                ],
+                            }
+                        ]
+                    }
+                }
+            },
+            "spec.template.spec.containers[0].env[1]: the Habana device plugin sets",
+        ),
+        (
+            {
+                "template": {
+                    "spec": {
+                        "initContainers": [
+                            {"name": "i", "env": [{"name": "HL_VISIBLE_DEVICES", "value": "x"}]}
+                        ]
+                    }
+                }
+            },
+            "spec.template.spec.initContainers[0].env[0]",
+        ),
         ({"workers": {"replicas": 4, "minReplicas": 5}}, "spec.workers"),
         ({"workers": {"replicas": 4, "maxReplicas": 3}}, "spec.workers"),
         ({"batch": {"globalBatchSize": 100, "microBatchSize": 8}}, "spec.batch.globalBatchSize"),

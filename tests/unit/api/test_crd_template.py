@@ -79,6 +79,7 @@ def test_the_template_schema_is_structural_and_closed() -> None:
     assert len(nodes) > 1000  # the whole PodSpec, inlined
     allowed = {*gen.KEPT, "properties", "items", "additionalProperties", "anyOf"}
     allowed |= {"x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields"}
+    allowed |= {"x-kubernetes-validations"}  # ours: the device plugin's env (below)
     for path, node in nodes.items():
         assert set(node) <= allowed, f"{path}: {set(node) - allowed}"
         typed = "type" in node or node.get("x-kubernetes-int-or-string")
@@ -112,6 +113,29 @@ def test_what_a_user_writes_in_a_template_is_typed_like_in_a_pod() -> None:
     assert protocol["default"] == "TCP"  # a list-map key needs one; Kubernetes defaults it
     toleration = spec["properties"]["tolerations"]["items"]["properties"]
     assert {"key", "operator", "value", "effect", "tolerationSeconds"} <= set(toleration)
+
+
+def test_no_container_may_set_what_the_device_plugin_sets() -> None:
+    from gaudi_operator import api
+    from gaudi_operator.api.spec import device_plugin_env_message
+
+    assert gen.DEVICE_PLUGIN_ENV == api.DEVICE_PLUGIN_ENV
+    # The model says the same for objects that skipped the CRD's rules.
+    assert device_plugin_env_message("x").endswith(gen.DEVICE_PLUGIN_ENV_MESSAGE)
+    spec = template()["properties"]["spec"]["properties"]
+    ruled = [p for p, n in _nodes(template()) if n.get("x-kubernetes-validations")]
+    assert ruled == [
+        "template.spec.containers[].env[]",
+        "template.spec.initContainers[].env[]",
+    ]
+    for kind in ("containers", "initContainers"):
+        # No bound added: Kubernetes has none, and the API server accepts the rule without.
+        assert "maxItems" not in spec[kind]
+        env = spec[kind]["items"]["properties"]["env"]
+        assert "maxItems" not in env
+        (rule,) = env["items"]["x-kubernetes-validations"]
+        assert all(f"'{n}'" in rule["rule"] for n in api.DEVICE_PLUGIN_ENV)
+        assert rule["message"] == gen.DEVICE_PLUGIN_ENV_MESSAGE
 
 
 def test_the_crd_fits_what_kubectl_apply_and_the_api_server_store() -> None:

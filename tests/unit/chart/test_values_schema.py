@@ -78,6 +78,46 @@ def test_several_replicas_without_leader_election_fail_rendering() -> None:
     assert "replicaCount > 1 needs leaderElection.enabled" in out.stderr
 
 
+def render_election(*settings: str) -> Any:
+    # --set-json: `--set` turns 1.5 into a string.
+    args = [a for s in settings for a in ("--set-json", f"leaderElection.{s}")]
+    if "enabled=false" in settings:
+        args += ["--set", "replicaCount=1"]
+    return helm("template", "gaudi", str(CHART), *args, check=False)
+
+
+@pytest.mark.parametrize(
+    "timings",
+    [
+        ("leaseDuration=10", "renewDeadline=7", "retryPeriod=2"),  # the old defaults
+        ("leaseDuration=6", "renewDeadline=4", "retryPeriod=1"),
+        ("leaseDuration=15", "renewDeadline=11", "retryPeriod=2"),
+        ("leaseDuration=6", "renewDeadline=3.5", "retryPeriod=1.5"),
+    ],
+)
+def test_leader_timings_where_two_leaders_could_act_fail_rendering(
+    timings: tuple[str, ...],
+) -> None:
+    # The schema cannot relate two values; the Deployment's template checks the sum.
+    out = render_election(*timings)
+    assert out.returncode != 0, f"{timings} were accepted"
+    assert "renewDeadline" in out.stderr and "must be below leaseDuration" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "timings",
+    [
+        (),  # the defaults: 10 + 2 x 2 < 15
+        ("leaseDuration=6", "renewDeadline=3", "retryPeriod=1"),
+        ("leaseDuration=10", "renewDeadline=6", "retryPeriod=1.5"),
+        ("enabled=false", "leaseDuration=10", "renewDeadline=7", "retryPeriod=2"),
+    ],
+)
+def test_safe_leader_timings_render(timings: tuple[str, ...]) -> None:
+    out = render_election(*timings)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "named"),
     [

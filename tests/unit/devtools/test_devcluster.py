@@ -16,6 +16,7 @@ from gaudi_devtools.cluster import nodes
 from gaudi_devtools.cluster.nodes import gaudi_node
 from gaudi_devtools.cluster.pki import ensure_pki
 from gaudi_devtools.cluster.processes import Processes, _cmdline
+from gaudi_operator import api
 
 
 def test_pki_issues_server_and_admin_certs_signed_by_one_ca(tmp_path: Path) -> None:
@@ -40,6 +41,9 @@ def test_gaudi_node_advertises_hpus_hugepages_and_taint() -> None:
     assert node["status"]["allocatable"]["habana.ai/gaudi"] == "8"
     assert node["status"]["capacity"]["hugepages-2Mi"]
     assert node["metadata"]["labels"]["habana.ai/device.family"] == "gaudi"
+    # Scale-out ready, as Intel's network operator labels a configured node.
+    key, value = api.SCALE_OUT_READY_LABEL.split("=")
+    assert node["metadata"]["labels"][key] == value == "true"
     assert node["spec"]["taints"] == [
         {"key": "habana.ai/gaudi", "value": "present", "effect": "NoSchedule"}
     ]

@@ -10,8 +10,15 @@ from gaudi_devtools.benchmarks.reconcile import _table
 
 pytestmark = pytest.mark.unit
 
-OURS = {"submitted": 1.0, "first_running": 2.0, "all_running": 10.0, "cleaned": 5.0}
-BARE = {"submitted": 0.5, "all_running": 4.0, "cleaned": 3.0}
+WRITES = {"total": 8.0, "pods": 4.0, "services": 1.0, "status": 2.0, "events": 1.0, "other": 0.0}
+OURS = {
+    "submitted": 1.0,
+    "first_running": 2.0,
+    "all_running": 10.0,
+    "cleaned": 5.0,
+    "writes": WRITES,
+}
+BARE = {"submitted": 0.5, "all_running": 4.0, "cleaned": 3.0, "writes": {**WRITES, "total": 4.0}}
 KF = KubeflowResult(
     jobs=10,
     workers=1,
@@ -20,6 +27,7 @@ KF = KubeflowResult(
     all_jobs_running=40.0,
     cleaned=9.0,
     peak_rss_mib=90.0,
+    writes={**WRITES, "total": 12.0},
 )
 
 
@@ -42,3 +50,11 @@ def test_both_peers_give_every_ratio_in_one_table() -> None:
 def test_without_peers_only_the_operator_column() -> None:
     text = render(b=None, kf=None)
     assert "Kubeflow" not in text and "bare" not in text
+
+
+def test_writes_per_job_stand_beside_the_times() -> None:
+    text = render(b=BARE, kf=KF)
+    row = next(line for line in text.splitlines() if "writes per job" in line)
+    assert "floor 5" in row  # 1 worker + 4
+    # ours 8, Kubeflow 12, bare 4: ours/bare 2.00x, ours/Kubeflow 0.67x
+    assert "8.00" in row and "12.00" in row and "4.00" in row and "0.67x" in row

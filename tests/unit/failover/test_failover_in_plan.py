@@ -35,6 +35,7 @@ def worker(i: int, phase: str = "Running", gen: int = 0, node: str = "n0", **kw:
         uid=f"u{i}-{gen}",
         index=i,
         generation=gen,
+        owner_uid=kw.pop("owner_uid", "u"),  # the job's own: controlled by its uid
         phase=phase,
         ready=phase == "Running",
         node=node,
@@ -229,3 +230,47 @@ def test_failing_the_job_ends_the_restarting_condition() -> None:
     assert p.status.phase == Phase.FAILED
     assert cond(p, "Restarting").status == "False"
     assert cond(p, "Failed").reason == "FailurePolicyRule"
+
+
+def test_recreate_failed_records_the_pods_it_replaces_in_its_intent() -> None:
+    from gaudi_operator.jobs.reconciler import INTENT_FIELDS, intent_patch
+
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    policy = {"backoffSeconds": 0, "restartStrategy": "RecreateFailed"}
+    before = job(policy).status
+    p = plan(job(policy), pods, NOW)
+    assert p.status.replaced_pods == ["u2-0"]
+    intent = intent_patch(dict(before), p.status.to_dict())
+    assert set(intent) <= set(INTENT_FIELDS)
+    assert intent["replacedPods"] == ["u2-0"] and intent["restarts"] == 1
+
+
+def test_recreate_failed_after_a_crash_between_intent_and_delete_counts_once() -> None:
+    # The intent of restart 1 is written; the operator died before deleting worker 2.
+    policy = {"backoffSeconds": 0, "restartStrategy": "RecreateFailed"}
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    first = plan(job(policy), pods, NOW)
+    committed = {k: v for k, v in first.status.to_dict().items() if k != "conditions"}
+    again = plan(job(policy, committed), pods, NOW + timedelta(seconds=30))
+    assert again.status.restarts == 1, "the restart was counted twice"
+    assert [w.name for w in again.delete] == ["j-worker-2"]  # the restart is finished
+    assert again.failover is not None and not again.failover.new_failures
+    assert cond(again, "Restarting").status == "True"
+    assert [e.reason for e in again.events] == ["RestartingWorkers"]
+    # A new failure meanwhile is its own restart, counted once more.
+    both = [worker(0), failed(1), failed(2), worker(3)]
+    later = plan(job(policy, committed), both, NOW + timedelta(seconds=30))
+    assert later.status.restarts == 2
+    assert sorted(w.name for w in later.delete) == ["j-worker-1", "j-worker-2"]
+    assert later.status.replaced_pods == ["u1-0", "u2-0"]
+
+
+def test_the_record_of_replaced_pods_goes_once_the_world_runs_again() -> None:
+    policy = {"backoffSeconds": 0, "restartStrategy": "RecreateFailed"}
+    pods = [worker(0), worker(1), failed(2), worker(3)]
+    first = plan(job(policy), pods, NOW)
+    assert first.status.replaced_pods
+    healed = [worker(0), worker(1), worker(2, gen=0), worker(3)]
+    done = plan(job(policy, first.status.to_dict()), healed, NOW + timedelta(seconds=30))
+    assert done.status.phase == Phase.RUNNING
+    assert done.status.replaced_pods is None

@@ -35,6 +35,7 @@ def pod(
     conditions: list[dict[str, Any]] | None = None,
     deleting: bool = False,
     status_reason: str | None = None,
+    started: datetime | None = None,
 ) -> WorkerPod:
     body: dict[str, Any] = {
         "metadata": {
@@ -66,6 +67,8 @@ def pod(
         body["metadata"]["deletionTimestamp"] = to_rfc3339(NOW)
     if status_reason:
         body["status"]["reason"] = status_reason
+    if started is not None:
+        body["status"]["startTime"] = to_rfc3339(started)
     return observe_pod(body)  # the same reduction the operator's pod index makes
 
 
@@ -183,16 +186,80 @@ def test_allocatable_hpu_drop_is_hpu_unhealthy() -> None:
     assert "6 of 8" in d.failures[0].message
 
 
-def test_prometheus_health_marks_the_node_hpu_unhealthy() -> None:
-    d = failover.detect_failures(
-        [pod(node="n0"), pod(index=1, node="n1")],
-        POLICY,
-        NOW,
-        Signals(nodes=healths({"n0": node(), "n1": node("n1")}), unhealthy_hpu_nodes={"n1": "ECC"}),
+# --- the Gaudi exporter's faults (HPU health query) ---------------------------------------
+
+HpuFault, Kind = failover.HpuFault, failover.HpuFaultKind
+STARTED = NOW - timedelta(minutes=5)
+ECC = HpuFault(Kind.ECC, "HPU 3: 2 rows with double-bit ECC errors pending replacement")
+HOT = HpuFault(Kind.TEMPERATURE, "HPU 1: on-chip temperature 126 C reached its shutdown threshold")
+LINK = HpuFault(Kind.LINK_DOWN, "HPU 5: 1 scale-out port(s) down")
+
+
+def hpu(
+    faults: dict[str, list[failover.HpuFault]], at: datetime = NOW, grace: float = 40
+) -> Signals:
+    return Signals(hpu=failover.HpuReading(faults, at, grace))
+
+
+def detect_hpu(signals: Signals, replicas: int = 2, started: datetime = STARTED) -> list[Failure]:
+    pods = [pod(0, node="n0", started=started), pod(1, node="n1", started=started)]
+    return failover.detect_failures(pods, POLICY, NOW, signals, replicas=replicas).failures
+
+
+def test_ecc_fault_of_a_workers_card_is_hpu_unhealthy_on_its_node() -> None:
+    [f] = detect_hpu(hpu({"job-worker-1": [ECC]}))
+    assert (f.reason, f.pod, f.node, f.worker_index) == (
+        FailureReason.HPU_UNHEALTHY,
+        "job-worker-1",
+        "n1",
+        1,
     )
-    assert [(f.reason, f.pod) for f in d.failures] == [
-        (FailureReason.HPU_UNHEALTHY, "job-worker-1")
-    ]
+    assert f.message == ECC.message and f.node_at_fault
+
+
+def test_over_temperature_is_hpu_unhealthy() -> None:
+    [f] = detect_hpu(hpu({"job-worker-0": [HOT]}))
+    assert f.reason == FailureReason.HPU_UNHEALTHY and "shutdown threshold" in f.message
+
+
+def test_scale_out_link_down_is_its_own_reason_for_a_multi_worker_job() -> None:
+    [f] = detect_hpu(hpu({"job-worker-1": [LINK]}), replicas=2)
+    assert f.reason == FailureReason.SCALE_OUT_LINK_DOWN and f.node == "n1" and f.node_at_fault
+    d = decide(FailurePolicy(), [f])
+    assert d.newly_excluded == ["n1"]
+
+
+def test_scale_out_link_down_does_not_matter_to_a_single_worker() -> None:
+    assert detect_hpu(hpu({"job-worker-0": [LINK]}), replicas=1) == []
+
+
+def test_a_bad_card_wins_over_a_down_link_of_the_same_worker() -> None:
+    [f] = detect_hpu(hpu({"job-worker-1": [LINK, ECC]}))
+    assert f.reason == FailureReason.HPU_UNHEALTHY and f.message == ECC.message
+
+
+def test_a_reading_about_a_pod_of_another_name_is_nobodys_failure() -> None:
+    assert detect_hpu(hpu({"other-worker-0": [ECC]})) == []
+
+
+def test_a_reading_speaks_for_a_worker_only_once_it_is_older_than_the_grace() -> None:
+    # A new worker of the same name as the faulty one it replaced: the exporter's last
+    # scrape may still name the old one.
+    young = NOW - timedelta(seconds=10)
+    assert detect_hpu(hpu({"job-worker-1": [ECC]}, grace=40), started=young) == []
+    assert len(detect_hpu(hpu({"job-worker-1": [ECC]}, grace=5), started=young)) == 1
+    # A reading taken before the worker started says nothing about it either.
+    old_reading = hpu({"job-worker-1": [ECC]}, at=young - timedelta(seconds=1), grace=0)
+    assert detect_hpu(old_reading, started=young) == []
+
+
+def test_a_worker_not_started_yet_has_no_hpu_failure() -> None:
+    pods = [pod(1, node="n1")]  # no startTime
+    assert failover.detect_failures(pods, POLICY, NOW, hpu({"job-worker-1": [ECC]})).failures == []
+
+
+def test_no_reading_no_hpu_failure() -> None:
+    assert detect_hpu(Signals()) == []
 
 
 def test_pod_failure_wins_over_its_node_state() -> None:

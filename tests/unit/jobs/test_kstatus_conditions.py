@@ -37,6 +37,7 @@ def worker(i: int, phase: str = "Running", gen: int = 0, **kw: Any) -> WorkerPod
         uid=f"u{i}",
         index=i,
         generation=gen,
+        owner_uid=kw.pop("owner_uid", "u"),  # the job's own: controlled by its uid
         phase=phase,
         ready=phase == "Running",
         node=kw.pop("node", "n0"),

@@ -27,7 +27,8 @@ def test_worker_pod_requests_hpus_and_hugepages_and_is_owned_by_the_job() -> Non
     pod = manifests.worker_pod_manifest(spec(hpusPerWorker=4), JOB, index=2, generation=1)
     res = pod["spec"]["containers"][0]["resources"]
     assert res["requests"][api.GAUDI_RESOURCE] == 4 == res["limits"][api.GAUDI_RESOURCE]
-    assert res["requests"]["hugepages-2Mi"] == res["limits"]["hugepages-2Mi"] == "4096Mi"
+    # Intel's sizing: about 29000Mi for 8 cards (docs/gaudi.md), 3624Mi a card.
+    assert res["requests"]["hugepages-2Mi"] == res["limits"]["hugepages-2Mi"] == "14496Mi"
     owner = pod["metadata"]["ownerReferences"][0]
     assert owner == {
         "apiVersion": api.API_VERSION,
@@ -59,15 +60,26 @@ def test_worker_pod_tolerates_the_gaudi_taint_and_is_scraped() -> None:
     assert ann["prometheus.io/port"] == "9400"
 
 
-def test_worker_pod_mounts_memory_shm_and_the_checkpoint_claim() -> None:
+def test_worker_pod_mounts_the_checkpoint_claim_and_the_hosts_shm_with_host_ipc() -> None:
     pod = manifests.worker_pod_manifest(
         spec(checkpoint={"volumeClaimName": "ckpt", "path": "/ckpt"}), JOB, 0, 0
     )
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "ckpt"}
     mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert mounts == {"dshm": "/dev/shm", "checkpoints": "/ckpt"}
+    # hostIPC: the runtime mounts the node's /dev/shm; a volume there would hide it.
+    assert pod["spec"]["hostIPC"] is True
+    assert "dshm" not in volumes
+    assert mounts == {"checkpoints": "/ckpt"}
+
+
+def test_without_host_ipc_the_worker_gets_a_memory_shm_of_8gi_per_hpu() -> None:
+    pod = manifests.worker_pod_manifest(spec(hpusPerWorker=2, gaudi={"hostIPC": False}), JOB, 0, 0)
+    assert "hostIPC" not in pod["spec"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["dshm"] == "/dev/shm"
 
 
 def test_worker_env_is_the_torchrun_elastic_contract() -> None:
@@ -146,7 +158,7 @@ def test_template_overlay_merges_in_the_documented_way() -> None:
     assert {"name": "data", "mountPath": "/data"} in worker["volumeMounts"]
     assert worker["resources"]["limits"]["memory"] == "64Gi"
     assert worker["resources"]["limits"][api.GAUDI_RESOURCE] == 2  # pinned to hpusPerWorker
-    assert {v["name"] for v in s["volumes"]} == {"dshm", "checkpoints", "data"}
+    assert {v["name"] for v in s["volumes"]} == {"checkpoints", "data"}
 
 
 def test_user_volume_replaces_an_operator_volume_of_the_same_name() -> None:
@@ -155,9 +167,12 @@ def test_user_volume_replaces_an_operator_volume_of_the_same_name() -> None:
             "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
         }
     }
-    pod = manifests.worker_pod_manifest(spec(template=template), JOB, 0, 0)
-    shm = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
-    assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
+    for gaudi in ({"hostIPC": False}, {}):  # a template's own dshm is mounted either way
+        pod = manifests.worker_pod_manifest(spec(template=template, gaudi=gaudi), JOB, 0, 0)
+        shm = [v for v in pod["spec"]["volumes"] if v["name"] == "dshm"]
+        assert shm == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
+        mounts = pod["spec"]["containers"][0]["volumeMounts"]
+        assert [m["mountPath"] for m in mounts if m["name"] == "dshm"] == ["/dev/shm"]
 
 
 def test_spec_resources_override_the_defaults() -> None:

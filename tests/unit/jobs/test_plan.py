@@ -34,6 +34,7 @@ def worker(i: int, phase: str = "Running", gen: int = 0, **kw: Any) -> WorkerPod
         uid=f"uid-{i}",
         index=i,
         generation=gen,
+        owner_uid=kw.pop("owner_uid", "u"),  # the job's own: controlled by its uid
         phase=phase,
         ready=phase == "Running",
         node=kw.pop("node", "node-1"),
@@ -69,7 +70,9 @@ def test_all_ready_is_running_with_counts() -> None:
     assert (p.status.replicas, p.status.ready_replicas, p.status.hpus) == (4, 4, 8)
     assert p.status.workers == "4/4"
     assert cond(p, "Ready").status == "True"
-    assert [e.reason for e in p.events] == ["Running"]
+    # No event for it: phase and Ready say so (a job's way to Running posts one Normal
+    # event, CreatedWorkers).
+    assert p.events == []
 
 
 def test_scheduled_but_not_ready_is_starting() -> None:
@@ -335,3 +338,34 @@ def test_a_job_that_cannot_be_placed_says_why_and_counts_only_held_hpus() -> Non
     assert c.status == "False" and c.reason == "InsufficientHPUs"
     assert "2 of 4 workers cannot be placed" in c.message and said in c.message
     assert cond(plan(job(), [worker(i) for i in range(4)], NOW), "Scheduled").status == "True"
+
+
+def test_pods_without_an_owner_are_never_adopted_counted_or_kept() -> None:
+    # `kubectl delete gtj j --cascade=orphan`, then the job is created again: the old
+    # workers are left with the job's labels and no owner reference at all.
+    orphans = [worker(i, owner_uid="") for i in range(3)]
+    p = plan(job(), orphans, NOW)
+    assert p.status.replicas == 0 and p.status.hpus == 0  # not this job's
+    assert sorted(x.name for x in p.delete) == ["j-worker-0", "j-worker-1", "j-worker-2"]
+    assert p.create == [3]  # the free name only: the others once the orphans are gone
+    warning = [e for e in p.events if e.reason == "ForeignWorkers"]
+    assert len(warning) == 1 and warning[0].type == "Warning"
+    assert "j-worker-0, j-worker-1, j-worker-2" in warning[0].message
+
+
+def test_only_progress_on_the_way_to_running_may_wait() -> None:
+    from gaudi_operator.jobs.plan import progress_only
+
+    created = plan(job(), [], NOW).status.to_dict()
+    pending = [worker(i, phase="Pending", node=None) for i in range(4)]
+    seen = plan(job(status=created), pending, NOW).status.to_dict()
+    started = plan(job(status=seen), [worker(i, phase="Pending") for i in range(4)], NOW)
+    assert started.status.phase == Phase.STARTING
+    running = plan(job(status=started.status.to_dict()), [worker(i) for i in range(4)], NOW)
+    assert progress_only(created, seen)  # the workers exist now
+    assert progress_only(seen, started.status.to_dict())  # ... and have nodes: Starting
+    assert not progress_only(started.status.to_dict(), running.status.to_dict())  # Running
+    assert not progress_only({}, created)  # a new job's first status
+    failed = [worker(0, phase="Failed", exit_code=1, reason="Error", finished_at=NOW)]
+    restart = plan(job(status=running.status.to_dict()), failed + pending[1:], NOW)
+    assert not progress_only(running.status.to_dict(), restart.status.to_dict())

@@ -160,7 +160,9 @@ def test_the_jobs_plan_deletes_the_workers_of_an_evicted_job() -> None:
     }
     view = JobView("train", "ns", UID, 1, spec(suspend=True).model_dump(by_alias=True), st)
     pods = [
-        WorkerPod(f"train-worker-{i}", uid=str(i), index=i, generation=0, phase="Running")
+        WorkerPod(
+            f"train-worker-{i}", uid=str(i), owner_uid=UID, index=i, generation=0, phase="Running"
+        )
         for i in range(2)
     ]
     p = plan(view, pods, NOW)

@@ -1,5 +1,5 @@
-"""Leader-election settings: refused before anything starts when the library would refuse
-them, and the Lease's namespace defaults to the pod's own."""
+"""Leader-election settings: timings under which two leaders could act are refused before
+anything starts, with the flags named; the Lease's namespace defaults to the pod's own."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from gaudi_operator.runtime.leader import LeaderElectionSettings
 pytestmark = pytest.mark.unit
 
 
-def test_the_charts_defaults_are_valid() -> None:
-    LeaderElectionSettings(namespace="x").validate()
+def test_the_defaults_are_valid() -> None:
+    le = LeaderElectionSettings(namespace="x")
+    assert (le.lease_duration, le.renew_deadline, le.retry_period) == (15, 10.0, 2.0)
+    le.validate()
 
 
 @pytest.mark.parametrize(
     ("lease", "renew", "retry"),
-    [(10, 10, 2), (10, 7, 6), (10, 7, 0.5)],
+    [(10, 10, 2), (10, 7, 6), (10, 7, 2), (6, 4, 1)],
 )
 def test_inconsistent_timings_are_refused(lease: int, renew: float, retry: float) -> None:
     le = LeaderElectionSettings(
@@ -31,12 +33,13 @@ def test_inconsistent_timings_are_refused(lease: int, renew: float, retry: float
         le.validate()
 
 
-def test_gaudi3_operator_refuses_a_renew_deadline_past_the_lease() -> None:
-    out = CliRunner(env={"COLUMNS": "400"}).invoke(
-        app, ["operator", "--lease-duration", "5", "--renew-deadline", "7", "--metrics-port", "0"]
-    )
+def test_gaudi3_operator_names_the_flags_of_unsafe_timings() -> None:
+    # The old defaults: a deposed leader could act past the moment a standby takes over.
+    args = ["--lease-duration", "10", "--renew-deadline", "7", "--retry-period", "2"]
+    out = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["operator", *args, "--metrics-port", "0"])
     assert out.exit_code == 2
-    assert "lease_duration must be greater than renew_deadline" in out.output
+    assert "--renew-deadline (7 s) + 2 x --retry-period (2 s) = 11 s" in out.output
+    assert "must be below --lease-duration (10 s)" in out.output
 
 
 def test_the_lease_namespace_is_the_pods_own_else_default(

@@ -1,0 +1,3 @@
+from gaudi_kubectl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""The reconciler's writes against a fake API server (tests/unit/fake_api.py), driven
+through the controller with a pod index that lags or catches up as a test says: nothing
+POSTed twice, status written only on change, events after the status write that decides
+them, a quota refusal told once, the write floor of a job on its way to Running."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gaudi_operator import api
+from gaudi_operator.jobs.observation import observe_pod
+from gaudi_operator.jobs.reconciler import Reconciler
+from gaudi_operator.observability import metrics
+from gaudi_operator.runtime.controller import Controller
+from gaudi_operator.runtime.expectations import Expectations
+from unit.fake_api import FakeApi, api_error
+
+pytestmark = pytest.mark.unit
+
+NS = "team"
+PLURAL = api.PLURAL
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+        self.t = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.t += seconds
+
+
+class World:
+    """One job in a fake API server, the operator's controller and reconciler on it, and
+    the indices the controller reads, updated only when a test says the watch caught up."""
+
+    def __init__(self, name: str, spec: dict[str, Any], debounce: float = 0.0) -> None:
+        self.name = name
+        self.key = (NS, name)
+        self.api = FakeApi()
+        self.clock = Clock()
+        self.expectations = Expectations(clock=lambda: self.clock.t)
+        self.reconciler = Reconciler(
+            self.api.clients(),
+            clock=lambda: self.clock.now,
+            monotonic=lambda: self.clock.t,
+            expectations=self.expectations,
+            status_debounce_seconds=debounce,
+        )
+        self.controller = Controller(self.reconciler, expectations=self.expectations)
+        self.jobs: dict[Any, Any] = {}
+        self.pods: dict[Any, Any] = {}
+        self.services: dict[Any, Any] = {}
+        self.controller.bind(self.jobs, self.pods, self.services)
+        self.api.add(
+            PLURAL,
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "metadata": {"name": name, "namespace": NS, "generation": 1},
+                "spec": {"image": "img", **spec},
+            },
+        )
+        self.catch_up()
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return self.api.get(PLURAL, NS, self.name)
+
+    def catch_up(self) -> None:
+        """The watches deliver everything: indices as the store is, pod events observed."""
+        self.jobs[self.key] = [copy.deepcopy(self.job)]
+        pods = self.api.pods(NS)
+        self.pods[self.key] = [observe_pod(p) for p in pods]
+        for p in pods:
+            meta = p["metadata"]
+            self.controller.observe_pod(
+                self.key, meta["name"], meta["uid"], bool(meta.get("deletionTimestamp"))
+            )
+        svc = [(NS, self.name)] if ("services", NS, self.name) in self.api.objects else []
+        self.services[self.key] = [self.name] if svc else []
+
+    def pass_(self) -> None:
+        asyncio.run(self._pass())
+
+    async def _pass(self) -> None:
+        try:
+            await self.controller.process(self.key)
+            self.scheduled = self.controller.queue.scheduled()  # a pass asked to come back
+        finally:
+            self.controller.queue.close()
+
+    def each_pod(self, change: Callable[[dict[str, Any]], None]) -> None:
+        for pod in self.api.pods(NS):
+            change(pod)
+            pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
+
+    def reasons(self, type_: str | None = None) -> list[str]:
+        return [e["reason"] for e in self.api.events if type_ is None or e["type"] == type_]
+
+    def forget(self) -> None:
+        self.controller.forget(self.key)
+
+
+def scheduled(pod: dict[str, Any]) -> None:
+    pod["spec"]["nodeName"] = "node-1"
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+
+
+def running(pod: dict[str, Any]) -> None:
+    scheduled(pod)
+    pod["status"]["phase"] = "Running"
+    pod["status"]["conditions"].append({"type": "Ready", "status": "True"})
+
+
+def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    conds = (job.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == type_), None)
+
+
+# --- nothing twice -----------------------------------------------------------------------
+
+
+def test_a_pass_on_a_lagging_pod_index_never_creates_a_pod_again() -> None:
+    w = World("lagging", {"workers": {"replicas": 4}})
+    w.pass_()
+    assert w.api.requests[("POST", "pods")] == 4
+    # The job watch shows our status write; the pod watch has shown nothing yet.
+    w.jobs[w.key] = [copy.deepcopy(w.job)]
+    for _ in range(3):
+        w.pass_()
+    assert w.api.requests[("POST", "pods")] == 4, "a pass created pods it had created already"
+    assert w.api.requests[("PATCH", PLURAL + "/status")] == 1, "status from stale counts"
+    w.catch_up()
+    w.pass_()
+    assert w.api.requests[("POST", "pods")] == 4
+    w.forget()
+
+
+def test_a_pass_that_changes_nothing_writes_no_status() -> None:
+    w = World("steady", {"workers": {"replicas": 2}})
+    w.pass_()
+    w.catch_up()
+    w.each_pod(running)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] == "Running"
+    before = w.api.writes()
+    for _ in range(3):  # resyncs, duplicate events
+        w.catch_up()
+        w.pass_()
+    assert w.api.writes() == before, f"{w.api.requests}"
+    w.forget()
+
+
+def test_the_pod_group_is_created_only_when_missing() -> None:
+    spec = {
+        "workers": {"replicas": 2},
+        "scheduling": {"gang": True, "schedulerName": "scheduler-plugins-scheduler"},
+    }
+    w = World("gang", spec)
+    for _ in range(3):
+        w.catch_up()
+        w.pass_()
+    assert w.api.requests[("POST", "podgroups")] == 1
+    assert w.api.requests[("GET", "podgroups")] == 1
+    w.forget()
+
+
+# --- events after the status write that decides them --------------------------------------
+
+
+def conflicting_once(w: World) -> Callable[[str, str, Any], Any]:
+    """The next status write of the reconciler conflicts: someone changed the reconciler's
+    own part of the status (as our own earlier write the index does not show yet would)."""
+    armed = [True]
+
+    def fault(verb: str, resource: str, body: Any) -> Any:
+        if armed[0] and verb == "PATCH" and resource.endswith("/status"):
+            patch = body.get("status") or {}
+            if set(patch) <= {"restartGeneration", "restarts", "lastFailure", "excludedNodes"}:
+                return None  # the intent commit goes through
+            armed[0] = False
+            job = w.api.get(PLURAL, NS, w.name)
+            job["status"]["observedGeneration"] = 99
+            job["metadata"]["resourceVersion"] += "0"
+            return api_error(409, "the object has been modified")
+        return None
+
+    return fault
+
+
+def failed(pod: dict[str, Any]) -> None:
+    if pod["metadata"]["name"].endswith("-1"):
+        pod["status"]["phase"] = "Failed"
+        pod["status"]["containerStatuses"] = [
+            {"name": api.WORKER_CONTAINER, "state": {"terminated": {"exitCode": 1}}}
+        ]
+
+
+def test_a_pass_whose_status_write_conflicts_posts_no_event_and_its_retry_posts_it_once() -> None:
+    w = World("told-once", {"workers": {"replicas": 2}, "failurePolicy": {"backoffSeconds": 60}})
+    w.pass_()
+    w.catch_up()
+    w.each_pod(running)
+    w.catch_up()
+    w.pass_()
+    w.each_pod(failed)
+    w.catch_up()
+    w.api.fault = conflicting_once(w)
+    w.pass_()  # decides the failure (backoff: WorkerFailed, RestartBackoff), write conflicts
+    assert "WorkerFailed" not in w.reasons()
+    w.catch_up()
+    w.pass_()  # decides again from a fresh view, writes, tells
+    w.catch_up()
+    w.pass_()
+    assert w.reasons().count("WorkerFailed") == 1
+    assert w.reasons().count("RestartBackoff") == 1
+    assert w.job["status"]["lastFailure"]["pod"] == "told-once-worker-1"
+    w.forget()
+
+
+def restarts_counted(strategy: str) -> float:
+    for m in metrics.RESTARTS.collect():
+        for s in m.samples:
+            if s.name.endswith("_total") and s.labels["strategy"] == strategy:
+                return s.value
+    return 0.0
+
+
+def test_a_committed_restart_is_told_and_counted_though_the_status_write_after_it_conflicts() -> (
+    None
+):
+    w = World("committed", {"workers": {"replicas": 2}, "failurePolicy": {"backoffSeconds": 0}})
+    w.pass_()
+    w.catch_up()
+    w.each_pod(running)
+    w.catch_up()
+    w.pass_()
+    w.each_pod(failed)
+    w.catch_up()
+    counted = restarts_counted("RecreateAll")
+    w.api.fault = conflicting_once(w)
+    w.pass_()  # the intent commits (restart 1, generation 1), the status write conflicts
+    assert w.job["status"]["restarts"] == 1
+    assert restarts_counted("RecreateAll") == counted + 1
+    for _ in range(3):
+        w.catch_up()
+        w.pass_()
+    assert w.reasons().count("RestartingWorkers") == 1
+    assert w.reasons().count("WorkerFailed") == 1
+    assert restarts_counted("RecreateAll") == counted + 1
+    assert w.job["status"]["restarts"] == 1
+    w.forget()
+
+
+# --- quota ---------------------------------------------------------------------------------
+
+QUOTA = (
+    'pods "quota-worker-1" is forbidden: exceeded quota: hpus, requested: '
+    "requests.habana.ai/gaudi=1, used: requests.habana.ai/gaudi=1, limited: "
+    "requests.habana.ai/gaudi=1"
+)
+
+
+def test_a_quota_refusal_is_a_condition_and_one_event_with_backoff() -> None:
+    w = World("quota", {"workers": {"replicas": 2}})
+    allowed = [1]
+
+    def quota(verb: str, resource: str, body: Any) -> Any:
+        if verb == "POST" and resource == "pods":
+            if allowed[0] <= 0:
+                return api_error(403, QUOTA)
+            allowed[0] -= 1
+        return None
+
+    w.api.fault = quota
+    w.pass_()
+    created = condition(w.job, "Created")
+    assert created is not None and created["status"] == "False"
+    assert created["reason"] == "QuotaExceeded" and "exceeded quota: hpus" in created["message"]
+    assert w.reasons("Warning") == ["QuotaExceeded"]
+    w.catch_up()
+    w.pass_()  # the one worker the quota let through is counted
+    posts, writes = w.api.requests[("POST", "pods")], w.api.writes(PLURAL + "/status")
+    for _ in range(20):  # resyncs and events, 1 s apart: the backoff holds creation
+        w.clock.advance(1)
+        w.catch_up()
+        w.pass_()
+        assert w.scheduled == 1, "a held creation must come back by itself"
+    assert w.api.requests[("POST", "pods")] < posts + 5, "no backoff"
+    assert w.api.requests[("POST", "pods")] > posts, "never tried again"
+    assert w.reasons("Warning") == ["QuotaExceeded"], "one event, not one per pass"
+    assert w.api.writes(PLURAL + "/status") == writes
+    allowed[0] = 1  # the quota frees up
+    w.clock.advance(300)
+    w.catch_up()
+    w.pass_()
+    w.catch_up()
+    w.pass_()
+    created = condition(w.job, "Created")
+    assert created is not None and created["status"] == "True"
+    w.forget()
+
+
+# --- the write floor -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_create_to_running_costs_at_most_n_plus_4_writes(workers: int) -> None:
+    w = World(f"floor-{workers}", {"workers": {"replicas": workers}}, debounce=5.0)
+    for step in (None, scheduled, running):
+        if step is not None:
+            w.each_pod(step)
+        w.catch_up()
+        w.pass_()
+        w.clock.advance(0.5)
+    job = w.job
+    assert job["status"]["phase"] == "Running"
+    status_writes = w.api.writes(PLURAL + "/status")
+    normal = w.reasons("Normal")
+    print(f"{workers} workers: {dict(w.api.requests)}")
+    assert w.api.requests[("POST", "pods")] == workers
+    assert w.api.requests[("POST", "services")] == (1 if workers > 1 else 0)
+    assert status_writes <= 2, w.api.requests
+    assert normal == ["CreatedWorkers"]
+    assert w.api.writes() <= workers + 4
+    w.forget()
+
+
+def test_progress_alone_is_written_after_the_debounce_when_nothing_else_comes() -> None:
+    w = World("slow-start", {"workers": {"replicas": 2}}, debounce=30.0)
+    w.pass_()
+    w.catch_up()
+    w.each_pod(scheduled)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] == "Pending"  # Starting waits for the next change
+    w.clock.advance(29)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] == "Pending"
+    assert w.scheduled == 1  # ... and comes back by itself when the wait is over
+    w.clock.advance(1.1)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] == "Starting"
+    w.forget()
+
+
+def unplaceable(pod: dict[str, Any]) -> None:
+    pod["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+            "lastTransitionTime": "2026-05-01T12:00:00Z",
+        }
+    ]
+
+
+def test_workers_that_cannot_be_placed_are_said_within_five_seconds() -> None:
+    w = World("no-room", {"workers": {"replicas": 2}}, debounce=30.0)
+    w.pass_()
+    w.catch_up()
+    w.each_pod(unplaceable)
+    w.catch_up()
+    w.pass_()
+    assert condition(w.job, "Scheduled") is None
+    w.clock.advance(5.1)
+    w.catch_up()
+    w.pass_()
+    said = condition(w.job, "Scheduled")
+    assert said is not None and said["status"] == "False"
+    w.forget()
