@@ -654,7 +654,11 @@ class Autoscaler:
         if patch or changed or worth_writing(written, decision.state):
             # Explicit nulls: a merge patch must remove what the new state dropped.
             patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
-            if not await self._write_status(body, patch, conds if changed else None):
+            # A resize was decided by its intent's write (committed above) and made: its
+            # event goes out even when this write lost to the job's changes (the next pass
+            # decides Cooldown and drops the intent left in status: `_finish_resize`).
+            wrote = await self._write_status(body, patch, conds if changed else None)
+            if not wrote and not decision.resize:
                 return  # the job changed under this pass: decide again, post nothing yet
             log.info("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
         else:

@@ -252,7 +252,9 @@ class StallClock:
                 old = w.body.get("status") or {}
                 new = {**old, "progress": status_progress(p)}
                 try:
-                    await writer.write(w.body, new, writer=STALL_CLOCK, fields=("progress",))
+                    written = await writer.write(
+                        w.body, new, writer=STALL_CLOCK, fields=("progress",)
+                    )
                 except asyncio.CancelledError:
                     raise
                 except RetrySoon as err:  # someone else wrote progress: look next sweep
@@ -263,7 +265,8 @@ class StallClock:
                         log.warning("%s/%s: cannot record progress: %s", *w.key, err)
                     return
                 clock.recorded = Recorded(p.step, stalled, now)
-                metrics.PROGRESS_WRITES.labels(why="stalled" if stalled else "progress").inc()
+                if written is not None:  # None: status had it already, or the job is gone
+                    metrics.PROGRESS_WRITES.labels(why="stalled" if stalled else "progress").inc()
 
         await asyncio.gather(*(write(*item) for item in writes))
 
