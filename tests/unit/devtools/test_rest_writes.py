@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from gaudi_devtools.benchmarks.rest import Window, delta, measure, write_counts
+from gaudi_devtools.benchmarks.rest import Window, delta, event_writes, measure, write_counts
 
 pytestmark = pytest.mark.unit
 
@@ -19,20 +20,30 @@ def line(labels: str, value: float, code: str = "200", dry_run: str = "") -> str
 
 
 class FakeCluster:
-    """Answers `kubectl get --raw /metrics` with each text in turn."""
+    """Answers `kubectl get --raw /metrics` and `kubectl get events` with each in turn."""
 
-    def __init__(self, *texts: str) -> None:
-        self.texts = list(texts)
+    def __init__(self, texts: list[str], events: list[list[Any]] | None = None) -> None:
+        self.texts = texts
+        self.events = events or []
 
     def kubectl(self, *args: str) -> Any:
+        if args[:2] == ("get", "events"):
+            return SimpleNamespace(stdout=json.dumps({"items": self.events.pop(0)}))
         assert args == ("get", "--raw", "/metrics")
         return SimpleNamespace(stdout=self.texts.pop(0))
 
 
-def measured(before: str, after: str, jobs: int, seconds: float) -> Window:
-    w = measure(FakeCluster(before, after), jobs, 0)
+def measured(
+    before: str, after: str, jobs: int, seconds: float, events: list[list[Any]] | None = None
+) -> Window:
+    cluster = FakeCluster([before, after], events)
+    w = measure(cluster, jobs, 0, namespace="ns" if events else None)
     w.seconds = seconds
     return w
+
+
+def event(component: str, count: int) -> dict[str, Any]:
+    return {"source": {"component": component}, "count": count}
 
 
 TEXT = "\n".join(
@@ -71,3 +82,22 @@ def test_the_operators_events_count_beside_its_job_writes() -> None:
     assert w.total == 0  # no write of the job resource
     assert (w.operator.events, w.operator.status, w.operator.total) == (4, 0, 4)
     assert w.operator_per_job_per_minute == pytest.approx(2.0)
+
+
+def test_event_writes_are_the_operators_own_by_the_events_source() -> None:
+    events = 'group="",resource="events",subresource="",verb="PATCH",version="v1"'
+    after = "\n".join([TEXT, line(events, 30)])
+    # kube-controller-manager's endpoint controllers write 29 of them, the operator one.
+    first = [event("endpoint-slice-controller", 10), event("gaudi-operator", 1)]
+    last = [
+        event("endpoint-slice-controller", 39),
+        event("gaudi-operator", 1),
+        event("gaudi-operator", 1),
+    ]
+    w = measured(TEXT, after, jobs=1, seconds=60, events=[first, last])
+    assert (w.operator.events, w.others_events) == (1, 29)
+    assert w.operator_per_job_per_minute == pytest.approx(1.0)
+    assert event_writes(json.dumps({"items": last})) == {
+        "endpoint-slice-controller": 39,
+        "gaudi-operator": 2,
+    }
