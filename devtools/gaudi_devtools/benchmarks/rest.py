@@ -42,7 +42,12 @@ from rich.console import Console
 from rich.table import Table
 
 from gaudi_devtools.benchmarks.support import start_operator
-from gaudi_devtools.benchmarks.writes import ControllerWrites, controller_writes, request_totals
+from gaudi_devtools.benchmarks.writes import (
+    ControllerWrites,
+    controller_writes,
+    event_writes,
+    request_totals,
+)
 from gaudi_devtools.cluster.processes import free_port
 from gaudi_operator import api
 from gaudi_operator.observability.events import EVENT_SOURCE
@@ -119,16 +124,6 @@ class Window:
 
     def _rate(self, writes: float) -> float:
         return writes / self.jobs / (self.seconds / 60) if self.jobs and self.seconds else 0.0
-
-
-def event_writes(events_json: str) -> dict[str, int]:
-    """Writes behind the Events of `kubectl get events -o json`, by source component: each
-    Event is one create and `count - 1` patches (the recorder's de-duplication)."""
-    out: dict[str, int] = {}
-    for e in json.loads(events_json).get("items") or []:
-        who = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
-        out[who] = out.get(who, 0) + max(1, int(e.get("count") or 1))
-    return out
 
 
 def namespace_events(cluster: Any, namespace: str | None) -> dict[str, int]:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gaudi_devtools.benchmarks.rest import Window, delta, event_writes, measure, write_counts
+from gaudi_devtools.benchmarks.rest import Window, delta, measure, write_counts
+from gaudi_devtools.benchmarks.writes import event_writes
 
 pytestmark = pytest.mark.unit
 
