@@ -1,6 +1,6 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile, takeover, soak, recovery, inplace); `support` holds what they share. Loaded only when
-`gaudi3 benchmark` runs."""
+reconcile, takeover, soak, recovery, inplace, rest); `support` holds what they share. Loaded
+only when `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from gaudi_devtools.benchmarks import failover, inplace, recovery
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
+from gaudi_devtools.benchmarks.rest import benchmark_rest
 from gaudi_devtools.benchmarks.soak import benchmark_soak
 from gaudi_devtools.benchmarks.takeover import takeover
 from gaudi_devtools.benchmarks.train import benchmark_train
@@ -21,6 +22,7 @@ benchmark_app.command("train")(benchmark_train)
 benchmark_app.command("reconcile")(benchmark_reconcile)
 benchmark_app.command("takeover")(takeover)
 benchmark_app.command("soak")(benchmark_soak)
+benchmark_app.command("rest")(benchmark_rest)
 failover.register(benchmark_app)
 recovery.register(benchmark_app)
 inplace.register(benchmark_app)

@@ -47,21 +47,25 @@ LOAD_METRIC = "gaudi3_bench_load"
 
 
 class MetricExporter:
-    """Gauges a test or benchmark sets, scraped by the local cluster's Prometheus."""
+    """Gauges a test or benchmark sets, scraped by the local cluster's Prometheus.
+
+    It stands in for the pods of many jobs, so each series carries the `namespace` label
+    that Prometheus' service discovery gives a real pod's series (this folder is scraped
+    with honor_labels): the operator limits a job's queries to it."""
 
     def __init__(self, targets_dir: Path, name: str) -> None:
         self.registry = CollectorRegistry()
         self.load = Gauge(
             LOAD_METRIC,
             "Load that drives the autoscaler in tests and benchmarks",
-            ["gtj", "gtj_namespace"],
+            ["gtj", "gtj_namespace", "namespace"],
             registry=self.registry,
         )
         # Same name and labels as the launcher's metric (docs/architecture.md).
         self.throughput = Gauge(
             "gaudi3_train_samples_per_second",
             "Per-rank training throughput (simulated)",
-            ["gtj", "gtj_namespace", "rank"],
+            ["gtj", "gtj_namespace", "rank", "namespace"],
             registry=self.registry,
         )
         self.port = free_port()
@@ -74,21 +78,29 @@ class MetricExporter:
         tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{self.port}"]}]))
         tmp.rename(self.target_file)  # atomic: Prometheus never reads half a file
 
-    def set_load(self, job: str, namespace: str, value: float) -> None:
-        self.load.labels(gtj=job, gtj_namespace=namespace).set(value)
+    def set_load(
+        self, job: str, namespace: str, value: float, *, pod_namespace: str | None = None
+    ) -> None:
+        """The job's load; `pod_namespace` serves it as if from a pod of another namespace
+        (one that claims the job's labels)."""
+        self.load.labels(
+            gtj=job, gtj_namespace=namespace, namespace=pod_namespace or namespace
+        ).set(value)
 
     def set_throughput(self, job: str, namespace: str, per_rank: list[float]) -> None:
         """Replace the job's per-rank series (ranks that are gone disappear)."""
         for labels in list(self._ranks(job, namespace)):
             self.throughput.remove(*labels)
         for rank, v in enumerate(per_rank):
-            self.throughput.labels(gtj=job, gtj_namespace=namespace, rank=str(rank)).set(v)
+            self.throughput.labels(
+                gtj=job, gtj_namespace=namespace, rank=str(rank), namespace=namespace
+            ).set(v)
 
-    def _ranks(self, job: str, namespace: str) -> Iterator[tuple[str, str, str]]:
+    def _ranks(self, job: str, namespace: str) -> Iterator[tuple[str, str, str, str]]:
         for metric in self.throughput.collect():
             for s in metric.samples:
                 if s.labels.get("gtj") == job and s.labels.get("gtj_namespace") == namespace:
-                    yield (job, namespace, s.labels["rank"])
+                    yield (job, namespace, s.labels["rank"], namespace)
 
     def close(self) -> None:
         self.target_file.unlink(missing_ok=True)

@@ -45,6 +45,8 @@ PER_JOB_FAMILIES = (
     "gaudi_operator_job_condition",
     "gaudi_operator_job_restarts",
     "gaudi_operator_autoscale_desired_replicas",
+    "gaudi_operator_job_training_step",
+    "gaudi_operator_job_step_advanced_timestamp_seconds",
 )
 
 

@@ -12,6 +12,7 @@ and the tests that use this run on their own cluster, or in a quiet one).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -115,3 +116,14 @@ async def read_request_totals(clients: kube.Clients) -> Counter[Request]:
     finally:
         resp.release()
     return request_totals(text)
+
+
+def event_writes(events_json: str) -> dict[str, int]:
+    """Writes behind the Events of `kubectl get events -o json`, by source component: each
+    Event is one create and `count - 1` patches (the recorder's de-duplication). The request
+    counter cannot tell whose an Event write was; the Event itself can."""
+    out: dict[str, int] = {}
+    for e in json.loads(events_json).get("items") or []:
+        who = (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""
+        out[who] = out.get(who, 0) + max(1, int(e.get("count") or 1))
+    return out

@@ -5,7 +5,8 @@ State lives in ``~/.cache/gaudi3/clusters/<name>/``: ``cluster.json`` (ports and
 ``kubeconfig``, ``pki/``, ``logs/<component>.log``, ``logs/audit.log`` (the API server's
 record of every write: audit.py), ``pids/``, ``specs/`` (what the supervisor restarts),
 ``restarts.jsonl`` and ``prometheus/targets/`` (a file_sd folder: drop a JSON target list
-there and Prometheus scrapes it within seconds).
+there and Prometheus scrapes it within seconds; pods' own targets go in
+``prometheus/targets/pods/``, scraped without honor_labels).
 
 A supervisor process per cluster (``supervisor.py``) restarts any component that exits.
 """
@@ -132,7 +133,16 @@ class Cluster:
 
     @property
     def targets_dir(self) -> Path:
+        """Test exporters and the operator's own targets (scraped with honor_labels: an
+        exporter that stands in for many pods sets their `namespace` itself)."""
         return self.dir / "prometheus" / "targets"
+
+    @property
+    def pod_targets_dir(self) -> Path:
+        """Pods' own targets (the real nodes' annotated pods), scraped as a Kubernetes
+        service discovery job is: honor_labels false, so the target's `namespace` label wins
+        over anything the pod serves (which becomes `exported_namespace`)."""
+        return self.targets_dir / "pods"
 
     @property
     def settings(self) -> Settings | None:
@@ -682,7 +692,7 @@ class Cluster:
     def _start_prometheus(self, s: Settings) -> None:
         self.say("starting Prometheus")
         root = self.dir / "prometheus"
-        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        self.pod_targets_dir.mkdir(parents=True, exist_ok=True)
         interval = f"{s.scrape_interval_seconds}s"
         cfg = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -697,6 +707,18 @@ class Cluster:
                     "honor_labels": True,
                     "file_sd_configs": [
                         {"files": [str(self.targets_dir / "*.json")], "refresh_interval": "2s"}
+                    ],
+                },
+                # Pods, as a kubernetes_sd pod job scrapes them: the operator limits a job's
+                # queries to the `namespace` label, which a pod must not be able to set.
+                {
+                    "job_name": "gaudi3-pods",
+                    "honor_labels": False,
+                    "file_sd_configs": [
+                        {
+                            "files": [str(self.pod_targets_dir / "*.json")],
+                            "refresh_interval": "2s",
+                        }
                     ],
                 },
             ],

@@ -23,7 +23,9 @@ patch after a kubelet re-registers) writes the headless-Service records of those
 a hosts file that CoreDNS serves before its kubernetes plugin. For the same reason
 Prometheus cannot discover those pods: the loop also writes every real-node pod that asks
 to be scraped (``prometheus.io/scrape: "true"``, the usual annotations) into a file of the
-cluster's file_sd folder, labelled with its namespace, pod and node.
+cluster's file_sd folder for pods, labelled with its namespace, pod and node, and scraped
+without honor_labels as a kubernetes_sd job would: the operator limits a job's PromQL to
+its `namespace` label, which a pod must not be able to set.
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ class RealNodes:
 
     @property
     def targets_file(self) -> Path:
-        return self.c.targets_dir / SCRAPE_TARGETS_FILE
+        return self.c.pod_targets_dir / SCRAPE_TARGETS_FILE
 
     def nodes(self, s: Settings) -> list[RealNode]:
         return [

@@ -71,6 +71,7 @@ from gaudi_operator.api.spec import (
 from gaudi_operator.api.status import (
     AUTOSCALER_CONDITIONS,
     AUTOSCALER_FIELDS,
+    STALL_CLOCK_FIELDS,
     AutoscalingStatus,
     Condition,
     GaudiTrainingJob,
@@ -118,6 +119,7 @@ __all__ = [
     "SCALE_OUT_READY_LABEL",
     "SHORT_NAME",
     "SINGULAR",
+    "STALL_CLOCK_FIELDS",
     "SUPPORTED_HPUS_PER_WORKER",
     "TORCHRUN_MAX_RESTARTS",
     "VERSION",

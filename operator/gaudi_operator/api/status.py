@@ -10,15 +10,19 @@ from pydantic import Field
 from gaudi_operator.api.names import API_VERSION, KIND
 from gaudi_operator.api.spec import ConditionType, GaudiTrainingJobSpec, Model, Phase
 
-# Two writers share the status: the autoscaler owns these fields and condition types, the
-# reconciler everything else. Each checks only its own part for staleness before writing.
+# Writers share the status (runtime.status_writer): the autoscaler owns these fields and
+# condition types, the stall clock `progress`, the reconciler everything else. Each checks
+# only its own part for staleness before writing.
 AUTOSCALER_FIELDS = ("lastScale", "autoscaling")
 AUTOSCALER_CONDITIONS = (ConditionType.METRICS_UNAVAILABLE, ConditionType.AUTOSCALING_CONFLICT)
+STALL_CLOCK_FIELDS = ("progress",)
 
 
 def reconciler_part(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The status without the autoscaler's fields and conditions: what the reconciler wrote."""
-    out = {k: v for k, v in status.items() if k not in AUTOSCALER_FIELDS}
+    """The status without the autoscaler's and the stall clock's parts: what the reconciler
+    wrote (it decides nothing from `progress`: the stall clock's reading is in memory)."""
+    skip = (*AUTOSCALER_FIELDS, *STALL_CLOCK_FIELDS)
+    out = {k: v for k, v in status.items() if k not in skip}
     conds = status.get("conditions") or []
     out["conditions"] = [c for c in conds if c.get("type") not in AUTOSCALER_CONDITIONS]
     return out

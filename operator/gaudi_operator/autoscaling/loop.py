@@ -14,13 +14,22 @@ A pass:
    names the job (KEDA's ScaledObject creates exactly such an HPA), or the annotation
    `gaudi.scalestarter.dev/external-autoscaler` on the job (for anything else that
    writes /scale);
-3. queries the metric and the job's throughput (skipped while backing off after
-   failures; the condition MetricsUnavailable says why);
+3. queries the metric, limited to the job's namespace (`clients.promql.scope_query`;
+   a query that cannot be limited is refused: MetricsUnavailable, reason QueryNotScoped),
+   and reads the job's throughput from one query for every autoscaled job (skipped while
+   backing off after failures; the condition MetricsUnavailable says why);
 4. looks at the job's pods (is a scale-up's new worker still unscheduled?) and, only
    when a scale-up is coming, at the nodes (capacity.py);
 5. applies the decision: a resize replaces the Scale with the resourceVersion it read, so
    it never overwrites a concurrent `kubectl scale`; then writes status.autoscaling,
-   status.lastScale and conditions, posts events, and counts metrics.
+   status.lastScale and conditions through the one status writer
+   (`runtime.status_writer`, as `AUTOSCALER`), posts events once that write landed, and
+   counts metrics.
+
+The loop's state (recommendations, the metric's value, the backoff) is kept in memory and
+reaches `status.autoscaling` only when the decision changes (`policy.worth_writing`): a job
+whose decision holds costs no API write. A process without that memory (a restart, a new
+leader) resumes from status (`policy.resume`).
 """
 
 from __future__ import annotations
@@ -28,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,11 +63,13 @@ from gaudi_operator.api import (
 from gaudi_operator.autoscaling import capacity
 from gaudi_operator.autoscaling.policy import (
     NOTABLE_HOLDS,
-    THROUGHPUT_QUERY,
+    THROUGHPUT_BY_JOB,
     Decision,
     Observation,
     Reason,
     decide,
+    resume,
+    worth_writing,
 )
 from gaudi_operator.clients import kube
 from gaudi_operator.clients.prometheus import (
@@ -70,12 +82,19 @@ from gaudi_operator.clients.prometheus import (
     choose_url,
     render_query,
 )
+from gaudi_operator.clients.promql import (
+    DEFAULT_NAMESPACE_LABEL,
+    QueryNotScoped,
+    scope_query,
+    scope_query_to_any,
+)
 from gaudi_operator.jobs import manifests
 from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import observe_pod
 from gaudi_operator.observability import metrics
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.runtime import failpoints
+from gaudi_operator.runtime.status_writer import AUTOSCALER, RetrySoon, StatusWriter
 from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
@@ -85,7 +104,12 @@ Key = tuple[str, str]  # (namespace, job name)
 DEFAULT_INTERVAL_SECONDS = 10.0
 INTERVAL_ENV = "GAUDI3_AUTOSCALE_INTERVAL_SECONDS"
 PROMETHEUS_ENV = "GAUDI3_PROMETHEUS_URL"
-STATUS_WRITE_ATTEMPTS = 4
+# Without a trusted namespace label (`--prometheus-namespace-label ""`), the launcher's own.
+LAUNCHER_NAMESPACE_LABEL = "gtj_namespace"
+# MetricsUnavailable reasons: why the metric could not be read.
+QUERY_FAILED = "QueryFailed"
+QUERY_NOT_SCOPED = "QueryNotScoped"
+NO_PROMETHEUS = "NoPrometheus"
 
 
 @dataclass
@@ -95,16 +119,24 @@ class AutoscalerSettings:
     allowed_urls: tuple[str, ...] = ()
     interval: float = DEFAULT_INTERVAL_SECONDS
     query_timeout: float = 5.0
-    concurrency: int = 8  # passes running at once, all jobs together
+    # Passes (and so users' queries, each with `query_timeout`) running at once, all jobs
+    # together: a slow Prometheus costs a sweep of N jobs N / concurrency timeouts.
+    concurrency: int = 32
+    # The label Prometheus' service discovery puts a pod's namespace in; "" = no scoping.
+    namespace_label: str = DEFAULT_NAMESPACE_LABEL
 
     @classmethod
     def from_env(
-        cls, prometheus_url: str = "", allowed_urls: tuple[str, ...] = ()
+        cls,
+        prometheus_url: str = "",
+        allowed_urls: tuple[str, ...] = (),
+        namespace_label: str = DEFAULT_NAMESPACE_LABEL,
     ) -> AutoscalerSettings:
         return cls(
             prometheus_url=prometheus_url or os.environ.get(PROMETHEUS_ENV, ""),
             allowed_urls=allowed_urls,
             interval=float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS)),
+            namespace_label=namespace_label,
         )
 
 
@@ -124,6 +156,16 @@ _NOT_FORMED = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING)
 ROOM_CACHE_SECONDS = 3.0
 
 
+@dataclass
+class _Throughputs:
+    """One answer to the throughput query for every autoscaled job of one Prometheus."""
+
+    at: float = -1e9  # time.monotonic() of the answer
+    namespaces: frozenset[str] = frozenset()
+    values: dict[Key, float] | None = None  # None: the query failed
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Autoscaler:
     def __init__(
         self,
@@ -137,11 +179,16 @@ class Autoscaler:
         # Capacity checks place the worker pod the reconciler would create.
         self.gaudi = gaudi or GaudiSettings()
         self.hpas = k8s.AutoscalingV2Api(clients.api_client)
+        self.status = StatusWriter(clients)
         self._clock = clock
         self._prom: dict[str, PrometheusClient] = {}
         self._due: dict[Key, float] = {}
         self._running: set[Key] = set()
+        # (uid, state) the last pass left: what it decided from, and what status lags.
+        self._memory: dict[Key, tuple[str, AutoscalingStatus]] = {}
+        self._throughputs: dict[str, _Throughputs] = {}
         metrics.track_cache("autoscale_due", lambda: len(self._due))
+        metrics.track_cache("autoscale_memory", lambda: len(self._memory))
         metrics.track_cache("autoscale_running", lambda: len(self._running))
         metrics.track_cache("autoscale_prometheus_clients", lambda: len(self._prom))
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -173,11 +220,15 @@ class Autoscaler:
         while True:
             now = time.monotonic()
             entries = self._entries()
-            for gone in self._due.keys() - {key for key, _ in entries}:
+            present = {key for key, _ in entries}
+            for gone in self._due.keys() - present:
                 del self._due[gone]  # deleted jobs: bounded by the jobs that exist
+            for gone in self._memory.keys() - present:
+                del self._memory[gone]
             for key, entry in entries:
                 if not (entry.enabled or entry.flagged):
                     self._due.pop(key, None)
+                    self._memory.pop(key, None)
                     continue
                 if key in self._running or self._due.get(key, 0) > now:
                     continue
@@ -234,9 +285,10 @@ class Autoscaler:
             return None
         now = self._clock()
         try:
-            state = AutoscalingStatus.model_validate(status.get("autoscaling") or {})
+            written = AutoscalingStatus.model_validate(status.get("autoscaling") or {})
         except ValidationError:
-            state = AutoscalingStatus()  # unreadable state: start over rather than crash
+            written = AutoscalingStatus()  # unreadable state: start over rather than crash
+        state = self._resume((namespace, name), meta.get("uid", ""), written, spec, now)
         if state.pending_resize is not None:
             await self._finish_resize(body, spec, state)
             return None
@@ -250,7 +302,7 @@ class Autoscaler:
             await self._refuse(body, conditions, external, now)
             return None
 
-        obs = await self._observe(body, spec, state, now)
+        obs, why = await self._observe(body, spec, state, now)
         decision = decide(spec, state, obs, self.settings.interval)
         if decision.direction == "up" and not decision.rollback:
             # Only a scale-up needs the nodes: list them now, and decide again with the room.
@@ -260,8 +312,23 @@ class Autoscaler:
                 decision = decide(spec, state, obs, self.settings.interval)
                 if decision.reason == Reason.INSUFFICIENT_CAPACITY:
                     decision = _with_message(decision, f"{decision.message}: {room[1]}")
-        await self._apply(body, spec, state, decision, obs, conditions, now)
+        await self._apply(body, spec, written, decision, obs, why, conditions, now)
         return decision
+
+    def _resume(
+        self,
+        key: Key,
+        uid: str,
+        written: AutoscalingStatus,
+        spec: GaudiTrainingJobSpec,
+        now: datetime,
+    ) -> AutoscalingStatus:
+        """The state to decide from: this process's own while status still records the same
+        decision (nobody else changed it, and the last write landed), else status's."""
+        mine = self._memory.get(key)
+        if mine is not None and mine[0] == uid and not worth_writing(written, mine[1]):
+            return mine[1].model_copy(deep=True)
+        return resume(written, now)
 
     async def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -282,13 +349,16 @@ class Autoscaler:
         spec: GaudiTrainingJobSpec,
         state: AutoscalingStatus,
         now: datetime,
-    ) -> Observation:
+    ) -> tuple[Observation, str | None]:
+        """What the pass sees, and why the metric is missing (a MetricsUnavailable reason;
+        None when it was read, or not asked while backing off)."""
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         replicas = spec.workers.replicas
         value: float | None = None
         throughput: float | None = None
         error, queried = "", True
+        why: str | None = None
         next_query = api.parse_rfc3339(state.next_query_time)
         try:
             url = choose_url(
@@ -297,7 +367,7 @@ class Autoscaler:
                 self.settings.allowed_urls,
             )
         except URLNotAllowed as err:
-            url, error = "", str(err)
+            url, error, why = "", str(err), NO_PROMETHEUS
             metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="url_not_allowed").inc()
         if error:
             queried = False
@@ -312,23 +382,27 @@ class Autoscaler:
                 "no Prometheus to ask: set spec.autoscaling.prometheusURL, or start the "
                 "operator with --prometheus-url (GAUDI3_PROMETHEUS_URL)"
             )
+            why = NO_PROMETHEUS
             metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="no_url").inc()
         else:
             prom = self._client(url)
             try:
-                value = await prom.value(render_query(spec.autoscaling.metric.query, name, ns))
+                query = self._scoped(render_query(spec.autoscaling.metric.query, name, ns), ns)
+                value = await prom.value(query)
+            except QueryNotScoped as err:
+                error, why = str(err), QUERY_NOT_SCOPED
+                metrics.AUTOSCALE_QUERY_ERRORS.labels(kind="not_scoped").inc()
             except PromQLError as err:
-                error = f"spec.autoscaling.metric.query: {err}"
+                error, why = f"spec.autoscaling.metric.query: {err}", QUERY_FAILED
                 metrics.AUTOSCALE_QUERY_ERRORS.labels(kind=_error_kind(err)).inc()
             if value is not None:
-                with contextlib.suppress(PromQLError):
-                    throughput = await prom.value(render_query(THROUGHPUT_QUERY, name, ns))
+                throughput = await self._throughput(url, prom, (ns, name))
         new_running = new_pending = 0
         if state.verifying is not None:
             new_running, new_pending = await self._new_workers(
                 ns, name, meta.get("uid", ""), state.verifying.from_, state.verifying.to
             )
-        return Observation(
+        obs = Observation(
             now=now,
             replicas=replicas,
             value=value,
@@ -338,6 +412,35 @@ class Autoscaler:
             new_running=new_running,
             new_pending=new_pending,
         )
+        return obs, why
+
+    def _scoped(self, query: str, namespace: str) -> str:
+        label = self.settings.namespace_label
+        return scope_query(query, label, namespace) if label else query
+
+    async def _throughput(self, url: str, prom: PrometheusClient, key: Key) -> float | None:
+        """The job's samples/s from one query for every autoscaled job (asked again once
+        per loop interval, or when a job of a namespace it did not cover asks); None when
+        unknown."""
+        shared = self._throughputs.setdefault(url, _Throughputs())
+        async with shared.lock:  # the passes of one sweep share one answer
+            fresh = time.monotonic() - shared.at < self.settings.interval * 0.9
+            if not (fresh and key[0] in shared.namespaces):
+                wanted = frozenset(k[0] for k, e in self._entries() if e.enabled) | {key[0]}
+                label = self.settings.namespace_label or LAUNCHER_NAMESPACE_LABEL
+                query = scope_query_to_any(THROUGHPUT_BY_JOB.format(label=label), label, wanted)
+                try:
+                    samples = await prom.query(query)
+                    shared.values = {
+                        (s.labels.get(label, ""), s.labels.get("gtj", "")): s.value
+                        for s in samples
+                        if not math.isnan(s.value)
+                    }
+                except PromQLError as err:
+                    log.debug("throughput query failed: %s", err)
+                    shared.values = None
+                shared.at, shared.namespaces = time.monotonic(), wanted
+            return (shared.values or {}).get(key)
 
     def _client(self, url: str) -> PrometheusClient:
         prom = self._prom.get(url)
@@ -464,8 +567,8 @@ class Autoscaler:
         new = set_condition(
             conditions, ConditionType.AUTOSCALING_CONFLICT, True, "ExternalAutoscaler", msg, now
         )
-        await self._write_status(body, {}, new)
-        await post_event(self.clients, body, "Warning", "AutoscalingConflict", msg)
+        if await self._write_status(body, {}, new):
+            await post_event(self.clients, body, "Warning", "AutoscalingConflict", msg)
 
     async def _clear_conditions(self, body: Mapping[str, Any], conditions: list[Condition]) -> None:
         now = self._clock()
@@ -481,14 +584,16 @@ class Autoscaler:
         self,
         body: Mapping[str, Any],
         spec: GaudiTrainingJobSpec,
-        old: AutoscalingStatus,
+        written: AutoscalingStatus,
         decision: Decision,
         obs: Observation,
+        why: str | None,
         conditions: list[Condition],
         now: datetime,
     ) -> None:
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
+        key, uid = (ns, name), meta.get("uid", "")
         patch: dict[str, Any] = {}
         if decision.resize:
             # Commit before act: the resize (lastScale, cooldown, and the pending intent)
@@ -509,32 +614,34 @@ class Autoscaler:
                 }
             )
             before = (body.get("status") or {}).get("lastScale")
-            written = await self._commit(body, {"lastScale": last, "autoscaling": intent.to_dict()})
-            if written is None:
+            committed = await self._commit(
+                body, {"lastScale": last, "autoscaling": intent.to_dict()}
+            )
+            if committed is None:
                 return  # the job changed since this pass read it: decide again next pass
-            body = written
+            body = committed
             failpoints.hit("after-scale-intent")
             if await self._scale(ns, name, decision.current, decision.replicas):
                 self._room_cache = None  # our own new workers change the room
                 patch["lastScale"] = last
             else:  # someone resized meanwhile: no resize of ours to record
                 patch["lastScale"] = before
-        # Explicit nulls: a merge patch must remove what the new state dropped.
-        patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
 
         conds = _conflict_cleared(conditions, now)
         unavailable = get_condition(conds, ConditionType.METRICS_UNAVAILABLE)
-        if obs.value is None:
-            reason = "BackingOff" if not obs.metric_queried else "QueryFailed"
-            conds = set_condition(
-                conds,
-                ConditionType.METRICS_UNAVAILABLE,
-                True,
-                reason,
-                f"holding {decision.current} workers: {obs.metric_error}",
-                now,
-            )
-        elif unavailable is not None and unavailable.status == "True":
+        if obs.value is None and why:
+            # Said once per cause: a message that changes every pass (timings, backoff)
+            # would cost a write every pass.
+            if unavailable is None or unavailable.status != "True" or unavailable.reason != why:
+                conds = set_condition(
+                    conds,
+                    ConditionType.METRICS_UNAVAILABLE,
+                    True,
+                    why,
+                    f"holding {decision.current} workers: {obs.metric_error}",
+                    now,
+                )
+        elif obs.value is not None and unavailable is not None and unavailable.status == "True":
             conds = set_condition(
                 conds,
                 ConditionType.METRICS_UNAVAILABLE,
@@ -543,7 +650,20 @@ class Autoscaler:
                 f"metric reads {obs.value:g}",
                 now,
             )
-        await self._write_status(body, patch, conds if conds != conditions else None)
+        changed = conds != conditions
+        if patch or changed or worth_writing(written, decision.state):
+            # Explicit nulls: a merge patch must remove what the new state dropped.
+            patch["autoscaling"] = decision.state.model_dump(by_alias=True, mode="json")
+            # A resize was decided by its intent's write (committed above) and made: its
+            # event goes out even when this write lost to the job's changes (the next pass
+            # decides Cooldown and drops the intent left in status: `_finish_resize`).
+            wrote = await self._write_status(body, patch, conds if changed else None)
+            if not wrote and not decision.resize:
+                return  # the job changed under this pass: decide again, post nothing yet
+            log.info("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
+        else:
+            log.debug("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
+        self._memory[key] = (uid, decision.state)
 
         metrics.AUTOSCALE_DECISIONS.labels(
             direction=decision.direction, reason=decision.reason.value
@@ -551,8 +671,7 @@ class Autoscaler:
         metrics.AUTOSCALE_DESIRED_REPLICAS.labels(namespace=ns, job=name).set(
             decision.replicas if decision.desired is None else decision.desired
         )
-        log.info("%s/%s: %s: %s", ns, name, decision.reason.value, decision.message)
-        await self._post_events(body, old, decision, obs, unavailable)
+        await self._post_events(body, written, decision, obs, why, unavailable)
 
     async def _post_events(
         self,
@@ -560,6 +679,7 @@ class Autoscaler:
         old: AutoscalingStatus,
         decision: Decision,
         obs: Observation,
+        why: str | None,
         unavailable_before: Condition | None,
     ) -> None:
         if decision.confirmed:
@@ -572,12 +692,11 @@ class Autoscaler:
             return
         before = old.last_decision.reason if old.last_decision else None
         if decision.reason == Reason.METRICS_UNAVAILABLE:
-            if obs.metric_queried and (
-                unavailable_before is None or unavailable_before.status != "True"
-            ):
-                await post_event(
-                    self.clients, body, "Warning", "MetricsUnavailable", decision.message
-                )
+            was = unavailable_before
+            if why and (was is None or was.status != "True" or was.reason != why):
+                # One Warning per cause; a refused query names its reason.
+                reason = why if why == QUERY_NOT_SCOPED else "MetricsUnavailable"
+                await post_event(self.clients, body, "Warning", reason, decision.message)
             return
         if unavailable_before is not None and unavailable_before.status == "True":
             await post_event(
@@ -596,26 +715,11 @@ class Autoscaler:
     ) -> dict[str, Any] | None:
         """Write `intent` into status if the job is still the version `body` is; the new
         object, or None when it changed meanwhile (or is gone)."""
-        meta = body.get("metadata") or {}
-        old = body.get("status") or {}
-        patch = kube.merge_patch({k: old[k] for k in intent if k in old}, intent)
+        new = {**(body.get("status") or {}), **intent}
         try:
-            written: dict[
-                str, Any
-            ] = await self.clients.custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                meta.get("namespace", ""),
-                api.PLURAL,
-                meta.get("name", ""),
-                {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch},
-                _content_type=kube.MERGE_PATCH,
-            )
-        except Exception as err:
-            if kube.status_code(err) in (404, 409):
-                return None
-            raise
-        return written
+            return await self.status.commit(body, new, fields=tuple(intent))
+        except RetrySoon:
+            return None
 
     async def _finish_resize(
         self, body: Mapping[str, Any], spec: GaudiTrainingJobSpec, state: AutoscalingStatus
@@ -661,47 +765,31 @@ class Autoscaler:
         body: Mapping[str, Any],
         patch: dict[str, Any],
         conditions: list[Condition] | None,
-    ) -> None:
-        """Merge-patch our status fields. Conditions are shared with the reconciler, so
-        they are re-read and merged just before the write, under a resourceVersion
-        precondition, and retried on a conflict."""
-        meta = body.get("metadata") or {}
-        ns, name = meta.get("namespace", ""), meta.get("name", "")
-        ours = {c.type: c for c in conditions or [] if c.type in OUR_CONDITIONS}
-        # Each field replaced whole: keys an earlier value had and this one lacks go null.
+    ) -> bool:
+        """Write our status fields (`patch`, each replaced whole) and, when given, our
+        condition types through the one status writer; the reconciler's conditions are
+        left as the job has them. False when the job changed under this pass (decide
+        again next pass: nothing was written)."""
         old = body.get("status") or {}
-        patch = kube.merge_patch({k: old[k] for k in patch if k in old}, patch)
-        for _ in range(STATUS_WRITE_ATTEMPTS):
-            full = dict(patch)
-            rv = meta.get("resourceVersion")
-            if conditions is not None:
-                fresh = await self._get_job(ns, name)
-                if fresh is None:
-                    return
-                rv = (fresh.get("metadata") or {}).get("resourceVersion")
-                merged = [c for c in _conditions(fresh.get("status") or {}) if c.type not in ours]
-                full["conditions"] = [c.to_dict() for c in [*merged, *ours.values()]]
-                body_patch: dict[str, Any] = {"metadata": {"resourceVersion": rv}, "status": full}
-            else:
-                body_patch = {"status": full}
-            try:
-                await self.clients.custom.patch_namespaced_custom_object_status(
-                    api.GROUP,
-                    api.VERSION,
-                    ns,
-                    api.PLURAL,
-                    name,
-                    body_patch,
-                    _content_type=kube.MERGE_PATCH,
-                )
-                return
-            except Exception as err:
-                code = kube.status_code(err)
-                if code == 404:
-                    return
-                if code != 409 or conditions is None:
-                    raise
-        log.warning("%s/%s: status write kept conflicting; next pass retries", ns, name)
+        new = {**old, **patch}
+        fields = list(patch)
+        if conditions is not None:
+            # Only our types change; the others stay exactly as read (a re-serialised copy
+            # could differ and be taken for a change of the reconciler's).
+            ours = {c.type: c.to_dict() for c in conditions if c.type in OUR_CONDITIONS}
+            raw = list(old.get("conditions") or [])
+            merged = [ours.pop(c.get("type"), c) if c.get("type") in ours else c for c in raw]
+            new["conditions"] = [*merged, *ours.values()]
+            fields.append("conditions")
+        try:
+            await self.status.write(body, new, writer=AUTOSCALER, fields=fields)
+        except RetrySoon as err:
+            meta = body.get("metadata") or {}
+            log.info(
+                "%s/%s: %s; next pass decides again", meta.get("namespace"), meta.get("name"), err
+            )
+            return False
+        return True
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -42,8 +42,9 @@ from gaudi_operator.api import (
 )
 from gaudi_train.batching import valid_replica_counts
 
-# Queries the autoscaler runs besides the user's metric.
-THROUGHPUT_QUERY = 'sum(gaudi3_train_samples_per_second{gtj="$job",gtj_namespace="$namespace"})'
+# The autoscaler's own query besides the users' metrics: every autoscaled job's throughput
+# at once, by the Prometheus namespace label and the launcher's job label.
+THROUGHPUT_BY_JOB = "sum by ({label}, gtj) (gaudi3_train_samples_per_second)"
 
 # How long a rolled-back size is held as the ceiling: long enough not to retry the same
 # failed scale-up every cooldown, short enough to try again when things change.
@@ -584,3 +585,47 @@ def _verify_scale_up(
         ),
         obs.replicas,
     )
+
+
+# --- what status records ----------------------------------------------------------------
+
+
+def decision_record(state: AutoscalingStatus | None) -> tuple[object, ...]:
+    """The part of the autoscaler's state that `status.autoscaling` is written for: the
+    decision (why, and the size it keeps or sets), a resize, a check or a ceiling, and
+    whether the metric can be read. Not the metric's value, what it asks for (`desired`,
+    which follows every wobble of a noisy metric while the size holds), the
+    recommendations or the backoff's count: those change every pass and live in memory
+    (and in `gaudi_operator_autoscale_desired_replicas`), so a job at rest costs no write."""
+    if state is None:
+        return ()
+    d = state.last_decision
+    return (
+        state.applied_replicas,
+        state.last_resize_time,
+        state.verifying.model_dump() if state.verifying else None,
+        state.ceiling.model_dump() if state.ceiling else None,
+        state.pending_resize.model_dump() if state.pending_resize else None,
+        (d.reason, d.current, d.replicas) if d else None,
+        state.query_failures > 0,
+    )
+
+
+def worth_writing(written: AutoscalingStatus | None, new: AutoscalingStatus) -> bool:
+    """Whether the new state must reach status: only when the decision changed."""
+    return decision_record(written) != decision_record(new)
+
+
+def resume(state: AutoscalingStatus, now: datetime) -> AutoscalingStatus:
+    """The state read back from status by a process that did not make it (a restart, a new
+    leader). Status was written when the decision last changed, and every pass since decided
+    the same, so the newest recommendation is taken to have held until now: exact while the
+    decision is WithinTolerance (its recommendation is the current size), and the same
+    direction while Stabilizing. Without this, a recommendation as old as the last decision
+    change would fall out of its window, and a restarted loop could resize at once on a
+    window it never watched; with it, a window that was running goes on from its start."""
+    if not state.recommendations:
+        return state  # never decided: `decide` seeds it
+    out = state.model_copy(deep=True)
+    out.recommendations[-1].time = stamp(now)
+    return out

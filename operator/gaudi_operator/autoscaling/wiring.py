@@ -11,6 +11,7 @@ import kopf
 from gaudi_operator import api
 from gaudi_operator.autoscaling.loop import OUR_CONDITIONS, Autoscaler, AutoscalerSettings, Entry
 from gaudi_operator.clients import kube
+from gaudi_operator.clients.promql import DEFAULT_NAMESPACE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ async def start(memo: kopf.Memo) -> None:
     kubeconfig = getattr(cfg, "kubeconfig", None)
     clients = await kube.connect(kubeconfig, pool_size=16)
     allowed = tuple(getattr(cfg, "prometheus_allowed_urls", ()) or ())
-    settings = AutoscalerSettings.from_env(url, allowed)
+    label = getattr(cfg, "prometheus_namespace_label", DEFAULT_NAMESPACE_LABEL)
+    settings = AutoscalerSettings.from_env(url, allowed, label)
     autoscaler = Autoscaler(clients, settings, gaudi=memo.get("gaudi"))
     autoscaler.start()
     memo["autoscaler"] = autoscaler

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import uuid
 from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+
+# status.progress at most once a minute besides transitions; at rest a job may cost 0.2
+# writes a minute (docs/performance.md), which the default (600 s) keeps well below.
+MIN_PROGRESS_STATUS_INTERVAL = 60
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class LogFormat(StrEnum):
@@ -131,6 +137,26 @@ def run_operator(
             "can reach.",
         ),
     ] = None,
+    prometheus_namespace_label: Annotated[
+        str,
+        typer.Option(
+            envvar="GAUDI3_PROMETHEUS_NAMESPACE_LABEL",
+            help="The label your Prometheus puts a pod's namespace in (from service "
+            "discovery, honor_labels false, so a pod cannot set it). Every selector of a "
+            "job's PromQL gets <label>=\"<the job's namespace>\" and a query that names the "
+            "label otherwise is refused. Empty: queries are not limited (single-tenant "
+            "clusters only).",
+        ),
+    ] = "namespace",
+    progress_status_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="GAUDI3_PROGRESS_STATUS_INTERVAL",
+            help="Seconds between two status.progress records of a training job besides "
+            "its transitions (first step, stalled, moving again); 0: transitions only, at "
+            "least 60 otherwise. The step itself is in the operator's metrics.",
+        ),
+    ] = 600.0,
     hugepages_mi_per_hpu: Annotated[
         int,
         typer.Option(
@@ -154,6 +180,17 @@ def run_operator(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False,
 ) -> None:
     """Run the operator (Ctrl-C or SIGTERM stops it)."""
+    if 0 < progress_status_interval < MIN_PROGRESS_STATUS_INTERVAL:
+        raise typer.BadParameter(
+            f"{progress_status_interval:g}: 0 (transitions only) or at least "
+            f"{MIN_PROGRESS_STATUS_INTERVAL} seconds, so that training jobs stay quiet at rest",
+            param_hint="--progress-status-interval",
+        )
+    if prometheus_namespace_label and not LABEL_NAME.match(prometheus_namespace_label):
+        raise typer.BadParameter(
+            f"{prometheus_namespace_label!r} is not a Prometheus label name",
+            param_hint="--prometheus-namespace-label",
+        )
     import kopf
 
     from gaudi_operator.jobs.gaudi import NodeLabel
@@ -193,9 +230,16 @@ def run_operator(
         status_debounce_seconds=status_debounce_seconds,
         prometheus_url=prometheus_url,
         prometheus_allowed_urls=tuple(prometheus_allowed_url or ()),
+        prometheus_namespace_label=prometheus_namespace_label,
+        progress_status_interval=progress_status_interval,
         hugepages_mi_per_hpu=hugepages_mi_per_hpu,
         scale_out_label=scale_out_label,
     )
+    if not prometheus_namespace_label:
+        logging.getLogger(__name__).warning(
+            "--prometheus-namespace-label is empty: jobs' PromQL queries are NOT limited to "
+            "their namespaces (any job can read any namespace's series)"
+        )
     namespaces = list(namespace or [])
     health = f"http://{health_address}:{health_port}/healthz" if health_port else None
 

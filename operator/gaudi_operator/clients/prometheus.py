@@ -86,6 +86,14 @@ class Sample:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Series:
+    """One series of a range-query (matrix) result: (timestamp, value) points, oldest first."""
+
+    labels: Mapping[str, str]
+    points: list[tuple[float, float]]
+
+
 _PLACEHOLDER = re.compile(r"\$(?:\{(job|namespace)\}|(job|namespace)\b)")
 
 
@@ -154,38 +162,41 @@ class PrometheusClient:
         params: dict[str, str] = {"query": promql, "timeout": f"{self.timeout:g}s"}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        try:
-            resp = await self._http.post("/api/v1/query", data=params)
-        except httpx.TimeoutException as e:
-            raise PrometheusUnreachable(
-                f"Prometheus at {self.base_url} did not answer within {self.timeout:g}s",
-                url=self.base_url,
-                query=promql,
-            ) from e
-        except httpx.HTTPError as e:
-            raise PrometheusUnreachable(
-                f"cannot reach Prometheus at {self.base_url}: {e.__class__.__name__}: {e}",
-                url=self.base_url,
-                query=promql,
-            ) from e
-        body = self._json(resp, promql)
-        if resp.status_code in (400, 422) or (
-            body.get("status") == "error" and body.get("errorType") in ("bad_data", "execution")
-        ):
-            raise BadQuery(
-                f"Prometheus refused the query {promql!r}: "
-                f"{body.get('error', f'HTTP {resp.status_code}')}",
-                url=self.base_url,
-                query=promql,
-            )
-        if resp.status_code >= 500 or body.get("status") != "success":
-            raise PrometheusUnreachable(
-                f"Prometheus at {self.base_url} answered HTTP {resp.status_code}: "
-                f"{body.get('error', f'HTTP {resp.status_code}')}",
-                url=self.base_url,
-                query=promql,
-            )
+        body = await self._post("/api/v1/query", params, promql)
         return self._samples(body.get("data") or {}, promql)
+
+    async def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
+        """Run a range query (`step` seconds apart, `start`..`end` in Unix seconds); return
+        each series with its points, oldest first. Raises PrometheusUnreachable or BadQuery."""
+        params = {
+            "query": promql,
+            "start": f"{start:.3f}",
+            "end": f"{end:.3f}",
+            "step": f"{max(step, 0.001):g}",
+            "timeout": f"{self.timeout:g}s",
+        }
+        body = await self._post("/api/v1/query_range", params, promql)
+        data = body.get("data") or {}
+        if data.get("resultType") != "matrix":
+            raise BadQuery(
+                f"the range query {promql!r} gave a {data.get('resultType')} result",
+                url=self.base_url,
+                query=promql,
+            )
+        try:
+            return [
+                Series(
+                    labels=dict(item.get("metric", {})),
+                    points=[_parse_value(p) for p in item.get("values") or []],
+                )
+                for item in data.get("result") or []
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise PrometheusUnreachable(
+                f"Prometheus at {self.base_url} answered a malformed matrix result",
+                url=self.base_url,
+                query=promql,
+            ) from e
 
     async def value(self, promql: str, at: float | None = None) -> float:
         """The query's single value: the query should aggregate (`sum`, `max`, ...).
@@ -215,6 +226,41 @@ class PrometheusClient:
             return (await self._http.get("/-/ready")).status_code == 200
         except httpx.HTTPError:
             return False
+
+    async def _post(self, path: str, params: dict[str, str], promql: str) -> dict[str, Any]:
+        """POST a query; the JSON body of a successful answer, or the typed error."""
+        try:
+            resp = await self._http.post(path, data=params)
+        except httpx.TimeoutException as e:
+            raise PrometheusUnreachable(
+                f"Prometheus at {self.base_url} did not answer within {self.timeout:g}s",
+                url=self.base_url,
+                query=promql,
+            ) from e
+        except httpx.HTTPError as e:
+            raise PrometheusUnreachable(
+                f"cannot reach Prometheus at {self.base_url}: {e.__class__.__name__}: {e}",
+                url=self.base_url,
+                query=promql,
+            ) from e
+        body = self._json(resp, promql)
+        if resp.status_code in (400, 422) or (
+            body.get("status") == "error" and body.get("errorType") in ("bad_data", "execution")
+        ):
+            raise BadQuery(
+                f"Prometheus refused the query {promql!r}: "
+                f"{body.get('error', f'HTTP {resp.status_code}')}",
+                url=self.base_url,
+                query=promql,
+            )
+        if resp.status_code >= 500 or body.get("status") != "success":
+            raise PrometheusUnreachable(
+                f"Prometheus at {self.base_url} answered HTTP {resp.status_code}: "
+                f"{body.get('error', f'HTTP {resp.status_code}')}",
+                url=self.base_url,
+                query=promql,
+            )
+        return body
 
     def _json(self, resp: httpx.Response, promql: str) -> dict[str, Any]:
         try:

@@ -31,6 +31,7 @@ from gaudi_operator.api import (
     parse_rfc3339,
     to_rfc3339,
 )
+from gaudi_operator.failover.progress import Progress
 
 # Exponential backoff never waits longer than this (unless backoffSeconds itself is
 # larger): a job that crash-loops should still come back within minutes once fixed.
@@ -362,6 +363,9 @@ class Signals:
     hpu: HpuReading = field(default_factory=HpuReading)  # the exporter's faults per worker
     gone: Sequence[Failure] = ()  # workers deleted by someone else, no longer listed
     own_deletions: frozenset[str] = frozenset()  # uids the operator deleted itself
+    # The training step as the stall clock last read it (None: not reported, or not read
+    # yet since the operator started).
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -455,35 +459,23 @@ def detect_failures(
 
 
 def stall_failure(
-    step: float | None,
-    last_advance: datetime | None,
-    now: datetime,
-    timeout_seconds: int,
+    progress: Progress | None, ready_since: datetime | None, timeout_seconds: int
 ) -> Failure | None:
-    """Stalled when the progress counter has been seen and has not moved for the
-    timeout. Never stalled before the first step is reported: a job without the training
-    metrics (or still loading) must not be restarted for it."""
-    if timeout_seconds <= 0 or step is None or last_advance is None:
+    """Stalled when the reads of the progress counter (`failover.progress`, kept by the
+    stall clock) show no advance for the timeout, counted from the later of the last advance
+    and the world becoming ready. Never before the first step is reported (a job without
+    the training metrics, or still loading, is not restarted for it), and never from reads
+    that did not happen (Prometheus away)."""
+    if timeout_seconds <= 0 or progress is None:
         return None
-    if (now - last_advance).total_seconds() < timeout_seconds:
+    if progress.stalled_for(ready_since) < timeout_seconds:
         return None
+    start = max(progress.advanced, ready_since) if ready_since else progress.advanced
     return Failure(
         FailureReason.STALLED,
-        last_advance + timedelta(seconds=timeout_seconds),
-        message=f"training step stuck at {int(step)} for more than {timeout_seconds}s",
+        start + timedelta(seconds=timeout_seconds),
+        message=f"training step stuck at {int(progress.step)} for more than {timeout_seconds}s",
     )
-
-
-def advance_progress(
-    prev_step: float | None, prev_time: datetime | None, step: float | None, now: datetime
-) -> tuple[float | None, datetime | None]:
-    """(step, when it last advanced). A missing reading keeps the previous state; a new
-    or larger step moves the clock; a lower one (resumed from an older checkpoint) too."""
-    if step is None:
-        return prev_step, prev_time
-    if prev_step is None or step != prev_step or prev_time is None:
-        return step, now
-    return prev_step, prev_time
 
 
 # --- rules and decision -------------------------------------------------------------------
@@ -723,11 +715,8 @@ def step(
     in-world workers. `ready_since` (when the world last became all-ready, None when it
     is not) arms stall detection: a world still starting cannot stall."""
     stall = None
-    progress = status.progress
-    if ready_since is not None and progress is not None and progress.step is not None:
-        advanced = parse_rfc3339(progress.time)
-        clock = max(advanced, ready_since) if advanced else ready_since
-        stall = stall_failure(progress.step, clock, now, policy.stall_timeout_seconds)
+    if ready_since is not None and signals is not None:
+        stall = stall_failure(signals.progress, ready_since, policy.stall_timeout_seconds)
     found = detect_failures(pods, policy, now, signals, stall, placement_timeout, replicas)
     # A RecreateFailed restart already counted (its intent names the pods it replaces) whose
     # pods are still here: the operator died before deleting them. Finish it, count nothing.
@@ -792,8 +781,6 @@ def step(
         # restart as done if the operator dies before it deletes them.
         uids = {f.uid for f in [*decision.failures, *resumed] if f.uid}
         status.replaced_pods = sorted(uids) or None
-    if status.progress is not None:
-        status.progress.time = to_rfc3339(now)  # the new world gets a full stall timeout
     out.events.append(("Normal", "RestartingWorkers", decision.message))
     if decision.new_generation:
         # The lifecycle's surplus rule deletes the old generation; pods on a dead node

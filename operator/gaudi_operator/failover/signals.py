@@ -1,5 +1,6 @@
 """Failure detection that needs the world outside the job's pods: nodes, HPU health from
-the Gaudi exporter, training progress from Prometheus, and pods that vanished.
+the Gaudi exporter, training progress (the stall clock's, `failover.stall`), and pods that
+vanished.
 
 Effects only, no decisions: everything here gathers observations for the pure
 `failover.policy` module. State is per operator process and rebuilt from watches and queries
@@ -18,14 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gaudi_operator.api import LABEL_JOB_NAME, FailureReason
-from gaudi_operator.clients.prometheus import (
-    PrometheusClient,
-    PromQLError,
-    URLNotAllowed,
-    choose_url,
-    render_query,
-)
+from gaudi_operator.clients.prometheus import PrometheusClient, PromQLError
 from gaudi_operator.failover import policy as failover
+from gaudi_operator.failover.progress import ProgressClocks
 from gaudi_operator.jobs.observation import Observation, observe_pod
 from gaudi_operator.observability import metrics
 
@@ -63,7 +59,6 @@ DEFAULT_HPU_HEALTH_INTERVAL = 5.0
 # recommends a 30 s scrape interval, and a scrape takes a few seconds (rhlml).
 DEFAULT_HPU_HEALTH_POD_GRACE = 40.0
 DELETED_NODE_TTL = 600.0
-STEP_QUERY = 'max(gaudi3_train_step{gtj="$job",gtj_namespace="$namespace"})'
 
 
 def utcnow() -> datetime:
@@ -307,23 +302,6 @@ class PrometheusProbes:
             self._hpu_at = time.monotonic()
             return self._hpu_cache, self._hpu_read_at
 
-    async def training_step(self, job: str, namespace: str, url: str = "") -> float | None:
-        try:
-            url = choose_url(url, self.url, self.allowed_urls)
-        except URLNotAllowed as err:  # the autoscaler reports it in the job's status
-            log.debug("%s/%s: no stall check: %s", namespace, job, err)
-            return None
-        prom = self.client(url)
-        if prom is None:
-            return None
-        try:
-            samples = await prom.query(render_query(STEP_QUERY, job, namespace))
-        except PromQLError as e:
-            log.debug("step query for %s/%s failed: %s", namespace, job, e)
-            return None
-        values = [s.value for s in samples if s.value == s.value]  # drop NaN
-        return max(values) if values else None
-
 
 _FAULT_TEXT = {
     failover.HpuFaultKind.ECC: "{v:g} rows with double-bit ECC errors pending replacement",
@@ -367,6 +345,7 @@ def hpu_faults_from_samples(
 NODES = NodeCache()
 DISRUPTIONS = DisruptionLog()
 PROBES = PrometheusProbes()
+CLOCKS = ProgressClocks()  # the stall clock's (failover/stall.py), read by every pass
 
 
 async def signals_for(obs: Observation) -> failover.Signals:
@@ -389,7 +368,9 @@ async def signals_for(obs: Observation) -> failover.Signals:
             job.namespace, job.name, job.uid, obs.generation, obs.replicas, (p.name for p in pods)
         ),
         own_deletions=DISRUPTIONS.own_uids(),
+        progress=CLOCKS.progress(job.namespace, job.name, job.uid),
     )
 
 
 metrics.track_cache("probe_prometheus_clients", lambda: len(PROBES._clients))
+metrics.track_cache("progress_clocks", lambda: len(CLOCKS))

@@ -16,8 +16,14 @@ from typing import Any
 import kopf
 
 from gaudi_operator import api
+from gaudi_operator.clients.promql import DEFAULT_NAMESPACE_LABEL
 from gaudi_operator.failover import signals
-from gaudi_operator.failover.stall import stall_loop
+from gaudi_operator.failover.stall import (
+    DEFAULT_STATUS_INTERVAL_SECONDS,
+    StallClock,
+    StallSettings,
+    stall_loop,
+)
 from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,15 @@ async def start(memo: kopf.Memo) -> None:
     probes.hpu_pod_grace = float(
         os.environ.get(signals.HPU_HEALTH_POD_GRACE_ENV, signals.DEFAULT_HPU_HEALTH_POD_GRACE)
     )
-    memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo))
+    clock = StallClock(
+        settings=StallSettings(
+            namespace_label=getattr(cfg, "prometheus_namespace_label", DEFAULT_NAMESPACE_LABEL),
+            status_interval=getattr(
+                cfg, "progress_status_interval", DEFAULT_STATUS_INTERVAL_SECONDS
+            ),
+        )
+    )
+    memo["stall_task"] = supervise("stall-clock", lambda: stall_loop(memo, clock))
     memo["hpu_health_task"] = supervise("hpu-health", lambda: hpu_health_loop(memo))
 
 

@@ -186,6 +186,30 @@ JOB_RESTARTS = Counter(
     ["gtj_namespace", "gtj"],
 )
 
+# --- the stall clock (failover/stall.py): progress lives here and in memory, not status ----
+
+JOB_TRAINING_STEP = Gauge(
+    "gaudi_operator_job_training_step",
+    "The job's training step (max over ranks) as the stall clock last read it from Prometheus",
+    ["gtj_namespace", "gtj"],
+)
+JOB_STEP_ADVANCED = Gauge(
+    "gaudi_operator_job_step_advanced_timestamp_seconds",
+    "When the job's training step last advanced (Unix time), as the stall clock saw it",
+    ["gtj_namespace", "gtj"],
+)
+STALL_SWEEP_SECONDS = Histogram(
+    "gaudi_operator_stall_sweep_duration_seconds",
+    "Duration of one sweep of the stall clock over every running job",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROGRESS_WRITES = Counter(
+    "gaudi_operator_progress_status_writes",
+    "status.progress writes by the stall clock, by why (progress: first step or the "
+    "periodic record; stalled: the step stopped for the stall timeout)",
+    ["why"],
+)
+
 LOOP_RESTARTS = Counter(
     "gaudi_operator_loop_restarts",
     "Restarts of a background loop (controller workers, resync, autoscaler, stall clock) "

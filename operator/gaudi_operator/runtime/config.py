@@ -23,6 +23,12 @@ class OperatorConfig:
     prometheus_url: str = ""
     # Further Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
     prometheus_allowed_urls: tuple[str, ...] = ()
+    # The label Prometheus' service discovery gives every series of a pod its namespace
+    # in: a job's queries are limited to it ("" turns that off: single-tenant clusters).
+    prometheus_namespace_label: str = "namespace"
+    # status.progress is written on a transition, and otherwise at most this often (0:
+    # transitions only); the step itself lives in memory and in the metrics.
+    progress_status_interval: float = 600.0
     # Intel's pod contract (jobs.gaudi, docs/gaudi.md): huge pages per HPU in MiB (0: none),
     # and the node label of scale-out readiness, `key=value` or `key` ("" turns the gate off).
     hugepages_mi_per_hpu: int = 3624

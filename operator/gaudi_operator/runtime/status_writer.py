@@ -61,7 +61,7 @@ AUTOSCALER = Writer(
         [c for c in s.get("conditions") or [] if c.get("type") in api.AUTOSCALER_CONDITIONS],
     ),
 )
-STALL_CLOCK = Writer("stall-clock", lambda s: s.get("progress"))
+STALL_CLOCK = Writer("stall-clock", lambda s: {k: s.get(k) for k in api.STALL_CLOCK_FIELDS})
 QUEUEING = Writer("queueing", lambda s: _condition(s, "Queued"))
 
 

@@ -174,7 +174,8 @@ def test_prometheus_stopped_holds_size_and_restarted_resumes(
         cond = condition(custom, namespace, "prom", "MetricsUnavailable")
         assert cond is not None and "cannot reach Prometheus" in cond["message"]
         assert replicas_over(custom, namespace, "prom", 5) == {2}
-        assert autoscaling_status(custom, namespace, "prom")["queryFailures"] >= 2
+        # Recorded once, when the metric was lost: the count of failures since is memory.
+        assert autoscaling_status(custom, namespace, "prom")["queryFailures"] >= 1
     finally:
         cluster.start_prometheus()
     wait_for(lambda: replicas(custom, namespace, "prom") == 4, timeout=90, what="scaling to resume")

@@ -308,6 +308,43 @@ def exporter(cluster: Any, request: pytest.FixtureRequest) -> Iterator[Exporter]
     e.close()
 
 
+class Trainer:
+    """A training job's step on the test exporter, advancing every half second until
+    stopped, with the labels Prometheus gives a pod's series (`namespace` included)."""
+
+    def __init__(self, exporter: Exporter, namespace: str, job: str) -> None:
+        self.exporter, self.namespace, self.job = exporter, namespace, job
+        self.step = 0
+        self.stopped_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step += 1
+            labels = f'gtj="{self.job}",gtj_namespace="{self.namespace}",rank="0"'
+            self.exporter.text = (
+                f'gaudi3_train_step{{{labels},namespace="{self.namespace}"}} {self.step}\n'
+            )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """The collective hangs: the step stops moving (the series stays)."""
+        self._stop.set()
+        self._thread.join()
+        self.stopped_at = time.monotonic()
+
+
+def operator_step(operator: Any, ns: str, job: str) -> float:
+    """The job's step as the operator's stall clock last read it (its metrics), or 0."""
+    want = f'gaudi_operator_job_training_step{{gtj="{job}",gtj_namespace="{ns}"}}'
+    for line in operator.metrics().splitlines():
+        if line.startswith(want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_stalled_training_restarts_the_world(
     failover_operator: Any,
     core: Any,
@@ -318,31 +355,21 @@ def test_stalled_training_restarts_the_world(
 ) -> None:
     hpus_free()
     start(custom, core, namespace, "hang", 2, stallTimeoutSeconds=6)
-    stop = threading.Event()
-
-    def train() -> None:
-        step = 0
-        while not stop.is_set():
-            step += 1
-            exporter.text = (
-                f'gaudi3_train_step{{gtj="hang",gtj_namespace="{namespace}",rank="0"}} {step}\n'
-            )
-            time.sleep(0.5)
-
-    trainer = threading.Thread(target=train, daemon=True)
-    trainer.start()
+    trainer = Trainer(exporter, namespace, "hang")
     try:
-        wait_for(
-            lambda: (
-                ((status(custom, namespace, "hang").get("progress") or {}).get("step") or 0) > 3
-            ),
+        first = wait_for(
+            lambda: (status(custom, namespace, "hang").get("progress") or {}).get("step"),
             timeout=30,
-            what="progress seen",
+            what="the first step recorded",
         )
         time.sleep(8)  # advancing: longer than the timeout, and no stall
         assert status(custom, namespace, "hang")["restarts"] == 0
+        # Progress lives in the operator's memory and metrics; status keeps the first step
+        # (the next record is minutes away): no write per step.
+        assert operator_step(failover_operator, namespace, "hang") > first + 10
+        assert status(custom, namespace, "hang")["progress"]["step"] == first
     finally:
-        stop.set()  # the collective hangs: the step stops moving
+        trainer.stop()
     t0 = time.monotonic()
     st = wait_for(
         lambda: (s := status(custom, namespace, "hang")).get("lastFailure") and s,
@@ -352,3 +379,48 @@ def test_stalled_training_restarts_the_world(
     assert st["lastFailure"]["reason"] == "Stalled"
     assert time.monotonic() - t0 < 6 + 10
     wait_for(lambda: running(core, namespace, "hang", 2, gen=1), timeout=60, what="restarted")
+
+
+def test_a_restarted_operator_dates_a_stall_from_the_steps_history(
+    failover_operator: Any,
+    cluster: Any,
+    core: Any,
+    custom: Any,
+    namespace: str,
+    hpus_free: Any,
+    exporter: Exporter,
+) -> None:
+    """The stall began before the operator restarted: the clock rebuilt from Prometheus
+    finds it one timeout after the step stopped, not one timeout after the restart."""
+    timeout = 12
+    hpus_free()
+    start(custom, core, namespace, "rebuilt", 1, stallTimeoutSeconds=timeout)
+    trainer = Trainer(exporter, namespace, "rebuilt")
+    try:
+        wait_for(
+            lambda: operator_step(failover_operator, namespace, "rebuilt") > 4,
+            timeout=30,
+            what="steps read",
+        )
+    finally:
+        trainer.stop()
+    stopped = trainer.stopped_at
+    assert stopped is not None
+    failover_operator.kill()
+    time.sleep(max(0.0, stopped + 6 - time.monotonic()))  # down over half the timeout
+    failover_operator.start("--prometheus-url", cluster.prometheus_url)
+    healthy = time.monotonic()
+    assert "lastFailure" not in status(custom, namespace, "rebuilt")
+    wait_for(
+        lambda: (
+            (status(custom, namespace, "rebuilt").get("lastFailure") or {}).get("reason")
+            == "Stalled"
+        ),
+        timeout=60,
+        interval=0.25,
+        what="Stalled",
+    )
+    found = time.monotonic()
+    assert found - stopped > timeout - 2, "a stall found before the timeout ran out"
+    # A clock started at the first read after the restart would need the full timeout.
+    assert found - healthy < timeout - 3, (found - stopped, found - healthy)

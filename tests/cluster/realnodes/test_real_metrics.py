@@ -65,9 +65,9 @@ def training_pods(real: Any) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def watched(real: Any) -> Iterator[tuple[str, Path]]:
+def watched(real: Any) -> Iterator[tuple[str, Path, OperatorProcess]]:
     """The job trains, watched by this tree's operator allowed to query the cluster's
-    Prometheus; its namespace and checkpoint directory."""
+    Prometheus; its namespace, checkpoint directory and the operator."""
     training_image_on_nodes(real)
     # Workers of another job bind the same ports on the same node addresses.
     wait_for(lambda: not training_pods(real), timeout=60, what="no other job's workers")
@@ -88,7 +88,7 @@ def watched(real: Any) -> Iterator[tuple[str, Path]]:
         )
         body = job(JOB, checkpoints, real.prometheus_url)
         real.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
-        yield ns, checkpoints
+        yield ns, checkpoints, op
     finally:
         real.kubectl("delete", "gtj", JOB, "-n", ns, "--wait=false", check=False)
         real.kubectl("delete", "namespace", ns, "--wait=false", check=False)
@@ -132,10 +132,19 @@ def worker_pids(ns: str, index: int) -> list[int]:
     return found
 
 
+def operator_step(op: OperatorProcess, ns: str) -> float:
+    """The job's step as the operator's stall clock last read it (its metrics), or 0."""
+    want = f'gaudi_operator_job_training_step{{gtj="{JOB}",gtj_namespace="{ns}"}}'
+    for line in op.metrics().splitlines():
+        if line.startswith(want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_real_node_workers_are_scraped_with_the_labels_the_operator_queries(
-    real: Any, watched: tuple[str, Path]
+    real: Any, watched: tuple[str, Path, OperatorProcess]
 ) -> None:
-    ns, _ = watched
+    ns, _, op = watched
     selector = f'gaudi3_train_step{{gtj="{JOB}",gtj_namespace="{ns}"}}'
 
     def both() -> list[dict[str, Any]] | None:
@@ -147,27 +156,30 @@ def test_real_node_workers_are_scraped_with_the_labels_the_operator_queries(
     by_pod = {s["metric"]["pod"]: s["metric"] for s in series}
     assert sorted(by_pod) == [f"{JOB}-worker-0", f"{JOB}-worker-1"], series
     for labels in by_pod.values():
-        # The launcher's own labels, and the pod's from realnodes-sync's target file.
+        # The launcher's own labels, and the pod's from realnodes-sync's target file,
+        # scraped as pods are (honor_labels false: the pod cannot set its namespace).
         assert labels["namespace"] == ns and labels["node"].startswith("gaudi3-real-")
-        assert labels["job"] == "gaudi3-targets"
+        assert labels["job"] == "gaudi3-pods"
     assert sorted(labels["rank"] for labels in by_pod.values()) == ["0", "1"]
     assert len({labels["node"] for labels in by_pod.values()}) == 2
     first = max(float(s["value"][1]) for s in series)
-    # The stall clock reads the same series and records the step in status.
+    # The stall clock reads the same series (by the `namespace` label) and keeps the step
+    # in memory and in the operator's metrics; status has the first step it saw.
     wait_for(
-        lambda: (status(real, ns).get("progress") or {}).get("step", 0) > first,
+        lambda: operator_step(op, ns) > first,
         timeout=60,
         interval=1,
-        what="status.progress.step advancing",
+        what="the operator's step advancing",
     )
+    assert (status(real, ns).get("progress") or {}).get("step") is not None
     for name in ("samples_per_second", "loss", "world_size"):
         assert len(query(real, f'gaudi3_train_{name}{{gtj="{JOB}",gtj_namespace="{ns}"}}')) == 2
 
 
 def test_the_autoscaler_decides_on_the_launchers_throughput(
-    real: Any, watched: tuple[str, Path]
+    real: Any, watched: tuple[str, Path, OperatorProcess]
 ) -> None:
-    ns, _ = watched
+    ns, _, _ = watched
 
     def decided() -> dict[str, Any] | None:
         last = (status(real, ns).get("autoscaling") or {}).get("lastDecision")
@@ -188,9 +200,9 @@ def test_the_autoscaler_decides_on_the_launchers_throughput(
 
 
 def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_checkpoint(
-    real: Any, watched: tuple[str, Path]
+    real: Any, watched: tuple[str, Path, OperatorProcess]
 ) -> None:
-    ns, checkpoints = watched
+    ns, checkpoints, _ = watched
     generation = int(status(real, ns).get("restartGeneration", 0))
     wait_for(
         lambda: [

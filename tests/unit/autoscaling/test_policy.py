@@ -21,8 +21,10 @@ from gaudi_operator.autoscaling.policy import (
     decide,
     query_backoff_seconds,
     raw_recommendation,
+    resume,
     stabilize,
     stamp,
+    worth_writing,
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -324,3 +326,69 @@ def test_equal_recommendations_collapse_without_changing_decisions() -> None:
             break
     # The last high recommendation was at t=9; it leaves the 30 s window at t=40.
     assert first_down == 40
+
+
+# --- what status records: a decision, not every pass ---------------------------------------
+
+
+def test_a_decision_that_holds_is_not_worth_a_write() -> None:
+    s = spec(2, scaleDown={"stabilizationSeconds": 300, "maxStep": 1})
+    first = decide(s, settled(2), obs(2, 200, at=0)).state
+    state = first
+    for t in range(10, 600, 10):  # the metric wobbles within tolerance for 10 minutes
+        d = decide(s, state, obs(2, 200 + (t % 30) - 15, at=t))
+        assert d.reason == Reason.WITHIN_TOLERANCE
+        assert not worth_writing(first, d.state), t
+        state = d.state
+    assert state.last_decision is not None and state.last_decision.time != stamp(T0)
+
+
+def test_a_held_size_is_not_rewritten_for_every_wobble_of_what_the_metric_asks() -> None:
+    s = spec(2, spec={"workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2}})
+    first = decide(s, settled(2), obs(2, 1700, at=0))
+    assert first.reason == Reason.AT_MAX_REPLICAS and first.desired == 17
+    d = decide(s, first.state, obs(2, 2100, at=10))
+    assert d.reason == Reason.AT_MAX_REPLICAS and d.desired == 21
+    assert not worth_writing(first.state, d.state)
+
+
+def test_a_new_reason_a_resize_and_a_failing_metric_are_worth_a_write() -> None:
+    s = spec(2, scaleUp={"stabilizationSeconds": 30, "maxStep": 2})
+    held = decide(s, settled(2), obs(2, 200, at=0)).state
+    waiting = decide(s, held, obs(2, 400, at=10))
+    assert waiting.reason == Reason.STABILIZING and worth_writing(held, waiting.state)
+    up = decide(s, waiting.state, obs(2, 400, at=45))
+    assert up.resize and worth_writing(waiting.state, up.state)
+    failing = decide(s, held, obs(2, None, at=10, metric_error="down"))
+    assert worth_writing(held, failing.state)
+    again = decide(s, failing.state, obs(2, None, at=60, metric_error="still down"))
+    assert failing.state.query_failures != again.state.query_failures
+    assert not worth_writing(failing.state, again.state)  # the backoff's count is memory
+
+
+def test_a_resumed_state_keeps_its_newest_recommendation_until_now() -> None:
+    s = spec(2, scaleUp={"stabilizationSeconds": 60, "maxStep": 2})
+    # Written an hour ago when the decision last changed; the process that made it is gone.
+    old = decide(s, settled(2), obs(2, 200, at=0)).state
+    later = T0 + timedelta(hours=1)
+    fresh = resume(old, later)
+    assert [(r.replicas, r.time) for r in fresh.recommendations] == [(2, stamp(later))]
+    d = decide(s, fresh, obs(2, 1000, at=3600))
+    assert d.reason == Reason.STABILIZING and not d.resize
+    # Without it, the hour-old recommendation falls out of the window: an instant resize.
+    assert decide(s, old, obs(2, 1000, at=3600)).resize
+    assert resume(AutoscalingStatus(), later) == AutoscalingStatus()
+
+
+def test_a_window_running_at_a_restart_goes_on_from_its_start() -> None:
+    s = spec(3, scaleDown={"stabilizationSeconds": 10, "maxStep": 1})
+    steady = decide(s, settled(3), obs(3, 300, at=0)).state
+    low = decide(s, steady, obs(3, 100, at=1))  # the first low reading: the window starts
+    assert low.reason == Reason.STABILIZING and worth_writing(steady, low.state)
+    # Restarted at 4 s from what status has (the write of 1 s); the window ends at 11 s.
+    state = resume(low.state, T0 + timedelta(seconds=4))
+    for t in (5, 8):
+        d = decide(s, state, obs(3, 100, at=t))
+        assert not d.resize, t
+        state = d.state
+    assert decide(s, state, obs(3, 100, at=11.5)).replicas == 2

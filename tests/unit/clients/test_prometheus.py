@@ -185,3 +185,42 @@ async def test_error_messages_never_carry_the_response_body() -> None:
         with pytest.raises(PrometheusUnreachable) as err:
             await prom.query("up")
     assert secret not in str(err.value) and "HTTP 500" in str(err.value)
+
+
+async def test_range_query_returns_each_series_oldest_first() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(
+            200,
+            json={
+                "status": "success",
+                "data": {
+                    "resultType": "matrix",
+                    "result": [
+                        {"metric": {"gtj": "a"}, "values": [[100, "1"], [110, "2"]]},
+                        {"metric": {"gtj": "b"}, "values": [[100, "NaN"]]},
+                    ],
+                },
+            },
+        )
+
+    async with client_answering(handler) as prom:
+        series = await prom.query_range("max by (gtj) (x)", 100, 110, 10)
+    assert seen[0].url.path == "/api/v1/query_range"
+    form = dict(x.split("=", 1) for x in seen[0].content.decode().split("&"))
+    assert (form["start"], form["end"], form["step"]) == ("100.000", "110.000", "10")
+    assert series[0].labels == {"gtj": "a"} and series[0].points == [(100.0, 1.0), (110.0, 2.0)]
+    assert math.isnan(series[1].points[0][1])
+
+
+async def test_range_query_refused_is_a_bad_query() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, json={"status": "error", "errorType": "bad_data", "error": "parse error"}
+        )
+
+    async with client_answering(handler) as prom:
+        with pytest.raises(BadQuery, match="parse error"):
+            await prom.query_range("sum(", 0, 1, 1)

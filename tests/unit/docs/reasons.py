@@ -223,6 +223,9 @@ class Collector:
             values.update(v)
             misses.update(m)
 
+        if isinstance(expr, ast.Await):  # an awaited call is what the coroutine returns
+            add(expr.value)
+            return values, misses
         if isinstance(expr, ast.Constant):
             if isinstance(expr.value, str) and index is None:
                 values.add(expr.value)

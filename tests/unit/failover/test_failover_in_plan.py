@@ -9,6 +9,7 @@ import pytest
 
 from gaudi_operator.api import FailureReason, Phase, to_rfc3339
 from gaudi_operator.failover.policy import Failure, Signals, node_health
+from gaudi_operator.failover.progress import Progress
 from gaudi_operator.jobs.observation import JobView, WorkerPod
 from gaudi_operator.jobs.plan import plan
 
@@ -156,22 +157,50 @@ def test_restarting_clears_when_the_world_runs_again() -> None:
     assert cond(p, "Restarting").status == "False" and cond(p, "Restarting").reason == "Recovered"
 
 
-def test_stall_restarts_the_world_after_the_timeout() -> None:
-    ready = {
+def ready_for(seconds: float) -> dict[str, Any]:
+    return {
         "type": "Ready",
         "status": "True",
         "reason": "AllWorkersReady",
         "message": "",
-        "lastTransitionTime": to_rfc3339(NOW - timedelta(seconds=100)),
+        "lastTransitionTime": to_rfc3339(NOW - timedelta(seconds=seconds)),
     }
-    status = {
-        "conditions": [ready],
-        "progress": {"step": 42, "time": to_rfc3339(NOW - timedelta(seconds=61))},
-    }
+
+
+def test_stall_restarts_the_world_after_the_timeout() -> None:
+    status = {"conditions": [ready_for(100)]}
+    stuck = Progress(42, NOW - timedelta(seconds=61), NOW)  # the stall clock's reads
     pods = [worker(i) for i in range(4)]
-    p = plan(job({"backoffSeconds": 0, "stallTimeoutSeconds": 60}, status), pods, NOW)
+    policy = {"backoffSeconds": 0, "stallTimeoutSeconds": 60}
+    p = plan(job(policy, status), pods, NOW, Signals(progress=stuck))
     assert p.status.last_failure is not None and p.status.last_failure.reason == "Stalled"
+    assert "stuck at 42 for more than 60s" in p.status.last_failure.message
     assert p.status.restart_generation == 1
+
+
+def test_stall_is_decided_from_the_clock_not_from_an_old_status_progress() -> None:
+    # status.progress is written at most every few minutes: a pass must not read its age
+    # as a stall while the clock in memory sees the step moving.
+    old = {"step": 42, "time": to_rfc3339(NOW - timedelta(seconds=500))}
+    status = {"conditions": [ready_for(1000)], "progress": old}
+    moving = Progress(97, NOW - timedelta(seconds=2), NOW)
+    policy = {"backoffSeconds": 0, "stallTimeoutSeconds": 60}
+    pods = [worker(i) for i in range(4)]
+    p = plan(job(policy, status), pods, NOW, Signals(progress=moving))
+    assert p.status.last_failure is None and p.status.restart_generation == 0
+    # Not read yet since a start-up: no stall either.
+    p = plan(job(policy, status), pods, NOW, Signals())
+    assert p.status.last_failure is None
+
+
+def test_a_new_world_gets_a_full_stall_timeout() -> None:
+    stuck = Progress(42, NOW - timedelta(seconds=600), NOW)  # unchanged across a restart
+    policy = {"backoffSeconds": 0, "stallTimeoutSeconds": 60}
+    pods = [worker(i) for i in range(4)]
+    p = plan(job(policy, {"conditions": [ready_for(30)]}), pods, NOW, Signals(progress=stuck))
+    assert p.status.last_failure is None
+    p = plan(job(policy, {"conditions": [ready_for(61)]}), pods, NOW, Signals(progress=stuck))
+    assert p.status.last_failure is not None and p.status.last_failure.reason == "Stalled"
 
 
 def test_a_vanished_worker_is_not_recreated_alone_during_the_backoff() -> None:

@@ -20,6 +20,7 @@ from gaudi_operator.api import (
 )
 from gaudi_operator.failover import policy as failover
 from gaudi_operator.failover.policy import Failure, Signals, Verdict
+from gaudi_operator.failover.progress import Progress
 from gaudi_operator.jobs.observation import WorkerPod, observe_pod
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -274,16 +275,33 @@ def test_pod_failure_wins_over_its_node_state() -> None:
 # --- stall --------------------------------------------------------------------------------
 
 
+def read(step: float, advanced_ago: float, seen_ago: float = 0) -> Progress:
+    return Progress(step, NOW - timedelta(seconds=advanced_ago), NOW - timedelta(seconds=seen_ago))
+
+
 def test_stall_needs_a_step_and_the_timeout() -> None:
-    assert failover.stall_failure(None, None, NOW, 60) is None
-    assert failover.stall_failure(5, NOW - timedelta(seconds=59), NOW, 60) is None
-    assert failover.stall_failure(5, NOW - timedelta(seconds=600), NOW, 0) is None
-    f = failover.stall_failure(5, NOW - timedelta(seconds=61), NOW, 60)
+    assert failover.stall_failure(None, None, 60) is None
+    assert failover.stall_failure(read(5, 59), None, 60) is None
+    assert failover.stall_failure(read(5, 600), None, 0) is None
+    f = failover.stall_failure(read(5, 61), None, 60)
     assert f is not None and f.reason == FailureReason.STALLED and f.pod is None
+    assert f.time == NOW - timedelta(seconds=1)  # when the timeout ran out
+
+
+def test_stall_is_seen_in_reads_not_assumed_while_prometheus_is_away() -> None:
+    # Last read 50 s ago, 20 s after the last advance: nothing shows 60 s without progress.
+    assert failover.stall_failure(read(5, 70, seen_ago=50), None, 60) is None
+    assert failover.stall_failure(read(5, 70, seen_ago=5), None, 60) is not None
+
+
+def test_stall_counts_from_the_world_becoming_ready() -> None:
+    since = NOW - timedelta(seconds=30)
+    assert failover.stall_failure(read(5, 600), since, 60) is None
+    assert failover.stall_failure(read(5, 600), NOW - timedelta(seconds=60), 60) is not None
 
 
 def test_stall_is_not_counted_twice_with_a_worker_failure() -> None:
-    stall = failover.stall_failure(5, NOW - timedelta(seconds=61), NOW, 60)
+    stall = failover.stall_failure(read(5, 61), None, 60)
     d = failover.detect_failures([pod(phase="Failed", exit_code=1)], POLICY, NOW, stall=stall)
     assert [f.reason for f in d.failures] == [FailureReason.ERROR]
 

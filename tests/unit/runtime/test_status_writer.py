@@ -91,3 +91,14 @@ def test_a_partial_writer_writes_its_fields_only_and_skips_what_is_there() -> No
     progress = {"progress": {"step": 5, "time": "2026-01-01T00:00:00Z"}}
     out = write(fake, job(fake), progress, writer=STALL_CLOCK, fields=("progress",))
     assert out["status"]["progress"]["step"] == 5 and out["status"]["phase"] == "Running"
+
+
+def test_a_progress_record_meanwhile_does_not_make_the_reconcilers_pass_stale() -> None:
+    # The stall clock owns status.progress (the reconciler decides from its memory, not
+    # from status): its record between the reconciler's read and write is rebased onto.
+    fake = store({"phase": "Running", "restarts": 0})
+    read = job(fake)
+    progress = {"step": 7, "time": "2026-01-01T00:00:00Z"}
+    write(fake, job(fake), {"progress": progress}, writer=STALL_CLOCK, fields=("progress",))
+    out = write(fake, read, {"phase": "Running", "restarts": 1})
+    assert out["status"]["restarts"] == 1 and out["status"]["progress"] == progress

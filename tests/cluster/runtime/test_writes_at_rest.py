@@ -1,0 +1,79 @@
+"""Quiet at rest, from the API server's own request counters: kwok jobs that train (their
+step moves every half second) and change nothing cost at most 0.2 job writes a minute,
+the autoscaled ones included, and an operator restart adds none (it rebuilds its clocks
+and the autoscaler's windows without writing). `gaudi3 benchmark rest` is the long run."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import wait_for
+from gaudi_devtools.benchmarks.rest import (
+    BUDGET,
+    TrainingExporter,
+    job_status,
+    kwok_job,
+    measure,
+    settled,
+)
+
+pytestmark = pytest.mark.cluster
+
+JOBS = 6
+AUTOSCALED = 3
+WINDOW = 60  # seconds counted while running; 6 jobs x 1 min: 1 write is within budget
+AFTER_RESTART = 30
+
+
+@pytest.fixture
+def rest_operator(operator: Any, cluster: Any) -> Iterator[Any]:
+    """The operator with both loops as fast as the tests run them (each pass a chance to
+    write), on the cluster's Prometheus."""
+    fast = {"GAUDI3_STALL_POLL_SECONDS": "1", "GAUDI3_AUTOSCALE_INTERVAL_SECONDS": "1"}
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update(fast)
+    operator.restart("--prometheus-url", cluster.prometheus_url)
+    try:
+        yield operator
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_training_jobs_at_rest_cost_at_most_a_fifth_of_a_write_a_minute(
+    rest_operator: Any, cluster: Any, namespace: str, hpus_free: Any
+) -> None:
+    hpus_free()
+    exporter = TrainingExporter(cluster.targets_dir, f"rest-{namespace}", period=0.5)
+    try:
+        names = [f"rest-{i}" for i in range(JOBS)]
+        for i, name in enumerate(names):
+            exporter.add(namespace, name, load=100.0 if i < AUTOSCALED else None)
+            body = kwok_job(name, autoscaled=i < AUTOSCALED)
+            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+        def all_settled() -> bool:
+            st = job_status(cluster, namespace)
+            return all(settled(st.get(n, {}), i < AUTOSCALED) for i, n in enumerate(names))
+
+        wait_for(all_settled, timeout=120, interval=1, what="jobs running, first step recorded")
+        running = measure(cluster, JOBS, WINDOW, exporter.steps)
+        assert running.steps_advanced >= WINDOW, running  # every job trained all along
+        assert running.per_job_per_minute <= BUDGET, running.writes
+
+        rest_operator.kill()
+        rest_operator.start("--prometheus-url", cluster.prometheus_url)
+        restarted = measure(cluster, JOBS, AFTER_RESTART, exporter.steps)
+        assert restarted.total == 0, restarted.writes
+        st = job_status(cluster, namespace)
+        assert all(s.get("phase") == "Running" and not s.get("restarts") for s in st.values()), st
+    finally:
+        exporter.close()
