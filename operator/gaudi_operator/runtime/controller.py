@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from gaudi_operator.clients import kube
 from gaudi_operator.observability import metrics
 from gaudi_operator.runtime.expectations import Expectations
+from gaudi_operator.runtime.placement import PodPlaces
 from gaudi_operator.runtime.status_writer import RetrySoon
 from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
@@ -117,6 +118,9 @@ class Controller:
         self.reconciler = reconciler
         # Shared with the reconciler, which records what its passes create and delete.
         self.expectations = expectations if expectations is not None else Expectations()
+        # Which jobs a node, a pod or a new scale-out node concerns (no walk of them all).
+        self.places = PodPlaces()
+        metrics.track_cache("pod_places", lambda: len(self.places))
         self.queue = WorkQueue()
         self.phases = metrics.PhaseTracker()
         self._workers = workers
@@ -157,9 +161,20 @@ class Controller:
         self.queue.add(key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
-    def observe_pod(self, key: Key, name: str, uid: str, going: bool) -> None:
-        """A pod watch event, after kopf updated the pod index (expectations)."""
+    def observe_pod(
+        self,
+        key: Key,
+        name: str,
+        uid: str,
+        going: bool,
+        *,
+        node: str | None = None,
+        unplaced: bool = False,
+        gone: bool = False,
+    ) -> None:
+        """A pod watch event, after kopf updated the pod index (expectations, places)."""
         self.expectations.observe(key, name, uid, going)
+        self.places.update(key, uid, name, node, unplaced, gone)
 
     def forget(self, key: Key) -> None:
         self.reconciler.forget(key)
