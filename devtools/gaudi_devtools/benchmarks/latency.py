@@ -30,22 +30,11 @@ from gaudi_devtools.benchmarks.reconcile import (
     _wait_all,
     job_manifest,
 )
-from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
+from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
 from gaudi_operator import api
 from gaudi_operator.clients import kube
 
 console = Console()
-
-
-def rss_mib(pid: int) -> float | None:
-    """The process's resident memory now (VmRSS), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 async def _phase(custom: Any, ns: str, name: str) -> str:
