@@ -1,6 +1,6 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile, takeover, soak, recovery, inplace, rest); `support` holds what they share. Loaded
-only when `gaudi3 benchmark` runs."""
+reconcile, latency, takeover, soak, recovery, inplace, rest); `support` holds what they
+share. Loaded only when `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 
 from gaudi_devtools.benchmarks import failover, inplace, recovery
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
+from gaudi_devtools.benchmarks.latency import benchmark_latency
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
 from gaudi_devtools.benchmarks.rest import benchmark_rest
 from gaudi_devtools.benchmarks.soak import benchmark_soak
@@ -20,6 +21,7 @@ benchmark_app = typer.Typer(
 benchmark_app.command("autoscale")(benchmark_autoscale)
 benchmark_app.command("train")(benchmark_train)
 benchmark_app.command("reconcile")(benchmark_reconcile)
+benchmark_app.command("latency")(benchmark_latency)
 benchmark_app.command("takeover")(takeover)
 benchmark_app.command("soak")(benchmark_soak)
 benchmark_app.command("rest")(benchmark_rest)

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gaudi_devtools.benchmarks import support
-from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, start_operator
+from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
 from gaudi_devtools.benchmarks.writes import controller_writes, read_request_totals
 from gaudi_operator import api
 from gaudi_operator.clients import kube
@@ -402,6 +402,8 @@ def benchmark_reconcile(
     spy = _py_spy(proc.pid, profile) if profile else None
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     try:
+        time.sleep(3)  # its watches have listed what there is
+        baseline = rss_mib(proc.pid)
         r = asyncio.run(_run(kubeconfig, ns, jobs, workers, hpus_per_worker, timeout))
         rss = peak_rss_mib(proc.pid)
         cpu = cpu_seconds(proc.pid)
@@ -412,7 +414,9 @@ def benchmark_reconcile(
         proc.wait(60)
     if memray:
         console.print(f"operator allocations: {memray} (`python -m memray tree {memray}`)")
-    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf))
+    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf, baseline))
+    for line in goals(jobs, workers, r, rss, b, kf, baseline):
+        console.print(line)
 
 
 def _table(
@@ -424,6 +428,7 @@ def _table(
     cpu: float | None,
     b: dict[str, Any] | None,
     kf: Any,
+    baseline: float | None = None,
 ) -> Table:
     """One table: this operator, then each peer that ran, then the ratios."""
     pods = jobs * workers
@@ -500,5 +505,48 @@ def _table(
     for kind in ("pods", "services", "status", "events", "other"):
         row(f"  {kind}", wrote(r, kind), wrote(kf, kind), wrote(b, kind), "{:.2f}")
     row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
+    row("operator RSS before the first job", baseline, None, None, "{:.0f} MiB")
     row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
     return table
+
+
+def goals(
+    jobs: int,
+    workers: int,
+    r: dict[str, Any],
+    rss: float | None,
+    b: dict[str, Any] | None,
+    kf: Any,
+    baseline: float | None,
+) -> list[str]:
+    """Issue 21's goals for this load, each met or not, with what remains."""
+    out = []
+    w = r.get("writes") or {}
+    if w:
+        floor = workers + 4
+        extra = {k: w[k] for k in ("pods", "services", "status", "events", "other")}
+        verdict = "met" if w["total"] <= floor else "NOT met"
+        out.append(
+            f"goal: writes per job <= N + 4 = {floor}: {w['total']:.2f}, {verdict} "
+            f"({', '.join(f'{k} {v:.2f}' for k, v in extra.items())})"
+        )
+    target = 1.8 if workers == 1 else 1.15
+    if b is not None and b.get("all_running"):
+        ratio = r["all_running"] / b["all_running"]
+        verdict = "met" if ratio <= target else "NOT met"
+        out.append(f"goal: all Running within {target}x bare pods: {ratio:.2f}x, {verdict}")
+    if kf is not None and rss is not None and getattr(kf, "peak_rss_mib", None):
+        verdict = "met" if rss <= kf.peak_rss_mib else "NOT met"
+        out.append(
+            f"goal: peak RSS at or below Kubeflow's: {rss:.0f} vs {kf.peak_rss_mib:.0f} MiB, "
+            f"{verdict}"
+        )
+    if jobs * workers >= 10_000 and rss is not None:
+        verdict = "met" if rss <= 200 else "NOT met"
+        out.append(f"goal: at most 200 MiB at 10,000 pods: {rss:.0f} MiB, {verdict}")
+    if rss is not None and baseline is not None:
+        out.append(
+            f"memory: {baseline:.0f} MiB before the first job, {rss - baseline:.0f} MiB more "
+            f"at the peak ({(rss - baseline) * 1024 / max(1, jobs * workers):.0f} KiB a pod)"
+        )
+    return out

@@ -13,6 +13,10 @@ worker pod could land there by the rules the scheduler applies first:
 
 Only HPUs are counted: on a Gaudi server they are the scarce resource; CPU, memory and
 huge pages are sized per HPU (pods.py), so a node with free HPUs has room for the rest.
+
+What the pods on a node hold is kept by `HpuLedger`, fed one pod at a time from a watch
+(autoscaling/usage.py): a scale-up reads a number per node, and never walks the pods, so
+its cost and the operator's memory do not grow with the pods already running.
 """
 
 from __future__ import annotations
@@ -130,16 +134,69 @@ def pod_hpus(pod: Obj) -> int:
     return max(main, init)
 
 
-def node_room(
-    node: Obj, pods_on_node: Iterable[Obj], pod_spec: Obj, excluded: Iterable[str] = ()
-) -> NodeRoom:
+def holding(pod: Obj) -> tuple[str, int] | None:
+    """(node, HPUs) that a pod holds, or None: a pod holds its HPUs from the moment it is
+    bound to a node until it has finished (Succeeded/Failed) or is gone; a pod being
+    deleted still holds them, as the scheduler counts it."""
+    node = (pod.get("spec") or {}).get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase") in _TERMINAL:
+        return None
+    hpus = pod_hpus(pod)
+    return (node, hpus) if hpus > 0 else None
+
+
+class HpuLedger:
+    """HPUs held per node, kept current one pod event at a time.
+
+    Memory is a (node, HPUs) pair per pod that holds HPUs and a count per node, never the
+    pods themselves; a question costs a dictionary lookup, whatever runs in the cluster.
+    """
+
+    def __init__(self) -> None:
+        self._pods: dict[str, tuple[str, int]] = {}  # pod uid -> (node, HPUs)
+        self._used: dict[str, int] = {}  # node -> HPUs held
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def used(self, node: str) -> int:
+        return self._used.get(node, 0)
+
+    def by_node(self) -> dict[str, int]:
+        return dict(self._used)
+
+    def replace(self, pods: Iterable[Obj]) -> None:
+        """Start over from a full listing (the first list, or a relist after the watch
+        lost its place)."""
+        self._pods.clear()
+        self._used.clear()
+        for pod in pods:
+            self.apply("ADDED", pod)
+
+    def apply(self, event_type: str | None, pod: Obj) -> None:
+        """One watch event: ADDED, MODIFIED or DELETED (others are ignored)."""
+        uid = (pod.get("metadata") or {}).get("uid")
+        if not uid or event_type not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        now = holding(pod) if event_type != "DELETED" else None
+        before = self._pods.pop(uid, None)
+        if before is not None:
+            left = self._used[before[0]] - before[1]
+            if left > 0:
+                self._used[before[0]] = left
+            else:
+                del self._used[before[0]]
+        if now is not None:
+            self._pods[uid] = now
+            self._used[now[0]] = self._used.get(now[0], 0) + now[1]
+
+
+def node_room(node: Obj, used: int, pod_spec: Obj, excluded: Iterable[str] = ()) -> NodeRoom:
+    """The room on one node whose pods hold `used` HPUs."""
     meta, spec = node.get("metadata") or {}, node.get("spec") or {}
     name = meta.get("name", "")
     allocatable = _int_quantity(
         ((node.get("status") or {}).get("allocatable") or {}).get(GAUDI_RESOURCE)
-    )
-    used = sum(
-        pod_hpus(p) for p in pods_on_node if (p.get("status") or {}).get("phase") not in _TERMINAL
     )
     free = max(0, allocatable - used)
     why = ""
@@ -157,18 +214,24 @@ def node_room(
 
 
 def cluster_room(
-    nodes: Iterable[Obj], pods: Iterable[Obj], pod_spec: Obj, excluded: Iterable[str] = ()
+    nodes: Iterable[Obj],
+    used: Mapping[str, int],
+    pod_spec: Obj,
+    excluded: Iterable[str] = (),
 ) -> list[NodeRoom]:
-    by_node: dict[str, list[Obj]] = {}
-    for p in pods:
-        n = (p.get("spec") or {}).get("nodeName")
-        if n:
-            by_node.setdefault(n, []).append(p)
+    """The room on every node, from the HPUs held per node (`HpuLedger.by_node`)."""
     ex = list(excluded)
     return [
-        node_room(n, by_node.get((n.get("metadata") or {}).get("name", ""), []), pod_spec, ex)
+        node_room(n, used.get((n.get("metadata") or {}).get("name", ""), 0), pod_spec, ex)
         for n in nodes
     ]
+
+
+def used_by_node(pods: Iterable[Obj]) -> dict[str, int]:
+    """HPUs held per node by these pods (a one-off count, where there is no watch)."""
+    ledger = HpuLedger()
+    ledger.replace(pods)
+    return ledger.by_node()
 
 
 def schedulable_workers(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -71,6 +72,7 @@ from gaudi_operator.autoscaling.policy import (
     resume,
     worth_writing,
 )
+from gaudi_operator.autoscaling.usage import HpuUsage
 from gaudi_operator.clients import kube
 from gaudi_operator.clients.prometheus import (
     BadQuery,
@@ -151,8 +153,8 @@ class Entry:
 
 OUR_CONDITIONS = api.AUTOSCALER_CONDITIONS
 _NOT_FORMED = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING)
-# Node and pod lists for the capacity check are shared by all jobs for this long: at
-# thousands of pods, one list per job per pass would load the API server for nothing.
+# The node list for the capacity check is shared by all jobs for this long (the HPUs the
+# pods hold come from a watch, usage.py).
 ROOM_CACHE_SECONDS = 3.0
 
 
@@ -195,7 +197,9 @@ class Autoscaler:
         self._task: asyncio.Task[None] | None = None
         self._passes: set[asyncio.Task[Any]] = set()
         self.jobs: Mapping[Key, Any] | None = None  # the kopf index, bound by an event
-        self._room_cache: tuple[float, list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self._node_cache: tuple[float, list[dict[str, Any]]] | None = None
+        # HPUs held per node, from a watch started by the first scale-up (usage.py).
+        self.usage = HpuUsage(clients, lambda: {key[0] for key in self.jobs or {}})
 
     # --- life ---------------------------------------------------------------------------
 
@@ -212,6 +216,7 @@ class Autoscaler:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.usage.stop()
         for prom in self._prom.values():
             await prom.aclose()
         await self.clients.close()
@@ -451,9 +456,9 @@ class Autoscaler:
     async def _job_pods(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
         """The job's workers: its label, and controlled by this incarnation (uid) of it."""
         resp = await self.clients.core.list_namespaced_pod(
-            namespace, label_selector=api.job_selector(name)
+            namespace, label_selector=api.job_selector(name), _preload_content=False
         )
-        pods = [self.clients.api_client.sanitize_for_serialization(p) for p in resp.items]
+        pods = list(json.loads(await resp.read()).get("items") or [])
         return [p for p in pods if observe_pod(p).owner_uid in ("", uid)]
 
     async def _new_workers(
@@ -495,43 +500,32 @@ class Autoscaler:
             pod_spec = manifests.worker_pod_manifest(
                 spec, ref, spec.workers.replicas, 0, excluded_nodes=excluded, settings=self.gaudi
             )["spec"]
-            node_objs, pod_objs = await self._cluster_objects()
+            node_objs = await self._nodes()
+            used = await self.usage.used_by_node()
+            own = await self._job_pods(ns, name, meta.get("uid", ""))
         except Exception as err:
             log.warning("%s/%s: cannot read the cluster's capacity: %s", ns, name, err)
             return None  # unknown: the pending-timeout rollback still guards
+        # The job's own workers still waiting for a node take the room first.
         own_waiting = sum(
             1
-            for p in pod_objs
-            if (p.get("metadata") or {}).get("namespace") == ns
-            and ((p.get("metadata") or {}).get("labels") or {}).get(api.LABEL_JOB_NAME) == name
-            and not (p.get("spec") or {}).get("nodeName")
+            for p in own
+            if not (p.get("spec") or {}).get("nodeName")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         )
-        rooms = capacity.cluster_room(node_objs, pod_objs, pod_spec, excluded)
+        rooms = capacity.cluster_room(node_objs, used, pod_spec, excluded)
         fits = capacity.schedulable_workers(rooms, spec.hpus_per_worker, own_waiting)
         return fits, capacity.summary(rooms, spec.hpus_per_worker)
 
-    async def _cluster_objects(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        cached = self._room_cache
+    async def _nodes(self) -> list[dict[str, Any]]:
+        """The nodes (as JSON, not models), shared by all jobs' checks for a few seconds."""
+        cached = self._node_cache
         if cached is not None and time.monotonic() - cached[0] < ROOM_CACHE_SECONDS:
-            return cached[1], cached[2]
-        nodes = await self.clients.core.list_node()
-        live = "status.phase!=Succeeded,status.phase!=Failed"
-        try:
-            items = (await self.clients.core.list_pod_for_all_namespaces(field_selector=live)).items
-        except Exception as err:
-            if kube.status_code(err) != 403:
-                raise
-            # Namespaced RBAC (chart `watchNamespaces`): only the watched namespaces' pods
-            # count, so the room is optimistic; a worker that cannot fit stays Pending.
-            items = []
-            for ns in sorted({key[0] for key in (self.jobs or {})}):
-                listed = await self.clients.core.list_namespaced_pod(ns, field_selector=live)
-                items += listed.items
-        ser = self.clients.api_client.sanitize_for_serialization
-        node_objs = [ser(n) for n in nodes.items]
-        pod_objs = [ser(p) for p in items]
-        self._room_cache = (time.monotonic(), node_objs, pod_objs)
-        return node_objs, pod_objs
+            return cached[1]
+        resp = await self.clients.core.list_node(_preload_content=False)
+        nodes = list(json.loads(await resp.read()).get("items") or [])
+        self._node_cache = (time.monotonic(), nodes)
+        return nodes
 
     async def _external_autoscaler(self, namespace: str, name: str, meta: Mapping[str, Any]) -> str:
         """Who else drives this job's /scale, or "" for nobody."""
@@ -622,7 +616,6 @@ class Autoscaler:
             body = committed
             failpoints.hit("after-scale-intent")
             if await self._scale(ns, name, decision.current, decision.replicas):
-                self._room_cache = None  # our own new workers change the room
                 patch["lastScale"] = last
             else:  # someone resized meanwhile: no resize of ours to record
                 patch["lastScale"] = before

@@ -25,6 +25,10 @@ async def gtj_autoscaled(
         c.get("type") in OUR_CONDITIONS and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
+    if not (enabled or flagged):
+        # Not kept: the loop walks this index every second, so it holds only the jobs
+        # it acts on, not every job in the cluster (an empty result drops the entry).
+        return {}
     return {(namespace, name): Entry(enabled=enabled, flagged=flagged)}
 
 

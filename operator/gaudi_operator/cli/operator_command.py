@@ -208,6 +208,7 @@ def run_operator(
     from gaudi_operator import app  # noqa: F401
     from gaudi_operator.observability import metrics
     from gaudi_operator.runtime.config import OperatorConfig
+    from gaudi_operator.runtime.settings import SharedMemo
 
     if kubeconfig:
         # kopf's own client reads this too, so both talk to the same cluster.
@@ -250,7 +251,7 @@ def run_operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=health,
-            memo=kopf.Memo(config=config),
+            memo=SharedMemo(config=config),
             stop_flag=stop,
         )
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -33,14 +33,6 @@ CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.P
 
 def _controller(memo: kopf.Memo) -> Any:
     return memo.get("controller")
-
-
-def _jobs_on_node(controller: Any, node: str) -> list[tuple[str, str]]:
-    return [
-        key
-        for key, pods in (controller.pods or {}).items()
-        if any(getattr(p, "node", None) == node for p in pods)
-    ]
 
 
 async def start(memo: kopf.Memo) -> None:
@@ -90,9 +82,9 @@ async def node_event(
     if not signals.NODES.update(type, body):
         return
     controller = _controller(memo)
-    if controller is None or controller.pods is None:
+    if controller is None:
         return
-    for key in _jobs_on_node(controller, name):
+    for key in controller.places.jobs_on_node(name):
         controller.enqueue(key)
 
 
@@ -131,25 +123,26 @@ async def hpu_health_loop(memo: kopf.Memo) -> None:
         # Read even without workers: gaudi_operator_hpu_faults stays current.
         faults, _ = await probes.hpu_faults()
         controller = _controller(memo)
-        if controller is None or controller.pods is None:
+        if controller is None:
             continue
-        wake, seen = jobs_with_new_faults(controller.pods, faults, seen)
+        wake, seen = jobs_with_new_faults(controller.places.job_of, faults, seen)
         for key in wake:
             controller.enqueue(key)
 
 
 def jobs_with_new_faults(
-    pods_by_job: Mapping[tuple[str, str], Iterable[Any]],
+    job_of: Callable[[str, str], tuple[str, str] | None],
     faults: signals.HpuFaults,
     seen: frozenset[tuple[str, str, Any]],
 ) -> tuple[list[tuple[str, str]], frozenset[tuple[str, str, Any]]]:
     """The jobs (namespace, name) with a worker whose faults include one not in `seen`,
-    and the faults to remember for the next reading."""
+    and the faults to remember for the next reading. `job_of` names a worker pod's job
+    (`PodPlaces.job_of`): the cost is the new faults', not the jobs'."""
     now = frozenset((ns, pod, f) for (ns, pod), fs in faults.items() for f in fs)
-    new = {(ns, pod) for ns, pod, _ in now - seen}
-    wake = [
-        key
-        for key, pods in list(pods_by_job.items())
-        if new and any((key[0], getattr(p, "name", None)) in new for p in pods)
-    ]
+    new = sorted({(ns, pod) for ns, pod, _ in now - seen})
+    wake: list[tuple[str, str]] = []
+    for ns, pod in new:
+        key = job_of(ns, pod)
+        if key is not None and key not in wake:
+            wake.append(key)
     return wake, now

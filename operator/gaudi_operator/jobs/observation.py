@@ -83,7 +83,7 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     disruption = conds.get("DisruptionTarget") or {}
     scheduled = conds.get("PodScheduled") or {}
-    unplaced = scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    unplaced = _unplaced(scheduled)
     # Pod-level reasons (Evicted, Preempting, ...) say more than the container's.
     reason = status.get("reason") or reason
     message = status.get("message") or message
@@ -223,3 +223,15 @@ def _ours(pod: WorkerPod, job_uid: str) -> bool:
     # one is not ours, whatever its labels say (`kubectl delete --cascade=orphan` leaves
     # such pods behind, and a job re-created under the same name must not take them).
     return pod.owner_uid == job_uid
+
+
+def _unplaced(scheduled: Mapping[str, Any]) -> bool:
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def unplaced(pod: Mapping[str, Any]) -> bool:
+    """The scheduler found no node for the pod (its PodScheduled condition says so)."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled":
+            return _unplaced(c)
+    return False

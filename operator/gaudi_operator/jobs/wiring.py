@@ -15,6 +15,7 @@ import kopf
 from gaudi_operator import api
 from gaudi_operator.jobs.gaudi import ScaleOutNodes
 from gaudi_operator.jobs.observation import observe_pod
+from gaudi_operator.jobs.observation import unplaced as pod_unplaced
 from gaudi_operator.runtime.controller import Controller
 
 CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
@@ -98,7 +99,16 @@ async def pod_event(
         # kopf updated the pod index before this handler: what the event shows, a pass
         # now sees (the expectations of the job's last pass).
         going = type == "DELETED" or bool(meta.get("deletionTimestamp"))
-        controller.observe_pod(key, name, uid, going)
+        body = kwargs.get("body") or {}
+        controller.observe_pod(
+            key,
+            name,
+            uid,
+            going,
+            node=(body.get("spec") or {}).get("nodeName"),
+            unplaced=pod_unplaced(body),
+            gone=type == "DELETED",
+        )
     _wake(memo, key, kwargs)
 
 
@@ -120,8 +130,7 @@ async def scale_out_node_event(
     if nodes is None or not nodes.update(type, name, labels):
         return
     controller: Controller | None = memo.get("controller")
-    if controller is None or controller.pods is None:
+    if controller is None:
         return
-    for key, pods in list(controller.pods.items()):
-        if any(getattr(p, "unschedulable", None) for p in pods):
-            controller.enqueue(key)
+    for key in controller.places.jobs_waiting():
+        controller.enqueue(key)

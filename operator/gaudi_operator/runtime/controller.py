@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from gaudi_operator.clients import kube
 from gaudi_operator.observability import metrics
 from gaudi_operator.runtime.expectations import Expectations
+from gaudi_operator.runtime.placement import PodPlaces
 from gaudi_operator.runtime.status_writer import RetrySoon
 from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
@@ -99,6 +101,16 @@ class Written:
         return self.body if uid == self.uid and rv in self.before else None
 
 
+RESYNC_TICK = 1.0  # seconds between the resync's batches
+
+
+def spread(keys: Sequence[Key], period: float, tick: float) -> list[Sequence[Key]]:
+    """`keys` in batches, one a tick, so that all are enqueued within `period`."""
+    ticks = max(1, int(period / tick))
+    size = max(1, -(-len(keys) // ticks))
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
 def first(store: Any) -> Any:
     if store is None:
         return None
@@ -117,6 +129,9 @@ class Controller:
         self.reconciler = reconciler
         # Shared with the reconciler, which records what its passes create and delete.
         self.expectations = expectations if expectations is not None else Expectations()
+        # Which jobs a node, a pod or a new scale-out node concerns (no walk of them all).
+        self.places = PodPlaces()
+        metrics.track_cache("pod_places", lambda: len(self.places))
         self.queue = WorkQueue()
         self.phases = metrics.PhaseTracker()
         self._workers = workers
@@ -157,9 +172,20 @@ class Controller:
         self.queue.add(key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
-    def observe_pod(self, key: Key, name: str, uid: str, going: bool) -> None:
-        """A pod watch event, after kopf updated the pod index (expectations)."""
+    def observe_pod(
+        self,
+        key: Key,
+        name: str,
+        uid: str,
+        going: bool,
+        *,
+        node: str | None = None,
+        unplaced: bool = False,
+        gone: bool = False,
+    ) -> None:
+        """A pod watch event, after kopf updated the pod index (expectations, places)."""
         self.expectations.observe(key, name, uid, going)
+        self.places.update(key, uid, name, node, unplaced, gone)
 
     def forget(self, key: Key) -> None:
         self.reconciler.forget(key)
@@ -170,10 +196,18 @@ class Controller:
         self.phases.forget(key)
 
     async def _resync_loop(self) -> None:
+        """Every job once a period, spread over it: enqueued all at once, the burst put
+        a new job's first pass behind a pass of every job that runs (a new job's latency
+        then grew with the cluster)."""
+        await asyncio.sleep(self._resync)
         while True:
-            await asyncio.sleep(self._resync)
-            for key in list(self.jobs or ()):
-                self.enqueue(key)
+            keys = list(self.jobs or ())
+            start = time.monotonic()
+            for batch in spread(keys, self._resync, RESYNC_TICK):
+                for key in batch:
+                    self.enqueue(key)
+                await asyncio.sleep(RESYNC_TICK)
+            await asyncio.sleep(max(0.0, self._resync - (time.monotonic() - start)))
 
     async def _work(self) -> None:
         while True:

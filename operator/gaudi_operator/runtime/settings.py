@@ -50,3 +50,16 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         return None
+
+
+class SharedMemo(kopf.Memo):
+    """One memo for the operator and every object it sees.
+
+    kopf gives each object a shallow copy of the operator's memo the first time it sees
+    it, and keeps it as long as the object lives: about half a KiB per pod, job and
+    Service (5 MB at 10,000 pods) for keys no handler changes per object. Ours only read
+    what the start-up handlers put there (the controller, the clients), so every object
+    shares this one; a key set later is also seen by every object at once."""
+
+    def __copy__(self) -> SharedMemo:
+        return self

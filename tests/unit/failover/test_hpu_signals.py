@@ -114,15 +114,19 @@ def test_another_card_going_bad_later_is_a_drop_seen_while_watching() -> None:
 
 
 def test_a_new_fault_wakes_the_job_whose_worker_holds_the_card_once() -> None:
-    from types import SimpleNamespace
-
     from gaudi_operator.failover.wiring import jobs_with_new_faults
+    from gaudi_operator.runtime.placement import PodPlaces
 
-    pods = {
-        ("team-a", "llama"): [SimpleNamespace(name="llama-worker-0")],
-        ("team-a", "bert"): [SimpleNamespace(name="bert-worker-0")],
-        ("team-b", "llama"): [SimpleNamespace(name="llama-worker-0")],
-    }
+    places = PodPlaces()
+    for i, (key, pod) in enumerate(
+        [
+            (("team-a", "llama"), "llama-worker-0"),
+            (("team-a", "bert"), "bert-worker-0"),
+            (("team-b", "llama"), "llama-worker-0"),
+        ]
+    ):
+        places.update(key, f"uid-{i}", pod, "node-0", unplaced=False, gone=False)
+    pods = places.job_of
     ecc = failover.HpuFault(Kind.ECC, "HPU 3: ECC")
     faults = {("team-a", "llama-worker-0"): (ecc,)}
     wake, seen = jobs_with_new_faults(pods, faults, frozenset())

@@ -31,3 +31,24 @@ def test_the_diff_base_is_never_built_from_the_object() -> None:
     body = kopf.Body({"metadata": {"name": "j"}, "spec": {"image": "x"}})
     assert storage.build(body=body) == {}
     assert storage.fetch(body=body) is None
+
+
+def test_every_object_shares_the_operators_memo() -> None:
+    """kopf copies the memo for each object it remembers (inventory.recall); the shared
+    memo's copy is itself, so no per-object dict is kept."""
+    import asyncio
+
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    from gaudi_operator.runtime.settings import SharedMemo
+
+    memo = SharedMemo(config="cfg")
+
+    async def recall() -> object:
+        memories = ResourceMemories()
+        body = {"metadata": {"uid": "u1", "name": "p", "namespace": "ns"}}
+        return await memories.recall_memo(raw_body=body, memobase=memo)  # type: ignore[arg-type]
+
+    assert asyncio.run(recall()) is memo
+    memo["controller"] = "set later"
+    assert asyncio.run(recall())["controller"] == "set later"

@@ -1,0 +1,41 @@
+"""The reconcile benchmark says which of issue 21's goals a run met, and what remains."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from gaudi_devtools.benchmarks.reconcile import goals
+
+pytestmark = pytest.mark.unit
+
+WRITES = {"total": 6.0, "pods": 1.0, "services": 0.0, "status": 3.0, "events": 2.0, "other": 0.0}
+
+
+def test_unmet_goals_say_what_remains() -> None:
+    lines = goals(
+        1000,
+        1,
+        {"all_running": 90.0, "writes": WRITES},
+        150.0,
+        {"all_running": 30.0},
+        SimpleNamespace(peak_rss_mib=130.0),
+        80.0,
+    )
+    text = "\n".join(lines)
+    assert "N + 4 = 5: 6.00, NOT met" in text and "status 3.00" in text
+    assert "within 1.8x bare pods: 3.00x, NOT met" in text
+    assert "150 vs 130 MiB, NOT met" in text
+    assert "80 MiB before the first job, 70 MiB more" in text
+
+
+def test_met_goals_at_ten_thousand_pods() -> None:
+    writes = {**WRITES, "total": 12.0, "pods": 8.0, "services": 1.0, "status": 2.0, "events": 1.0}
+    lines = goals(
+        1250, 8, {"all_running": 100.0, "writes": writes}, 190.0, {"all_running": 90.0}, None, 80.0
+    )
+    text = "\n".join(lines)
+    assert "N + 4 = 12: 12.00, met" in text
+    assert "within 1.15x bare pods: 1.11x, met" in text
+    assert "at most 200 MiB at 10,000 pods: 190 MiB, met" in text
