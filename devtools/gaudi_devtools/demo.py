@@ -384,11 +384,18 @@ def _real_training(c: Cluster) -> None:
 
 
 def trials_table(trials: list[tuple[str, rt.InPlaceTrial]]) -> Table:
-    table = Table(title="kill -> first new step, on the real nodes")
-    for col in ("failure", "seconds", "resumed from", "at step", "steps redone"):
+    """Kill -> first new step per failure, split where the launchers' logs allow (a
+    recreated world's new launchers log no `waiting` or decision: a dash)."""
+    table = Table(title="kill -> first new step, on the real nodes (s)")
+    phases = ("detect", "decide", "re-form", "first step")
+    for col in ("failure", *phases, "total", "resumed from", "at step", "steps redone"):
         table.add_column(col, justify="right")
     for what, t in trials:
-        table.add_row(what, f"{t.seconds:.2f}", t.source, str(t.resumed_from), str(t.redone))
+        split = t.phases
+        cells = ["-" if split[p] is None else f"{split[p]:.2f}" for p in phases]
+        table.add_row(
+            what, *cells, f"{t.seconds:.2f}", t.source, str(t.resumed_from), str(t.redone)
+        )
     return table
 
 

@@ -238,6 +238,9 @@ def worker_pids(launcher: int) -> list[int]:
     return sorted(found)
 
 
+# gaudi_train.managed's lines: its world broke, the operator's decision came.
+WAITING_LINE = "-> waiting: world broke"
+DECISION_LINE = "decision: restart in place at generation"
 # The launcher's line for each of its ranks after an in-place restart (gaudi_train.managed).
 INPLACE_RESUME_LINE = re.compile(
     r"rank (\d+) resumed from (peer rank \d+|checkpoint) at step (\d+)"
@@ -254,6 +257,25 @@ class InPlaceTrial:
     source: str  # "peer rank N" or "checkpoint"
     first_step: float  # Unix time rank 0 logged the first new step (container runtime's stamp)
     first_loss: str  # as logged: compared to the last digit
+    # Launchers' milestones, when their lines are there: the first launcher that stopped
+    # waiting for its world (detection), the first that got the operator's decision.
+    waiting: float | None = None
+    decided: float | None = None
+    resumed: float | None = None
+
+    @property
+    def phases(self) -> dict[str, float | None]:
+        """kill -> a launcher waits -> the decision arrives -> resumed -> first new step."""
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else b - a
+
+        return {
+            "detect": span(self.kill, self.waiting),
+            "decide": span(self.waiting, self.decided),
+            "re-form": span(self.decided, self.resumed),
+            "first step": span(self.resumed, self.first_step),
+        }
 
     @property
     def seconds(self) -> float:
@@ -307,7 +329,9 @@ def in_place_trial(
     if not new:
         return None
     t1, s = new[0]
-    return InPlaceTrial(at, last, step, m.group(2), t1, s.group(2))
+    waiting = next((t for t, ln in lines if t >= at and WAITING_LINE in ln), None)
+    decided = next((t for t, ln in lines if t >= at and DECISION_LINE in ln), None)
+    return InPlaceTrial(at, last, step, m.group(2), t1, s.group(2), waiting, decided, t0)
 
 
 def resume_count(cluster: Any, ns: str, job_name: str) -> int:

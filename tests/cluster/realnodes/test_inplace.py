@@ -59,6 +59,23 @@ def space(real: Any, operator: OperatorProcess) -> Iterator[tuple[str, Path]]:
         real.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
+@pytest.fixture
+def jobs(real: Any, space: tuple[str, Path]) -> Iterator[list[str]]:
+    """Names of the jobs a test started: deleted after it, and their pods gone (host
+    network: they hold the nodes' ports), whatever the test's outcome."""
+    started: list[str] = []
+    yield started
+    ns, _ = space
+    for name in started:
+        real.kubectl("delete", "gtj", name, "-n", ns, "--ignore-not-found", "--wait=true")
+    sel = f"{realtraining.GROUP}/job-name"
+    wait_for(
+        lambda: not real.kubectl("get", "pods", "-n", ns, "-l", sel, "-o", "name").stdout.strip(),
+        timeout=120,
+        what="the jobs' pods gone",
+    )
+
+
 def start(real: Any, ns: str, root: Path, name: str, **kw: Any) -> Path:
     checkpoints = root / name
     checkpoints.mkdir()
@@ -150,10 +167,15 @@ def recovered(real: Any, ns: str, name: str, generation: int) -> dict[str, Any]:
 
 
 def test_a_killed_process_restarts_in_its_pod_from_a_peer_then_a_dead_world_from_the_checkpoint(
-    real: Any, space: tuple[str, Path], reference: dict[int, str]
+    real: Any,
+    operator: OperatorProcess,
+    space: tuple[str, Path],
+    reference: dict[int, str],
+    jobs: list[str],
 ) -> None:
     ns, root = space
     name = "inplace"
+    jobs.append(name)
     checkpoints = start(real, ns, root, name)
     wait_for(
         lambda: max(losses(text(real, ns, name)), default=0) >= 6,
@@ -174,7 +196,7 @@ def test_a_killed_process_restarts_in_its_pod_from_a_peer_then_a_dead_world_from
     assert t.source.startswith("peer rank") and t.redone == 0, t
     assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
     assert pods(real, ns, name) == uids  # no pod replaced
-    print(f"in place, from a peer: kill -> first new step {t.seconds:.2f} s ({t})")
+    print(f"in place, from a peer: kill -> first new step {t.seconds:.2f} s {t.phases} ({t})")
 
     # 2. Every replica dies: the same pods again, the world loads the last checkpoint.
     saved = realtraining.checkpoint_steps(checkpoints)[-1]
@@ -188,15 +210,38 @@ def test_a_killed_process_restarts_in_its_pod_from_a_peer_then_a_dead_world_from
     assert t.source == "checkpoint" and t.resumed_from >= saved, t
     assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
     assert pods(real, ns, name) == uids
-    print(f"in place, every replica died: kill -> first new step {t.seconds:.2f} s ({t})")
-    real.kubectl("delete", "gtj", name, "-n", ns, "--wait=true")
+    print(f"in place, every replica died: {t.seconds:.2f} s {t.phases} ({t})")
+
+    # 3. The operator dies right after it committed the decision (inPlaceGeneration 3),
+    # before any launcher heard of it: the next operator tells them, counting nothing twice.
+    operator.stop()
+    operator.env = {"GAUDI3_FAILPOINTS": "after-restart-intent"}
+    try:
+        operator.start()
+        before = realtraining.resume_count(real, ns, name)
+        killed = realtraining.kill_training_process(real, ns, name, 0)
+        wait_for(lambda: operator.proc.poll() is not None, timeout=60, what="the crash")
+        st = status(real, ns, name)
+        assert st["inPlaceGeneration"] == 3 and st["restarts"] == 3
+        assert realtraining.resume_count(real, ns, name) == before  # nobody was told
+    finally:
+        operator.env = {}
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()
+    t = trial(real, ns, name, killed, before)
+    st = recovered(real, ns, name, 3)
+    assert st["restarts"] == 3 and st["restartGeneration"] == 0
+    assert t.source.startswith("peer rank") and t.redone == 0, t
+    assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
+    assert pods(real, ns, name) == uids
 
 
 def test_an_exit_code_a_fail_rule_names_fails_the_job_though_its_pods_are_healthy(
-    real: Any, space: tuple[str, Path]
+    real: Any, space: tuple[str, Path], jobs: list[str]
 ) -> None:
     ns, root = space
     name = "failrule"
+    jobs.append(name)
     start(real, ns, root, name, policy={"rules": [{"exitCodes": [137], "action": "Fail"}]})
     wait_for(
         lambda: max(losses(text(real, ns, name)), default=0) >= 3,
@@ -215,4 +260,3 @@ def test_an_exit_code_a_fail_rule_names_fails_the_job_though_its_pods_are_health
     assert condition(st, "Failed").get("reason") == "FailurePolicyRule"
     assert st["restarts"] == 0 and st["lastFailure"]["exitCode"] == 137
     assert st["lastFailure"]["pod"] == f"{name}-worker-1" and st["restartGeneration"] == 0
-    real.kubectl("delete", "gtj", name, "-n", ns, "--wait=true")
