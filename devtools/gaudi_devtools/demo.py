@@ -335,7 +335,7 @@ def _real_training(c: Cluster) -> None:
                 "the world to re-form in place",
                 lambda: rt.in_place_trial(c, ns, REAL_JOB, killed, before),
             )
-            st = view.status
+            st = status()
             last = st.get("lastFailure") or {}
             view.event(
                 f"the operator judged it (exit code {last.get('exitCode')}, restart "
