@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -255,15 +256,33 @@ def _until(view: TrainingView, what: str, done: Callable[[], bool], timeout: flo
         view.update()
 
 
-def _real_training(c: Cluster) -> None:
-    from gaudi_devtools.benchmarks.recovery import Recovery, per_trial_table
+def _pod_uids(c: Cluster, ns: str) -> dict[str, str]:
+    selector = f"{LABEL_JOB_NAME}={REAL_JOB}"
+    out = c.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json")
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in json.loads(out.stdout)["items"]}
 
+
+def _trial(
+    view: TrainingView, what: str, poll: Callable[[], rt.InPlaceTrial | None]
+) -> rt.InPlaceTrial:
+    deadline = time.monotonic() + 300
+    while True:
+        got = poll()
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after 300 s waiting for {what}")
+        time.sleep(0.5)
+        view.update()
+
+
+def _real_training(c: Cluster) -> None:
     ns = "default"
     console.print(
         "2 workers of 1 process each, one per real node (a kubelet on containerd + runc, "
         "host network on its own 127.0.20.x), the CPU training image (torch, gloo), a "
         f"checkpoint every {rt.INTERVAL} steps into a host directory both nodes share, "
-        "backoffSeconds 0:"
+        "backoffSeconds 0, restartInPlace (the operator decides every restart):"
     )
     _show(c, "get", "nodes", "-l", f"{REAL_LABEL}=true", "-o", "wide")
     c.kubectl("delete", "gtj", REAL_JOB, "-n", ns, "--ignore-not-found", "--wait=true")
@@ -283,12 +302,15 @@ def _real_training(c: Cluster) -> None:
         REAL_JOB,
         checkpoints,
         log_every=1,
-        failure_policy={"maxRestarts": 10, "backoffSeconds": 0},
-        env={"LOGLEVEL": "INFO"},  # torchrun's rendezvous line: one of the milestones
+        failure_policy={"maxRestarts": 10, "backoffSeconds": 0, "restartInPlace": True},
     )
     _show(c, "apply", "-n", ns, "-f", "-", input=json.dumps(body))
-    bench = Recovery(c, ns, checkpoints, worker=1, job=REAL_JOB)
-    view = TrainingView(c, ns, bench.status)
+
+    def status() -> dict[str, Any]:
+        return _status_of(c, REAL_JOB)
+
+    view = TrainingView(c, ns, status)
+    trials: list[tuple[str, rt.InPlaceTrial]] = []
     try:
         with view.live:
             view.event("job applied; each worker starts Python and torch, then joins the world")
@@ -300,52 +322,81 @@ def _real_training(c: Cluster) -> None:
                 lambda: (view.progress.step or 0) >= KILL_AT_STEP,
                 120,
             )
-            node = _node_of(c, f"{REAL_JOB}-worker-1")
-            kill = bench.kill()
+            # 1. A training process dies in its healthy pod: restarted in place.
+            uids = _pod_uids(c, ns)
+            before = rt.resume_count(c, ns, REAL_JOB)
+            killed = rt.kill_training_process(c, ns, REAL_JOB, 1)
             view.event(
-                f"[red]SIGKILL[/] worker 1's launcher (pid {kill.pid} on {node}); its world "
-                f"had completed step {kill.last_before}"
+                f"[red]SIGKILL[/] worker 1's training process (its launcher and pod live on); "
+                f"rank 0 had logged step {killed[1]}"
             )
-            trial = None
-            said: set[str] = set()
-            deadline = time.monotonic() + 300
-            while trial is None:
-                if time.monotonic() > deadline:
-                    raise ClusterError("timed out after 300 s waiting for the new world's step")
-                time.sleep(0.5)
-                trial = bench.poll(kill)
-                view.update()
-                if kill.detected is not None and "detected" not in said:
-                    said.add("detected")
-                    view.event(
-                        "the operator recorded the failure (Restarting) "
-                        f"{kill.detected - kill.at:.1f} s after the kill; it recreates the world"
-                    )
-                if kill.new_world and "new" not in said:
-                    said.add("new")
-                    view.event("new workers Running; they rendezvous and load the checkpoint")
+            trial = _trial(
+                view,
+                "the world to re-form in place",
+                lambda: rt.in_place_trial(c, ns, REAL_JOB, killed, before),
+            )
+            st = status()
+            last = st.get("lastFailure") or {}
             view.event(
-                f"[green]resumed from step {trial.resumed_from}[/] (checkpoint); first new step "
-                f"{trial.resumed_from + 1} came {trial.total:.1f} s after the kill; "
-                f"steps redone: {trial.lost}"
+                f"the operator judged it (exit code {last.get('exitCode')}, restart "
+                f"{st.get('restarts')}, in-place generation {st.get('inPlaceGeneration')}); "
+                f"[green]resumed from {trial.source} at step {trial.resumed_from}[/] in the same "
+                f"pods ({'same uids' if _pod_uids(c, ns) == uids else 'pods changed!'}); first "
+                f"new step {trial.seconds:.2f} s after the kill, steps redone: {trial.redone}"
             )
-            first = trial.resumed_from + 1
-            again = dict(rt.steps(c, ns, REAL_JOB, trial.generation)).get(first)
-            if again is not None and first in kill.losses:
-                view.event(
-                    f"step {first}'s loss is {again:.4f}; the killed world had "
-                    f"{kill.losses[first]:.4f} at step {first} (same weights, same data)"
-                )
-            last = first + STEPS_AFTER
-            _until(view, f"step {last}", lambda: (view.progress.step or 0) >= last, 120)
+            trials.append(("process killed: in place", trial))
+            goal = trial.resumed_from + STEPS_AFTER
+            _until(view, f"step {goal}", lambda: (view.progress.step or 0) >= goal, 120)
+
+            # 2. A launcher dies: its pod fails, the world is recreated from the checkpoint.
+            gen = int(view.status.get("restartGeneration", 0))
+            pid = rt.launcher_pid(ns, REAL_JOB, 1)
+            if pid is None:
+                raise ClusterError("no launcher process of worker 1 on this machine")
+            last_step = max((s for s, _ in rt.steps(c, ns, REAL_JOB, gen)), default=0)
+            at = time.time()
+            os.kill(pid, signal.SIGKILL)
+            view.event(
+                f"[red]SIGKILL[/] worker 1's launcher (pid {pid}): its pod fails, so the "
+                "operator recreates every pod (a new generation) from the checkpoint"
+            )
+            trial = _trial(
+                view,
+                "the recreated world's first step",
+                lambda: rt.in_place_trial(c, ns, REAL_JOB, (at, last_step), 0, gen + 1),
+            )
+            view.event(
+                f"[green]resumed from {trial.source} at step {trial.resumed_from}[/] in new pods; "
+                f"first new step {trial.seconds:.2f} s after the kill, steps redone: "
+                f"{trial.redone}"
+            )
+            trials.append(("launcher killed: pods recreated", trial))
+            goal = trial.resumed_from + STEPS_AFTER
+            _until(view, f"step {goal}", lambda: (view.progress.step or 0) >= goal, 120)
             view.event(f"training goes on: {_numbers(view)}")
         if not console.is_terminal:
             console.line()  # rich leaves a file's cursor after the table's last line
-        console.print(per_trial_table([trial]))
+        console.print(trials_table(trials))
     finally:
         # Training would keep both CPUs busy after the demo.
         c.kubectl("delete", "gtj", REAL_JOB, "-n", ns, "--ignore-not-found", "--wait=false")
         console.print(f"deleted gtj/{REAL_JOB} (the real nodes stay up, idle)")
+
+
+def trials_table(trials: list[tuple[str, rt.InPlaceTrial]]) -> Table:
+    """Kill -> first new step per failure, split where the launchers' logs allow (a
+    recreated world's new launchers log no `waiting` or decision: a dash)."""
+    table = Table(title="kill -> first new step, on the real nodes (s)")
+    phases = ("detect", "decide", "re-form", "first step")
+    for col in ("failure", *phases, "total", "resumed from", "at step", "steps redone"):
+        table.add_column(col, justify="right")
+    for what, t in trials:
+        split = t.phases
+        cells = ["-" if split[p] is None else f"{split[p]:.2f}" for p in phases]
+        table.add_row(
+            what, *cells, f"{t.seconds:.2f}", t.source, str(t.resumed_from), str(t.redone)
+        )
+    return table
 
 
 def _real_nodes_possible() -> str | None:
@@ -532,7 +583,10 @@ def _run(c: Cluster, nodes: int, real: bool) -> None:
     _autoscale(c)
 
     if real:
-        _step("8. Real training on real nodes survives a killed worker")
+        _step(
+            "8. Real training on real nodes: a killed process restarts in place, "
+            "a killed launcher recreates the pods"
+        )
         _real_training(c)
 
     lines = [

@@ -10,8 +10,11 @@ it is a volume both nodes share (on a real cluster: a ReadWriteMany claim).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,6 +70,7 @@ def job(
     log_every: int = INTERVAL,
     failure_policy: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    max_steps: int = 100000,
 ) -> dict[str, Any]:
     """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host;
     `env` is added to the worker container's environment. Its namespace needs
@@ -77,7 +81,14 @@ def job(
         "metadata": {"name": name},
         "spec": {
             "image": IMAGE,
-            "args": ["--device", "cpu", "--max-steps", "100000", "--log-every", str(log_every)],
+            "args": [
+                "--device",
+                "cpu",
+                "--max-steps",
+                str(max_steps),
+                "--log-every",
+                str(log_every),
+            ],
             "hpusPerWorker": 1,
             "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
             "batch": {"globalBatchSize": 16, "microBatchSize": 8},
@@ -203,6 +214,128 @@ def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
     # Workers forked by the launcher (gaudi_train.prefork) show its command line too.
     roots = [pid for pid, parent in found.items() if parent not in found]
     return roots[0] if len(roots) == 1 else None
+
+
+def worker_pids(launcher: int) -> list[int]:
+    """The training processes of a launcher under operator-managed recovery: forked by
+    its fork server, named `gaudi3-worker` (gaudi_train.forkserver)."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        names[pid] = text[text.index("(") + 1 : text.rindex(")")]
+        children.setdefault(int(text.rsplit(")", 1)[1].split()[1]), []).append(pid)
+    found, todo = [], [launcher]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if names.get(child) == "gaudi3-worker":
+                found.append(child)
+    return sorted(found)
+
+
+# gaudi_train.managed's lines: its world broke, the operator's decision came.
+WAITING_LINE = "-> waiting: world broke"
+DECISION_LINE = "decision: restart in place at generation"
+# The launcher's line for each of its ranks after an in-place restart (gaudi_train.managed).
+INPLACE_RESUME_LINE = re.compile(
+    r"rank (\d+) resumed from (peer rank \d+|checkpoint) at step (\d+)"
+)
+
+
+@dataclass(frozen=True)
+class InPlaceTrial:
+    """A training process killed in a healthy pod, and the world re-formed in its pods."""
+
+    kill: float  # Unix time of the SIGKILL
+    last_before: int  # the last step rank 0 logged before it
+    resumed_from: int
+    source: str  # "peer rank N" or "checkpoint"
+    first_step: float  # Unix time rank 0 logged the first new step (container runtime's stamp)
+    first_loss: str  # as logged: compared to the last digit
+    # Launchers' milestones, when their lines are there: the first launcher that stopped
+    # waiting for its world (detection), the first that got the operator's decision.
+    waiting: float | None = None
+    decided: float | None = None
+    resumed: float | None = None
+
+    @property
+    def phases(self) -> dict[str, float | None]:
+        """kill -> a launcher waits -> the decision arrives -> resumed -> first new step."""
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else b - a
+
+        return {
+            "detect": span(self.kill, self.waiting),
+            "decide": span(self.waiting, self.decided),
+            "re-form": span(self.decided, self.resumed),
+            "first step": span(self.resumed, self.first_step),
+        }
+
+    @property
+    def seconds(self) -> float:
+        return self.first_step - self.kill
+
+    @property
+    def redone(self) -> int:
+        return max(0, self.last_before - self.resumed_from)
+
+
+def kill_training_process(cluster: Any, ns: str, job_name: str, index: int) -> tuple[float, int]:
+    """SIGKILL the training process of worker `index` (not its launcher); (when, the last
+    step rank 0 logged before it)."""
+    launcher = launcher_pid(ns, job_name, index)
+    victims = worker_pids(launcher) if launcher is not None else []
+    if len(victims) != 1:
+        raise RuntimeError(f"no single training process of worker {index}: {victims}")
+    before = steps(cluster, ns, job_name)
+    at = time.time()
+    os.kill(victims[0], signal.SIGKILL)
+    return at, max((s for s, _ in before), default=0)
+
+
+def in_place_trial(
+    cluster: Any,
+    ns: str,
+    job_name: str,
+    killed: tuple[float, int],
+    resumes_before: int,
+    generation: int = 0,
+) -> InPlaceTrial | None:
+    """The trial once the world of restart `generation` re-formed (more than
+    `resumes_before` resume lines of operator-managed launchers in its pods) and rank 0
+    logged a step after it; None until then."""
+    at, last = killed
+    lines = sorted(
+        x
+        for text in pod_logs(cluster, ns, job_name, generation, stamps=True).values()
+        for x in stamped_lines(text)
+    )
+    resumed = [(t, m) for t, ln in lines if (m := INPLACE_RESUME_LINE.search(ln))]
+    if len(resumed) <= resumes_before:
+        return None
+    t0, m = resumed[resumes_before]
+    step = int(m.group(3))
+    new = [
+        (t, s)
+        for t, ln in lines
+        if t >= t0 and (s := STEP_LINE.search(ln)) and int(s.group(1)) > step
+    ]
+    if not new:
+        return None
+    t1, s = new[0]
+    waiting = next((t for t, ln in lines if t >= at and WAITING_LINE in ln), None)
+    decided = next((t for t, ln in lines if t >= at and DECISION_LINE in ln), None)
+    return InPlaceTrial(at, last, step, m.group(2), t1, s.group(2), waiting, decided, t0)
+
+
+def resume_count(cluster: Any, ns: str, job_name: str) -> int:
+    return len(INPLACE_RESUME_LINE.findall(logs(cluster, ns, job_name, 0)))
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             resync_seconds=cfg.resync_seconds,
             expectations=expectations,
         )
+        # A launcher's report (restartInPlace) wakes its job like a pod event does.
+        reconciler.launchers.wake = controller.enqueue
         controller.start()
         memo["controller"] = controller
     if memo.get("queueing") is None:
@@ -79,6 +81,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
+        launchers = getattr(controller.reconciler, "launchers", None)
+        if launchers is not None:
+            await launchers.aclose()
     clients: kube.Clients | None = memo.get("clients")
     if clients is not None:
         await clients.close()

@@ -285,3 +285,25 @@ def test_a_pod_that_leaves_checkpoints_with_its_world_and_the_rest_resumes_from_
     # One process accumulating two micro batches reads the samples two ranks read, and
     # halving each gradient is exact: the losses are the two-rank run's.
     assert check_resumed_exactly(text, reference(1), step) == step
+
+
+def test_when_rank_0_dies_a_higher_rank_serves_the_state_and_ddp_does_not_undo_it(
+    world, reference
+) -> None:
+    """DDP's constructor broadcasts rank 0's weights: with a new process as rank 0, the
+    survivor (rank 1) must still serve its own trained weights (found on the real nodes:
+    the first new step's loss was an untrained model's, 4.17 against 3.87)."""
+    op = world(2, nproc=1)
+    worker0, worker1 = op.pods
+    wait_step(worker0, 12)
+    os.kill(sorted(worker0.run.workers())[-1], signal.SIGKILL)  # rank 0
+    op.wait_for(
+        lambda s: all(x is not None and x.state == WAITING for x in s.values()),
+        "both launchers waiting for a decision",
+    )
+    stalled = step_of(worker0)
+    op.restart({"worker-0": 0, "worker-1": 1})
+    op.wait_states(RUNNING, ["worker-0", "worker-1"], generation=1)
+    assert worker0.run.wait() == 0 and worker1.run.wait() == 0
+    step = check_resumed_exactly(worker0.run.text(), reference(1), stalled)
+    assert f"rank 0 resumed from peer rank 1 at step {step}" in worker0.run.text()

@@ -278,7 +278,12 @@ class Session:
             try:
                 self._enter(self._next_join())
                 self._world_formed()
+                # DDP's constructor broadcasts rank 0's weights to every rank: when rank 0
+                # is a new process, that would overwrite a survivor's trained weights
+                # before `_resume` could take them as the peer state. Kept, and put back.
+                kept = self._keep_weights()
                 model = self.wrap(self._raw)
+                self._put_back(kept)
                 self._model = model
                 self._resume()
                 assert self.metrics is not None
@@ -289,6 +294,20 @@ class Session:
                 if not worker_link.is_world_error(again):
                     raise
                 self._leave(again)
+
+    def _keep_weights(self) -> list[torch.Tensor] | None:
+        """A survivor's parameters and buffers, copied (None when it holds no state)."""
+        if not self._valid or self._raw is None:
+            return None
+        with torch.no_grad():
+            return [t.detach().clone() for t in (*self._raw.parameters(), *self._raw.buffers())]
+
+    def _put_back(self, kept: list[torch.Tensor] | None) -> None:
+        if kept is None or self._raw is None:
+            return
+        with torch.no_grad():
+            for t, saved in zip((*self._raw.parameters(), *self._raw.buffers()), kept, strict=True):
+                t.copy_(saved)
 
     def _first_world(self) -> None:
         while True:

@@ -55,6 +55,10 @@ WORKER_CONTAINER = "worker"
 RDZV_PORT = 29400
 MASTER_PORT = 29500
 METRICS_PORT = 9400
+# The launcher's control endpoint (failurePolicy.restartInPlace; docs/training.md,
+# "Recovery protocol"), on the pod IP; its bearer token is in the job's Secret.
+CONTROL_PORT = 29401
+CONTROL_TOKEN_KEY = "token"
 TORCHRUN_MAX_RESTARTS = 3
 
 
@@ -65,3 +69,8 @@ def job_selector(job_name: str) -> str:
 
 def worker_pod_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
+
+
+def control_secret_name(job_name: str) -> str:
+    """The job's Secret holding the launchers' control token (owned by the job)."""
+    return f"{job_name}-control"

@@ -174,6 +174,9 @@ class FailurePolicy(Model):
     # Without gang scheduling: release a partly placed world after this long (0: never).
     placement_timeout_seconds: int = Field(default=300, ge=0)
     exclude_failed_nodes: bool = True
+    # The operator restarts a failed training process inside its healthy pod
+    # (gaudi_train.managed's control endpoint) instead of recreating the pods.
+    restart_in_place: bool = False
     rules: list[FailureRule] = Field(default_factory=list)
 
 

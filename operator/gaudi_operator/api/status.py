@@ -136,6 +136,9 @@ class GaudiTrainingJobStatus(Model):
     hpus: int = 0  # HPUs requested by the current worker pods
     restarts: int = 0
     restart_generation: int = 0
+    # failurePolicy.restartInPlace: the in-place generation every launcher of the world
+    # must reach (docs/failover.md). Committed before the decision is posted to them.
+    in_place_generation: int = 0
     # RecreateFailed's intent: the uids of the failed pods its last restart replaces. A
     # pass that still finds one (the operator died before deleting it) deletes it without
     # counting the restart again; cleared once the world runs again.

@@ -686,6 +686,12 @@ class Outcome:
     restarting: bool = False  # show phase Restarting
     new_failures: list[Failure] = field(default_factory=list)  # first seen in this pass
     hold_create: bool = False  # create no worker in this pass (backoff running)
+    # Restart in place (`failover.inplace`): the decision to post to the launchers named
+    # in `deliver_to` (a `gaudi_train.control_protocol.Decision`), once the status that
+    # records it is written; `in_place` marks an outcome of that path (metrics).
+    in_place: bool = False
+    deliver: Any = None
+    deliver_to: list[str] = field(default_factory=list)
 
     @property
     def requeue_after(self) -> float | None:

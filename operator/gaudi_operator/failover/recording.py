@@ -46,8 +46,11 @@ class FailoverRecorder:
             if fo.new_failures and key not in self._open:
                 self._open[key] = _Recovery(since=now)
             if decision.verdict == failover.Verdict.RESTART:
+                strategy = decision.strategy.value if decision.strategy else ""
+                if fo.in_place and not decision.new_generation:
+                    strategy = "InPlace"  # failurePolicy.restartInPlace: no pod replaced
                 metrics.RESTARTS.labels(
-                    strategy=decision.strategy.value if decision.strategy else "",
+                    strategy=strategy,
                     counted=str(decision.counted).lower(),
                 ).inc()
                 metrics.JOB_RESTARTS.labels(gtj_namespace=job.namespace, gtj=job.name).inc()

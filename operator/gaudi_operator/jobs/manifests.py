@@ -105,8 +105,24 @@ def service_manifest(job: JobRef) -> dict[str, Any]:
     }
 
 
+def control_secret_manifest(job: JobRef, token: str) -> dict[str, Any]:
+    """The job's Secret with the launchers' control token (restartInPlace); owned by the
+    job, so it is deleted with it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(job, api.control_secret_name(job.name), child_labels(job.name)),
+        "type": "Opaque",
+        "stringData": {api.CONTROL_TOKEN_KEY: token},
+    }
+
+
 def worker_env(
-    spec: GaudiTrainingJobSpec, job: JobRef, index: int, generation: int
+    spec: GaudiTrainingJobSpec,
+    job: JobRef,
+    index: int,
+    generation: int,
+    in_place_generation: int = 0,
 ) -> list[dict[str, Any]]:
     """The torchrun elastic and launcher environment (docs/architecture.md)."""
     w = spec.workers
@@ -140,6 +156,8 @@ def worker_env(
     # The launcher's listeners bind this address, never 0.0.0.0: with host networking
     # every pod of a machine shares one port space.
     out.append({"name": "GAUDI3_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    if spec.failure_policy.restart_in_place:
+        out += control_env(job, in_place_generation)
     if not needs_service(spec):
         # No Service, so no worker-0 name: the one worker's rendezvous and master address
         # are its own IP, which the name would resolve to. `$(VAR)` is expanded by the
@@ -151,6 +169,21 @@ def worker_env(
         out = [e for e in out if e["name"] not in own]
         out += [{"name": k, "value": v} for k, v in own.items()]
     return out
+
+
+def control_env(job: JobRef, in_place_generation: int) -> list[dict[str, Any]]:
+    """Operator-managed recovery (failurePolicy.restartInPlace): the launcher serves its
+    control endpoint on the pod IP, authenticated by the job's token, which the pod spec
+    holds only as a reference to the job's Secret (docs/training.md, "Recovery protocol")."""
+    secret = {"name": api.control_secret_name(job.name), "key": api.CONTROL_TOKEN_KEY}
+    return [
+        {"name": "GAUDI3_CONTROL_PORT", "value": str(api.CONTROL_PORT)},
+        {"name": "GAUDI3_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": secret}},
+        # With host networking the hostname is the node's: the pod's name comes from the API.
+        {"name": "GAUDI3_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # The world this pod's launcher first joins: the one the others are in now.
+        {"name": "GAUDI3_IN_PLACE_GENERATION", "value": str(in_place_generation)},
+    ]
 
 
 def worker_resources(
@@ -191,6 +224,7 @@ def worker_pod_manifest(
     generation: int,
     excluded_nodes: Iterable[str] = (),
     settings: GaudiSettings = gaudi.DEFAULTS,
+    in_place_generation: int = 0,
 ) -> dict[str, Any]:
     name = api.worker_pod_name(job.name, index)
     labels = {
@@ -206,7 +240,7 @@ def worker_pod_manifest(
     container: dict[str, Any] = {
         "name": api.WORKER_CONTAINER,
         "image": spec.image,
-        "env": worker_env(spec, job, index, generation),
+        "env": worker_env(spec, job, index, generation, in_place_generation),
         "resources": worker_resources(spec, settings),
         "ports": [
             {"name": "rdzv", "containerPort": api.RDZV_PORT},
@@ -215,6 +249,8 @@ def worker_pod_manifest(
         ],
         "volumeMounts": [{"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path}],
     }
+    if spec.failure_policy.restart_in_place:
+        container["ports"].append({"name": "control", "containerPort": api.CONTROL_PORT})
     if spec.command:
         container["command"] = list(spec.command)
     if spec.args:

@@ -18,6 +18,7 @@ from gaudi_operator import api
 from gaudi_operator.api import GaudiTrainingJobSpec, GaudiTrainingJobStatus
 from gaudi_operator.failover.policy import Signals
 from gaudi_operator.jobs.gaudi import ScaleOut
+from gaudi_train.control_protocol import LauncherStatus
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class WorkerPod:
     started_at: datetime | None = None
     unschedulable: str | None = None
     unschedulable_since: datetime | None = None
+    ip: str | None = None  # status.podIP: where its launcher's control endpoint listens
 
     @property
     def terminal(self) -> bool:
@@ -114,6 +116,7 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
         unschedulable_since=api.parse_rfc3339(scheduled.get("lastTransitionTime"))
         if unplaced
         else None,
+        ip=status.get("podIP") or None,
     )
 
 
@@ -161,6 +164,9 @@ class Observation:
     signals: Signals = field(default_factory=Signals)
     # The scale-out readiness gate (jobs.gaudi): None when it is off or not known yet.
     scale_out: ScaleOut | None = None
+    # failurePolicy.restartInPlace: each current worker's launcher status, by pod name, as
+    # its control endpoint last answered (`failover.launchers`); no key: not heard from.
+    launchers: Mapping[str, LauncherStatus] = field(default_factory=dict)
 
     @property
     def replicas(self) -> int:

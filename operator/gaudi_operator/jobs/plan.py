@@ -39,6 +39,7 @@ from gaudi_operator.api import (
     get_condition,
     set_condition,
 )
+from gaudi_operator.failover import inplace
 from gaudi_operator.failover import policy as failover
 from gaudi_operator.jobs import gaudi
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
@@ -212,6 +213,15 @@ def _decide(obs: Observation) -> Plan:
     fo = failover.step(
         spec.failure_policy, status, world, desired, now, signals, ready_since, placement
     )
+    if (
+        spec.failure_policy.restart_in_place
+        and fo.decision.verdict == failover.Verdict.NONE
+        and not fo.restarting
+    ):
+        # Every pod, node and HPU is healthy: a failed process is restarted in its pod.
+        fo = inplace.step(
+            spec.failure_policy, status, world, replicas=desired, launchers=obs.launchers, now=now
+        )
     out.failover = fo
     out.events += [Event(*e) for e in fo.events]
     if fo.condition is not None:
@@ -246,7 +256,12 @@ def _decide(obs: Observation) -> Plan:
         status.start_time = api.to_rfc3339(now)
     _count(status, spec, pods, in_world, desired)
     status.phase = _running_phase(before.phase, pods, gen, in_world, desired, bool(out.delete))
-    settled = failover.settle(status, pods, status.phase == Phase.RUNNING)
+    # An in-place restart is over when the launchers say so, not when the pods run (they
+    # never stopped): `inplace.step` decides its condition itself.
+    in_place_pending = fo.in_place and fo.restarting
+    settled = (
+        None if in_place_pending else failover.settle(status, pods, status.phase == Phase.RUNNING)
+    )
     if settled is not None:
         old = get_condition(status.conditions, ConditionType.RESTARTING)
         if settled[1] == failover.NO_FEASIBLE_NODE and (old is None or old.reason != settled[1]):

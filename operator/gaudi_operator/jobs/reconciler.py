@@ -21,7 +21,9 @@ deleting one that is gone a 404. A pass after a crash or a duplicate event does 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,6 +33,7 @@ from typing import Any
 from gaudi_operator import api
 from gaudi_operator.api import ConditionType, GaudiTrainingJobSpec, Phase
 from gaudi_operator.clients import kube
+from gaudi_operator.failover.launchers import LauncherWatch
 from gaudi_operator.failover.policy import Verdict
 from gaudi_operator.failover.recording import RECORDER
 from gaudi_operator.failover.signals import DISRUPTIONS, signals_for
@@ -69,6 +72,8 @@ REFUSAL_BACKOFF_MAX_SECONDS = 300.0
 # Progress held back (see `Reconciler._write_status`) while a worker cannot be placed is
 # written after this long at most: "why is my job Pending" must not wait the full debounce.
 UNPLACED_DEBOUNCE_SECONDS = 5.0
+# A decision some launcher did not take (not up yet, a lost connection): told again after.
+RETRY_DELIVERY_SECONDS = 1.0
 
 Key = tuple[str, str]  # (namespace, job name)
 
@@ -106,7 +111,14 @@ class Result:
 
 
 # What a restart decides, written before any pod is touched (see `Reconciler.reconcile`).
-INTENT_FIELDS = ("restartGeneration", "restarts", "lastFailure", "excludedNodes", "replacedPods")
+INTENT_FIELDS = (
+    "restartGeneration",
+    "restarts",
+    "lastFailure",
+    "excludedNodes",
+    "replacedPods",
+    "inPlaceGeneration",
+)
 
 
 def intent_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,6 +194,10 @@ class Reconciler:
         self._pod_groups: dict[Key, str] = {}
         self._refusals: dict[Key, _Refusal] = {}
         self._held: dict[Key, float] = {}  # a progress-only status change waiting since
+        # failurePolicy.restartInPlace: the launchers' statuses, and each job's control
+        # token by job uid (read from or written to the job's Secret once per process).
+        self.launchers = LauncherWatch()
+        self._tokens: dict[Key, tuple[str, str]] = {}
         metrics.track_cache("gang_warned", lambda: len(self._gang_warned))
         metrics.track_cache("services_created", lambda: len(self._services))
         metrics.track_cache("pod_groups_created", lambda: len(self._pod_groups))
@@ -192,6 +208,8 @@ class Reconciler:
         """The job is gone: what the operator remembers of it goes too."""
         for memory in (self._services, self._pod_groups, self._refusals, self._held):
             memory.pop(key, None)
+        self._tokens.pop(key, None)
+        self.launchers.forget(key)
         self._gang_warned.discard(key)
         self.expectations.forget(key)
         RECORDER.forget(key)
@@ -205,6 +223,7 @@ class Reconciler:
         obs = observe(job, observed, self._clock())  # parsed once, here at the edge
         obs = replace(obs, signals=await signals_for(obs))  # nodes, HPU health, vanished pods
         obs = replace(obs, scale_out=self.scale_out_nodes.view())
+        obs = await self._hear_launchers(key, job, obs)
         plan = job_plan.decide(obs)
         now = obs.now
         if job.deleting:
@@ -226,6 +245,8 @@ class Reconciler:
             written = await self.status.commit(body, new, INTENT_FIELDS)
             read = written
             failpoints.hit("after-restart-intent")
+        # In place: the launchers act on what is committed, at once (the pods stay).
+        undelivered = await self._deliver(key, obs, plan) if written is not None else None
 
         decided = list(plan.events)  # told once the status write that decides them is done
         done: list[Event] = []  # told once done, whatever becomes of the status write
@@ -251,14 +272,83 @@ class Reconciler:
                 RECORDER.after_pass(job, plan, [*decided, *done], now)
             raise
         events = [*decided, *done]
+        if undelivered is None:
+            undelivered = await self._deliver(key, obs, plan)
+        if plan.status.phase.finished or not _in_place(plan):
+            self.launchers.forget(key)
         await self._post(final or read, events)
         RECORDER.after_pass(job, plan, events, now)  # failover metrics
         # Our intent commit is superseded by the status write: while the index shows it,
         # the index is behind us (see runtime.controller.Written).
         superseded = [_rv(written)] if written is not None and final is not None else []
         pending = sum(1 for p in obs.pods if p.phase == "Pending" and not p.deleting)
-        waits = [t for t in (held, backoff) if t is not None]
+        retry = RETRY_DELIVERY_SECONDS if undelivered else None
+        waits = [t for t in (held, backoff, retry) if t is not None]
         return Result(plan, final or written, pending, superseded, min(waits) if waits else None)
+
+    # --- restart in place -----------------------------------------------------------------
+
+    async def _hear_launchers(self, key: Key, job: JobView, obs: Any) -> Any:
+        """The current world's launcher statuses into the observation (restartInPlace)."""
+        spec = obs.spec
+        if spec is None or not spec.failure_policy.restart_in_place or job.deleting:
+            return obs
+        if obs.status.phase.finished:
+            return obs
+        token = await self._control_token(job)
+        world = [p for p in obs.pods if p.generation == obs.status.restart_generation]
+        return replace(obs, launchers=self.launchers.sync(key, token, world))
+
+    async def _control_token(self, job: JobView) -> str:
+        """The job's control token: read from its Secret, or created there (owned by the
+        job, so it goes with it). Never logged."""
+        key = (job.namespace, job.name)
+        known = self._tokens.get(key)
+        if known is not None and known[0] == job.uid:
+            return known[1]
+        name = api.control_secret_name(job.name)
+        token = await self._read_token(job, name)
+        if token is None:
+            token = secrets.token_hex(32)
+            ref = manifests.JobRef(job.name, job.namespace, job.uid)
+            secret = manifests.control_secret_manifest(ref, token)
+            try:
+                await kube.create(self.clients, kube.core_path(job.namespace, "secrets"), secret)
+            except Exception as err:
+                if kube.status_code(err) != 409:
+                    raise
+                token = await self._read_token(job, name)  # another pass's, just created
+                if token is None:
+                    raise RetrySoon(f"the Secret {name} belongs to another job") from None
+        self._tokens[key] = (job.uid, token)
+        return token
+
+    async def _read_token(self, job: JobView, name: str) -> str | None:
+        try:
+            secret = await self.clients.core.read_namespaced_secret(name, job.namespace)
+        except Exception as err:
+            if kube.status_code(err) == 404:
+                return None
+            raise
+        owners = [r.uid for r in secret.metadata.owner_references or [] if r.controller]
+        data = (secret.data or {}).get(api.CONTROL_TOKEN_KEY)
+        if owners != [job.uid] or not data:
+            # A predecessor's (same job name, another uid): never reuse its token.
+            await self.clients.core.delete_namespaced_secret(
+                name, job.namespace, body={"preconditions": {"uid": secret.metadata.uid}}
+            )
+            return None
+        return base64.b64decode(data).decode()
+
+    async def _deliver(self, key: Key, obs: Any, plan: Plan) -> list[str]:
+        """Post the in-place decision the status now records to the launchers that have
+        not taken it; the ones not reached are told again by the next pass."""
+        fo = plan.failover
+        if fo is None or fo.deliver is None or not fo.deliver_to:
+            return []
+        pods = {p.name: p for p in obs.pods}
+        missed = await self.launchers.deliver(key, pods, fo.deliver_to, fo.deliver)
+        return missed
 
     # --- children -----------------------------------------------------------------------
 
@@ -349,7 +439,9 @@ class Reconciler:
         self.expectations.expect(key, creations=names.values())
 
         async def create(index: int) -> str:
-            manifest = manifests.worker_pod_manifest(spec, ref, index, gen, excluded, self.gaudi)
+            manifest = manifests.worker_pod_manifest(
+                spec, ref, index, gen, excluded, self.gaudi, status.in_place_generation
+            )
             try:
                 async with self._pod_slots:
                     await kube.create(self.clients, pods_path, manifest)
@@ -566,6 +658,10 @@ def _mark_rejected(
     )
     if old is None or old.status != "True" or old.message != text:
         events.append(Event("Warning", "InvalidSpec", text))
+
+
+def _in_place(plan: Plan) -> bool:
+    return plan.spec is not None and plan.spec.failure_policy.restart_in_place
 
 
 def _name(body: Mapping[str, Any]) -> str:
