@@ -606,7 +606,13 @@ class Cluster:
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
-                "--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving",
+                # Every pod here has a loopback IP (kwok's 127.244.0.0/16, real nodes'
+                # 127.0.x), which the API server refuses in Endpoints and EndpointSlices:
+                # those controllers could only post a Warning per Service and pass, and
+                # CoreDNS learns the real pods from a hosts file (realnodes.py) instead.
+                "--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving,"
+                "-endpoints-controller,-endpointslice-controller,"
+                "-endpointslice-mirroring-controller",
                 f"--node-monitor-period={nodes.monitor_period_seconds(s.gaudi_nodes)}s",
                 "--node-monitor-grace-period="
                 f"{nodes.monitor_grace_seconds(s.gaudi_nodes, s.node_monitor_grace_seconds)}s",
