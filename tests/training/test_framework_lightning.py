@@ -16,9 +16,11 @@ BATCH = ("--global-batch", "16", "--micro-batch", "4")
 
 
 def saved_step(ckpt: Path) -> int:
-    """The step Lightning's own last.ckpt (a link to the newest step=N.ckpt) holds."""
-    state = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)
-    assert (ckpt / "last.ckpt").resolve().name == f"step={state['global_step']}.ckpt"
+    """The step Lightning's own last.ckpt (a link to the newest step=N.ckpt) holds. The
+    link is resolved once, before the load: a run still training moves it meanwhile."""
+    target = (ckpt / "last.ckpt").resolve()
+    state = torch.load(target, map_location="cpu", weights_only=False)
+    assert target.name == f"step={state['global_step']}.ckpt"
     return int(state["global_step"])
 
 
