@@ -13,6 +13,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,21 @@ def training_image_on_nodes(c: Any) -> None:
         assert len(c.real_nodes.import_image(archive)) == 2
     crd = ROOT / "crds" / "gauditrainingjobs.yaml"
     c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+
+
+@contextmanager
+def training_operator(c: Any, log: str) -> Iterator[Any]:
+    """The training image on the nodes and this tree's operator, logging to logs/`log`,
+    for a module's tests; stopped at the end."""
+    from cluster.gtj import OperatorProcess
+
+    training_image_on_nodes(c)
+    op = OperatorProcess(c.kubeconfig, c.dir / "logs" / log)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
 
 
 @pytest.fixture(scope="package")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cluster.gtj import OperatorProcess
-from cluster.realnodes.conftest import training_image_on_nodes
+from cluster.realnodes.conftest import training_operator
 from conftest import wait_for
 from gaudi_devtools import realtraining
 from gaudi_devtools.realtraining import TRAINER_UID, job, launcher_pid, worker_pids
@@ -32,13 +32,8 @@ STEP = re.compile(r"step (\d+) loss ([0-9.]+)")
 
 @pytest.fixture(scope="module")
 def operator(real: Any) -> Iterator[OperatorProcess]:
-    training_image_on_nodes(real)
-    op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-inplace.log")
-    op.start()
-    try:
+    with training_operator(real, "operator-inplace.log") as op:
         yield op
-    finally:
-        op.stop()
 
 
 @pytest.fixture(scope="module")

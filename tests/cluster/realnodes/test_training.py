@@ -20,7 +20,7 @@ import pytest
 
 from cluster.gtj import OperatorProcess
 from cluster.kubectl_gtj import gtj, gtj_for
-from cluster.realnodes.conftest import training_image_on_nodes
+from cluster.realnodes.conftest import training_operator
 from conftest import wait_for
 from gaudi_devtools import realtraining
 from gaudi_devtools.realtraining import (
@@ -43,13 +43,8 @@ EARLY_CLOSE = re.compile(r"closing rendezvous round \d+ with (\d+) of at most 2 
 @pytest.fixture(scope="module")
 def trainer(real: Any) -> Iterator[OperatorProcess]:
     """The training image on both real nodes, the CRD, and this tree's operator."""
-    training_image_on_nodes(real)
-    op = OperatorProcess(real.kubeconfig, real.dir / "logs" / "operator-training.log")
-    op.start()
-    try:
+    with training_operator(real, "operator-training.log") as op:
         yield op
-    finally:
-        op.stop()
 
 
 def logs(real: Any, ns: str, generation: int = 0) -> str:
