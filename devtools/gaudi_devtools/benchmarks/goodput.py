@@ -466,6 +466,15 @@ def report(results: list[PathResult], every: float, console: Console) -> list[st
     row("failures", lambda r: str(len(r.recoveries)))
     row("effective training time", lambda r: f"{100 * r.accounting.effective:.1f} %")
     row(
+        "  seconds lost per failure (wall - progress) / failures",
+        lambda r: (
+            f"{(r.accounting.wall - r.accounting.productive) / len(r.recoveries):.1f}"
+            if r.recoveries
+            else "n/a"
+        ),
+    )
+    row("  of which redone steps s", lambda r: f"{r.accounting.redone_seconds:.1f}")
+    row(
         f"  projected, a failure every {GOAL_EVERY:.0f} s",
         lambda r: _pct(projected(r.accounting, len(r.recoveries), GOAL_EVERY)),
     )
