@@ -60,7 +60,6 @@ from gaudi_devtools.benchmarks.support import start_operator
 PATHS = ("recreate", "inplace")
 KINDS = ("kill", "delete")
 PHASES = ("detect", "decide", "re-form", "first step")
-RANK0 = "[rank 0] "
 STEP = re.compile(r"\[rank 0\] \S+ INFO: step (\d+) loss")
 RESUMED = re.compile(
     r"\[rank 0\] \S+ INFO: resumed from (?:peer rank \d+ at step|checkpoint at step|step) (\d+)"
