@@ -1,12 +1,12 @@
 """`gaudi3 benchmark …`: measured figures for the README (train, failover, autoscale,
-reconcile, latency, takeover, soak, recovery, inplace, rest); `support` holds what they
+reconcile, latency, takeover, soak, recovery, inplace, goodput, rest); `support` holds what they
 share. Loaded only when `gaudi3 benchmark` runs."""
 
 from __future__ import annotations
 
 import typer
 
-from gaudi_devtools.benchmarks import failover, inplace, recovery
+from gaudi_devtools.benchmarks import failover, goodput, inplace, recovery
 from gaudi_devtools.benchmarks.autoscale import benchmark_autoscale
 from gaudi_devtools.benchmarks.latency import benchmark_latency
 from gaudi_devtools.benchmarks.reconcile import benchmark_reconcile
@@ -28,3 +28,4 @@ benchmark_app.command("rest")(benchmark_rest)
 failover.register(benchmark_app)
 recovery.register(benchmark_app)
 inplace.register(benchmark_app)
+goodput.register(benchmark_app)
