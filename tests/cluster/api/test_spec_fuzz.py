@@ -466,4 +466,8 @@ def test_every_admitted_spec_is_reconciled_or_named_as_invalid(
         print(f"spec fuzz: a pod refused with {code}: {message[:300]}")
     assert seen["admitted"] > EXAMPLES // 10, f"too few admitted specs to mean much: {seen}"
     assert seen["with template"] and seen["with resources"], seen
-    assert validation.answers[200] and validation.answers[422], validation.answers
+    # Both paths ran: pods the API server took, and pods it refused as invalid (422, or
+    # 400 for a quantity it cannot decode; both are PodRejected). A random seed may draw
+    # only one of the two refusals.
+    refused = validation.answers[422] + validation.answers[400]
+    assert validation.answers[200] and refused, validation.answers
