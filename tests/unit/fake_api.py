@@ -7,6 +7,7 @@ the cluster tests; this is for "does a pass write twice", fast."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kubernetes_asyncio.client import V1ObjectMeta, V1OwnerReference, V1Secret
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from gaudi_operator.clients import kube
@@ -97,6 +99,11 @@ class _ApiClient:
             return
         if plural == "pods":
             body.setdefault("status", {"phase": "Pending"})
+        if plural == "secrets":
+            # As the API server stores it: stringData merged into data, base64-encoded.
+            data = body.setdefault("data", {})
+            for k, v in (body.pop("stringData", None) or {}).items():
+                data[k] = base64.b64encode(v.encode()).decode()
         self.api.add(plural, body)
 
     async def close(self) -> None:
@@ -151,6 +158,38 @@ class _Custom:
 class _Core:
     def __init__(self, api: FakeApi) -> None:
         self.api = api
+
+    async def read_namespaced_secret(self, name: str, ns: str, **_: Any) -> V1Secret:
+        """A typed model, as kubernetes_asyncio returns it (the restartInPlace token)."""
+        self.api._count("GET", "secrets")
+        obj = copy.deepcopy(self.api.get("secrets", ns, name))
+        meta = obj["metadata"]
+        refs = [
+            V1OwnerReference(
+                api_version=r["apiVersion"],
+                kind=r["kind"],
+                name=r["name"],
+                uid=r["uid"],
+                controller=r.get("controller"),
+            )
+            for r in meta.get("ownerReferences") or []
+        ]
+        return V1Secret(
+            metadata=V1ObjectMeta(
+                name=meta["name"], namespace=ns, uid=meta["uid"], owner_references=refs
+            ),
+            data=obj.get("data"),
+        )
+
+    async def delete_namespaced_secret(
+        self, name: str, ns: str, body: Mapping[str, Any] | None = None, **_: Any
+    ) -> None:
+        self.api._count("DELETE", "secrets", body)
+        secret = self.api.get("secrets", ns, name)
+        want = ((body or {}).get("preconditions") or {}).get("uid")
+        if want and want != secret["metadata"]["uid"]:
+            raise api_error(409, "Precondition failed: UID in precondition")
+        del self.api.objects[("secrets", ns, name)]
 
     async def delete_namespaced_pod(
         self, name: str, ns: str, body: Mapping[str, Any] | None = None, **_: Any

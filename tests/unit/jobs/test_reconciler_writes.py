@@ -319,3 +319,54 @@ def test_a_worker_the_api_server_cannot_decode_is_invalid_spec_not_a_retry_loop(
     assert w.api.requests[("POST", "pods")] == posts
     assert w.reasons("Warning") == ["InvalidSpec"]
     w.forget()
+
+
+# --- restartInPlace: the job's control token --------------------------------------------
+
+
+def test_a_restart_in_place_job_gets_one_control_secret_and_keeps_it() -> None:
+    w = World("inplace", {"workers": {"replicas": 2}, "failurePolicy": {"restartInPlace": True}})
+    for _ in range(3):
+        w.catch_up()
+        w.pass_()
+    name = api.control_secret_name("inplace")
+    secret = w.api.get("secrets", NS, name)
+    assert secret["data"][api.CONTROL_TOKEN_KEY], secret
+    refs = secret["metadata"]["ownerReferences"]
+    assert [r["uid"] for r in refs if r.get("controller")] == [w.job["metadata"]["uid"]]
+    assert w.api.requests[("POST", "secrets")] == 1
+    # A new operator (nothing remembered) reads the token back; it never makes another.
+    w.reconciler._tokens.clear()
+    w.pass_()
+    assert w.api.requests[("POST", "secrets")] == 1
+    assert w.api.requests[("GET", "secrets")] >= 1
+    w.forget()
+
+
+def test_a_predecessors_control_secret_is_replaced_not_reused() -> None:
+    w = World("inplace", {"workers": {"replicas": 1}, "failurePolicy": {"restartInPlace": True}})
+    name = api.control_secret_name("inplace")
+    w.api.add(
+        "secrets",
+        {
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "ownerReferences": [
+                    {
+                        "apiVersion": api.API_VERSION,
+                        "kind": api.KIND,
+                        "name": "inplace",
+                        "uid": "an-earlier-job",
+                        "controller": True,
+                    }
+                ],
+            },
+            "data": {api.CONTROL_TOKEN_KEY: "b2xk"},
+        },
+    )
+    w.pass_()
+    assert w.api.requests[("DELETE", "secrets")] == 1
+    refs = w.api.get("secrets", NS, name)["metadata"]["ownerReferences"]
+    assert [r["uid"] for r in refs] == [w.job["metadata"]["uid"]]
+    w.forget()
