@@ -24,10 +24,10 @@ from gaudi_devtools.benchmarks.rest import (
 
 pytestmark = pytest.mark.cluster
 
-JOBS = 6
-AUTOSCALED = 3
-WINDOW = 60  # seconds counted while running; 6 jobs x 1 min: 1 write is within budget
-AFTER_RESTART = 30
+JOBS = 12
+AUTOSCALED = 6
+WINDOW = 30  # seconds counted while running; 12 jobs x 0.5 min: 1 write is within budget
+AFTER_RESTART = 20
 
 
 @pytest.fixture
