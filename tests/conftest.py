@@ -67,8 +67,8 @@ def _work_unit(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """`make test` runs two workers, each with its own session cluster: most cluster tests
-    wait on the control plane's timers, so two overlap well on two cores. A module's tests
+    """`make test` runs three workers, each with its own session cluster: most cluster tests
+    wait on the control plane's timers, so three overlap well on two cores. A module's tests
     stay on one worker, so its module fixtures (an operator, a cluster of its own) start
     once and its tests keep their order. (xdist's own `loadgroup` marks do not take with
     pytest 9.2, which no longer reads the node id xdist rewrites.)"""

@@ -264,6 +264,14 @@ def test_a_stopped_worker_is_detected_as_a_stall_and_the_world_resumes_from_chec
         interval=2,
         what="a step after the resume",
     )
-    now = query(real, f'max(gaudi3_train_step{{gtj="{JOB}",gtj_namespace="{ns}"}})')
-    assert now and float(now[0]["value"][1]) > step
+    # Prometheus has it from its next scrape of the new pods (the log line comes first).
+    wait_for(
+        lambda: (
+            (now := query(real, f'max(gaudi3_train_step{{gtj="{JOB}",gtj_namespace="{ns}"}})'))
+            and float(now[0]["value"][1]) > step
+        ),
+        timeout=60,
+        interval=2,
+        what="Prometheus to have a step after the resume",
+    )
     assert int(status(real, ns)["restartGeneration"]) == generation + 1
