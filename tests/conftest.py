@@ -32,6 +32,7 @@ _DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "training": "training"}
 
 _TESTS = Path(__file__).resolve().parent
 REALNODES_UNIT = "tests/cluster/realnodes/"
+TRAINING_UNIT = "tests/training/"
 _TEST_CLUSTER = re.compile(r"(?:pytest|chaos|helm|crd-upgrade)-(\d+)(?:-.*)?")
 
 
@@ -46,7 +47,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, kind))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # The longest group first: not the tail one worker runs alone at the end.
-        items.sort(key=lambda i: _work_unit(i.nodeid) != REALNODES_UNIT)
+        items.sort(
+            key=lambda i: (
+                _work_unit(i.nodeid) != REALNODES_UNIT,
+                _work_unit(i.nodeid) != TRAINING_UNIT,
+            )
+        )
     # `make test` runs the tests marked serial in a second, one-process run.
     serial = os.environ.get("GAUDI3_SERIAL", "")
     if serial in ("skip", "only"):
@@ -59,10 +65,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _work_unit(nodeid: str) -> str:
-    """The tests one pytest-xdist worker runs together: a module, or the whole real-node
-    package (one cluster of real nodes, its down test last)."""
+    """The tests one pytest-xdist worker runs together: a module, the whole real-node
+    package (one cluster of real nodes, its down test last), or the whole training package
+    (real torch on the CPU: one such test at a time, so that three workers on two cores
+    never starve two trainings at once; a survivor then missed its peer's death once)."""
     path = nodeid.split("::")[0]
-    return REALNODES_UNIT if path.startswith(REALNODES_UNIT) else path
+    for unit in (REALNODES_UNIT, TRAINING_UNIT):
+        if path.startswith(unit):
+            return unit
+    return path
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from gaudi_operator import api
@@ -59,6 +59,8 @@ REFUSED_REASONS = (QUOTA_EXCEEDED, CREATE_FORBIDDEN)
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 _CONVERGING = (Phase.PENDING, Phase.STARTING, Phase.RESTARTING, Phase.SCALING)
+# The longest a pass asks to come back after, for a deadline or a TTL far ahead.
+REQUEUE_CAP_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,16 @@ def _decide(obs: Observation) -> Plan:
     deadline = spec.run_policy.active_deadline_seconds
     start = api.parse_rfc3339(status.start_time)
     if deadline is not None and start is not None:
-        left = (start + timedelta(seconds=deadline) - now).total_seconds()
+        # In seconds, not as a datetime: the CRD admits any int64, and start + a deadline of
+        # 3e18 s overflows a datetime (the spec fuzz found it). The pass comes back within
+        # a day at the latest; a resync would anyway.
+        left = deadline - (now - start).total_seconds()
         if left <= 0:
             msg = f"job was active longer than spec.runPolicy.activeDeadlineSeconds ({deadline}s)"
             return _finish(
                 job, spec, status, before, pods, now, Phase.FAILED, "DeadlineExceeded", msg
             )
-        out.requeue_after = left
+        out.requeue_after = min(left, REQUEUE_CAP_SECONDS)
 
     gen = status.restart_generation
     desired = spec.workers.replicas
@@ -562,7 +567,7 @@ def _finished(
     ttl = spec.run_policy.ttl_seconds_after_finished
     done = api.parse_rfc3339(status.completion_time)
     if ttl is not None and done is not None:
-        left = (done + timedelta(seconds=ttl) - now).total_seconds()
+        left = ttl - (now - done).total_seconds()  # seconds: any int64 ttl (see the deadline)
         if left <= 0:
             out.delete_job = True
             out.events.append(
@@ -574,7 +579,7 @@ def _finished(
                 )
             )
         else:
-            out.requeue_after = left
+            out.requeue_after = min(left, REQUEUE_CAP_SECONDS)
     return out
 
 

@@ -369,3 +369,20 @@ def test_only_progress_on_the_way_to_running_may_wait() -> None:
     failed = [worker(0, phase="Failed", exit_code=1, reason="Error", finished_at=NOW)]
     restart = plan(job(status=running.status.to_dict()), failed + pending[1:], NOW)
     assert not progress_only(running.status.to_dict(), restart.status.to_dict())
+
+
+def test_a_deadline_or_ttl_of_any_int64_is_planned_not_overflowed() -> None:
+    # The CRD admits any int64; start + 3e18 s overflows a datetime (the spec fuzz found it).
+    start = api.to_rfc3339(NOW - timedelta(seconds=100))
+    huge = 3_007_141_562_579_928_045
+    p = plan(
+        job(spec={"runPolicy": {"activeDeadlineSeconds": huge}}, status={"startTime": start}),
+        [],
+        NOW,
+    )
+    assert p.status.phase != Phase.FAILED
+    assert p.requeue_after == pytest.approx(86400)
+    done = {"phase": "Succeeded", "completionTime": start, "startTime": start}
+    p = plan(job(spec={"runPolicy": {"ttlSecondsAfterFinished": huge}}, status=done), [], NOW)
+    assert not p.delete_job
+    assert p.requeue_after == pytest.approx(86400)
