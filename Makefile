@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # `make test` runs three pytest-xdist workers, each with its own local cluster: most
 # cluster tests wait on the control plane's timers, not on CPU (the load average stayed
-# near 2 with two workers), so three overlap on two cores: 10 m 58 s for the parallel part
+# near 2 with two workers), so three overlap on two cores: 11 m 21 s for the parallel part
 # against 14 m 24 s with two (docs/development.md).
 # TEST_WORKERS=1 runs everything in one process, in collection order.
 TEST_WORKERS ?= 3
