@@ -248,6 +248,24 @@ def kwok_job(name: str, autoscaled: bool) -> dict[str, Any]:
     }
 
 
+def apply_kwok_jobs(
+    cluster: Any, ns: str, exporter: TrainingExporter, jobs: int, autoscaled: int
+) -> Callable[[], bool]:
+    """`jobs` kwok jobs rest-0… in `ns`, the first `autoscaled` of them autoscaled, their
+    steps (and load) served by `exporter`; returns the check that all of them settled."""
+    names = [f"rest-{i}" for i in range(jobs)]
+    for i, name in enumerate(names):
+        exporter.add(ns, name, load=100.0 if i < autoscaled else None)
+        body = kwok_job(name, autoscaled=i < autoscaled)
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+
+    def all_settled() -> bool:
+        st = job_status(cluster, ns)
+        return all(settled(st.get(n, {}), i < autoscaled) for i, n in enumerate(names))
+
+    return all_settled
+
+
 def job_status(cluster: Any, ns: str) -> dict[str, dict[str, Any]]:
     out = cluster.kubectl("get", api.PLURAL, "-n", ns, "-o", "json").stdout
     return {j["metadata"]["name"]: j.get("status") or {} for j in json.loads(out)["items"]}
@@ -296,16 +314,7 @@ def run_kwok(
         if operator:
             log = c.dir / "logs" / "bench-rest-operator.log"
             proc = start_operator(Path(c.kubeconfig), log, "--prometheus-url", c.prometheus_url)
-        names = [f"rest-{i}" for i in range(jobs)]
-        for i, name in enumerate(names):
-            exporter.add(ns, name, load=100.0 if i < n_auto else None)
-            body = kwok_job(name, autoscaled=i < n_auto)
-            c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
-
-        def all_settled() -> bool:
-            st = job_status(c, ns)
-            return all(settled(st.get(n, {}), i < n_auto) for i, n in enumerate(names))
-
+        all_settled = apply_kwok_jobs(c, ns, exporter, jobs, n_auto)
         wait(f"{jobs} jobs running, their first step recorded", all_settled, 300)
         time.sleep(warmup)
         window = measure(c, jobs, seconds, exporter.steps, namespace=ns)

@@ -3,11 +3,12 @@ loop and the cluster's Prometheus as default, a test exporter, and job short-han
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import pytest
 
 from cluster.gtj import GROUP, PLURAL, VERSION, get_job, job_body
 from conftest import wait_for
@@ -21,17 +22,10 @@ QUERY = f'sum({LOAD_METRIC}{{gtj="$job",gtj_namespace="$namespace"}})'
 def autoscaling_operator(operator: Any, cluster: Any) -> Iterator[Any]:
     """The session's operator with the autoscaler settings these tests need (restarted
     unless the previous autoscaling module left it so)."""
-    saved = {k: os.environ.get(k) for k in ("GAUDI3_AUTOSCALE_INTERVAL_SECONDS",)}
-    os.environ["GAUDI3_AUTOSCALE_INTERVAL_SECONDS"] = str(INTERVAL)
-    operator.ensure("--prometheus-url", cluster.prometheus_url)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GAUDI3_AUTOSCALE_INTERVAL_SECONDS", str(INTERVAL))
+        operator.ensure("--prometheus-url", cluster.prometheus_url)
         yield operator
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager

@@ -6,7 +6,6 @@ and the autoscaler's windows without writing). `gaudi3 benchmark rest` is the lo
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +15,9 @@ from conftest import wait_for
 from gaudi_devtools.benchmarks.rest import (
     BUDGET,
     TrainingExporter,
+    apply_kwok_jobs,
     job_status,
-    kwok_job,
     measure,
-    settled,
 )
 
 pytestmark = pytest.mark.cluster
@@ -44,18 +42,11 @@ def others(cluster: Any, namespace: str) -> list[str]:
 def rest_operator(operator: Any, cluster: Any) -> Iterator[Any]:
     """The operator with both loops as fast as the tests run them (each pass a chance to
     write), on the cluster's Prometheus."""
-    fast = {"GAUDI3_STALL_POLL_SECONDS": "1", "GAUDI3_AUTOSCALE_INTERVAL_SECONDS": "1"}
-    saved = {k: os.environ.get(k) for k in fast}
-    os.environ.update(fast)
-    operator.restart("--prometheus-url", cluster.prometheus_url)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GAUDI3_STALL_POLL_SECONDS", "1")
+        mp.setenv("GAUDI3_AUTOSCALE_INTERVAL_SECONDS", "1")
+        operator.restart("--prometheus-url", cluster.prometheus_url)
         yield operator
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_training_jobs_at_rest_cost_at_most_a_fifth_of_a_write_a_minute(
@@ -64,16 +55,7 @@ def test_training_jobs_at_rest_cost_at_most_a_fifth_of_a_write_a_minute(
     hpus_free()
     exporter = TrainingExporter(cluster.targets_dir, f"rest-{namespace}", period=0.5)
     try:
-        names = [f"rest-{i}" for i in range(JOBS)]
-        for i, name in enumerate(names):
-            exporter.add(namespace, name, load=100.0 if i < AUTOSCALED else None)
-            body = kwok_job(name, autoscaled=i < AUTOSCALED)
-            cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
-
-        def all_settled() -> bool:
-            st = job_status(cluster, namespace)
-            return all(settled(st.get(n, {}), i < AUTOSCALED) for i, n in enumerate(names))
-
+        all_settled = apply_kwok_jobs(cluster, namespace, exporter, JOBS, AUTOSCALED)
         wait_for(all_settled, timeout=120, interval=1, what="jobs running, first step recorded")
         # The API server's counters have no namespace: earlier tests' jobs still being deleted
         # with their namespaces would count (two DELETEs in a window failed a run).
