@@ -71,10 +71,12 @@ def job(
     failure_policy: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     max_steps: int = 100000,
+    spares: int = 0,
 ) -> dict[str, Any]:
     """2 workers of 1 "HPU" on the real nodes, one per node, checkpoints on the host;
-    `env` is added to the worker container's environment. Its namespace needs
-    `allow_host_access` where the chart's tenant policy is installed."""
+    `env` is added to the worker container's environment; `spares` warm spares (each needs
+    a real node of its own too). Its namespace needs `allow_host_access` where the chart's
+    tenant policy is installed."""
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/v1alpha1",
         "kind": "GaudiTrainingJob",
@@ -90,7 +92,7 @@ def job(
                 str(log_every),
             ],
             "hpusPerWorker": 1,
-            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2},
+            "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 2, "spares": spares},
             "batch": {"globalBatchSize": 16, "microBatchSize": 8},
             "checkpoint": {"intervalSteps": interval},
             "failurePolicy": failure_policy or {"maxRestarts": 10},
@@ -192,13 +194,12 @@ def checkpoint_steps(root: Path) -> list[int]:
     )
 
 
-def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
-    """The host PID of a worker container's launcher (its PID 1, `gaudi3-train`)."""
-    want = {
-        f"GAUDI3_JOB_NAME={job_name}".encode(),
-        f"GAUDI3_NAMESPACE={ns}".encode(),
-        f"GAUDI3_WORKER_INDEX={index}".encode(),
-    }
+def launcher_pid(ns: str, job_name: str, index: int, pod: str | None = None) -> int | None:
+    """The host PID of a worker container's launcher (its PID 1, `gaudi3-train`): worker
+    `index`'s, or the pod `pod`'s (operator-managed recovery sets GAUDI3_POD_NAME; a spare
+    that took an index has no GAUDI3_WORKER_INDEX)."""
+    want = {f"GAUDI3_JOB_NAME={job_name}".encode(), f"GAUDI3_NAMESPACE={ns}".encode()}
+    want.add(f"GAUDI3_POD_NAME={pod}".encode() if pod else f"GAUDI3_WORKER_INDEX={index}".encode())
     found: dict[int, int] = {}  # pid: parent pid
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -214,6 +215,16 @@ def launcher_pid(ns: str, job_name: str, index: int) -> int | None:
     # Workers forked by the launcher (gaudi_train.prefork) show its command line too.
     roots = [pid for pid, parent in found.items() if parent not in found]
     return roots[0] if len(roots) == 1 else None
+
+
+def holder(cluster: Any, ns: str, job_name: str, index: int) -> str | None:
+    """The name of the live pod that holds worker `index` (a spare keeps its own name
+    after it took an index)."""
+    sel = f"{GROUP}/job-name={job_name},{GROUP}/worker-index={index}"
+    out = cluster.kubectl("get", "pods", "-n", ns, "-l", sel, "-o", "json", check=False)
+    items = json.loads(out.stdout)["items"] if out.returncode == 0 else []
+    live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return str(live[0]["metadata"]["name"]) if live else None
 
 
 def worker_pids(launcher: int) -> list[int]:
@@ -306,16 +317,15 @@ def in_place_trial(
     killed: tuple[float, int],
     resumes_before: int,
     generation: int = 0,
+    without: str | None = None,
 ) -> InPlaceTrial | None:
     """The trial once the world of restart `generation` re-formed (more than
-    `resumes_before` resume lines of operator-managed launchers in its pods) and rank 0
-    logged a step after it; None until then."""
+    `resumes_before` resume lines of operator-managed launchers in its pods, the pod
+    `without` left out: a deleted one, whose log goes with it) and rank 0 logged a step
+    after it; None until then."""
     at, last = killed
-    lines = sorted(
-        x
-        for text in pod_logs(cluster, ns, job_name, generation, stamps=True).values()
-        for x in stamped_lines(text)
-    )
+    texts = pod_logs(cluster, ns, job_name, generation, stamps=True)
+    lines = sorted(x for pod, text in texts.items() if pod != without for x in stamped_lines(text))
     resumed = [(t, m) for t, ln in lines if (m := INPLACE_RESUME_LINE.search(ln))]
     if len(resumed) <= resumes_before:
         return None

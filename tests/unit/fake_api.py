@@ -88,10 +88,13 @@ class _ApiClient:
         self.api = api
 
     async def call_api(self, path: str, method: str, **kw: Any) -> None:
-        assert method == "POST", method
-        parts = path.strip("/").split("/")  # api/v1/namespaces/<ns>/<plural>
+        parts = path.strip("/").split("/")  # api/v1/namespaces/<ns>/<plural>[/<name>]
         ns, plural = parts[3], parts[4]
         body = copy.deepcopy(kw["body"])
+        if method == "PATCH":
+            self._merge_patch(ns, plural, parts[5], body)
+            return
+        assert method == "POST", method
         self.api._count("POST", plural, body)
         body.setdefault("metadata", {})["namespace"] = ns
         if plural == "events":
@@ -105,6 +108,22 @@ class _ApiClient:
             for k, v in (body.pop("stringData", None) or {}).items():
                 data[k] = base64.b64encode(v.encode()).decode()
         self.api.add(plural, body)
+
+    def _merge_patch(self, ns: str, plural: str, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch of metadata (what the operator patches on pods: a spare's
+        labels); a uid that is not the object's is refused as the API server does (422)."""
+        self.api._count("PATCH", plural, patch)
+        obj = self.api.get(plural, ns, name)
+        meta = patch.get("metadata") or {}
+        if meta.get("uid") not in (None, obj["metadata"]["uid"]):
+            raise api_error(422, f'{plural} "{name}" is invalid: metadata.uid: field is immutable')
+        labels = obj["metadata"].setdefault("labels", {})
+        for k, v in (meta.get("labels") or {}).items():
+            if v is None:
+                labels.pop(k, None)
+            else:
+                labels[k] = v
+        obj["metadata"]["resourceVersion"] = str(next(self.api._rv))
 
     async def close(self) -> None:
         return None

@@ -80,7 +80,11 @@ class World:
         for p in pods:
             meta = p["metadata"]
             self.controller.observe_pod(
-                self.key, meta["name"], meta["uid"], bool(meta.get("deletionTimestamp"))
+                self.key,
+                meta["name"],
+                meta["uid"],
+                bool(meta.get("deletionTimestamp")),
+                index=observe_pod(p).index,
             )
         svc = [(self.ns, self.name)] if ("services", self.ns, self.name) in self.api.objects else []
         self.services[self.key] = [self.name] if svc else []

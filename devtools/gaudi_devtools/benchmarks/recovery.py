@@ -298,20 +298,20 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def ensure_cluster(name: str, up: bool) -> Any:
+def ensure_cluster(name: str, up: bool, real_nodes: int = 2) -> Any:
     from gaudi_devtools.cluster import Cluster
     from gaudi_devtools.cluster.cluster import Settings
 
     c = Cluster(name)
     if c.healthy():
         listed = c.kubectl("get", "nodes", "-l", f"{REAL_LABEL}=true", "-o", "name").stdout
-        if len(listed.split()) >= 2:
+        if len(listed.split()) >= real_nodes:
             return c
     if not up:
         typer.echo(
-            f"cluster {name!r} is not up with 2 real nodes: run `gaudi3 cluster up --name {name} "
-            "--real-nodes 2 --preload-image ~/.cache/gaudi3/images/gaudi-train-cpu.tar`, "
-            "or pass --up"
+            f"cluster {name!r} is not up with {real_nodes} real nodes: run `gaudi3 cluster up "
+            f"--name {name} --real-nodes {real_nodes} --preload-image "
+            "~/.cache/gaudi3/images/gaudi-train-cpu.tar`, or pass --up"
         )
         raise typer.Exit(1)
     try:
@@ -319,7 +319,7 @@ def ensure_cluster(name: str, up: bool) -> Any:
     except RuntimeError as e:
         typer.echo(str(e))
         raise typer.Exit(1) from e
-    c.up(Settings(gaudi_nodes=1, real_nodes=2, real_node_images=[str(archive)]))
+    c.up(Settings(gaudi_nodes=1, real_nodes=real_nodes, real_node_images=[str(archive)]))
     return c
 
 

@@ -29,6 +29,7 @@ from gaudi_operator.api.names import (
     LABEL_GENERATION,
     LABEL_JOB_NAME,
     LABEL_MANAGED_BY,
+    LABEL_SPARE,
     LABEL_WORKER_INDEX,
     MANAGED_BY,
     MASTER_PORT,
@@ -44,6 +45,7 @@ from gaudi_operator.api.names import (
     WORKER_CONTAINER,
     control_secret_name,
     job_selector,
+    spare_pod_name,
     worker_pod_name,
 )
 from gaudi_operator.api.spec import (
@@ -115,6 +117,7 @@ __all__ = [
     "LABEL_GENERATION",
     "LABEL_JOB_NAME",
     "LABEL_MANAGED_BY",
+    "LABEL_SPARE",
     "LABEL_WORKER_INDEX",
     "MANAGED_BY",
     "MASTER_PORT",
@@ -170,6 +173,7 @@ __all__ = [
     "parse_rfc3339",
     "reconciler_part",
     "set_condition",
+    "spare_pod_name",
     "to_rfc3339",
     "worker_pod_name",
 ]

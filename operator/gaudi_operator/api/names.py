@@ -16,6 +16,9 @@ LABEL_WORKER_INDEX = f"{GROUP}/worker-index"
 # The restart generation: bumped by a RecreateAll restart (failover) or a world resize
 # that needs new pods (autoscaling). Pods of an older generation are surplus.
 LABEL_GENERATION = f"{GROUP}/generation"
+# A warm spare (spec.workers.spares): started outside the world, no worker index until it
+# takes a lost worker's place (then this label goes and the index label comes).
+LABEL_SPARE = f"{GROUP}/spare"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "gaudi-operator"
 
@@ -69,6 +72,12 @@ def job_selector(job_name: str) -> str:
 
 def worker_pod_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
+
+
+def spare_pod_name(job_name: str, number: int) -> str:
+    """A warm spare's name: it keeps it after taking a worker's index (pods cannot be
+    renamed), so a later spare takes the next free number."""
+    return f"{job_name}-spare-{number}"
 
 
 def control_secret_name(job_name: str) -> str:

@@ -129,6 +129,9 @@ class Workers(Model):
     replicas: int = Field(default=1, ge=1)
     min_replicas: int | None = Field(default=None, ge=1)
     max_replicas: int | None = Field(default=None, ge=1)
+    # Warm spares (failurePolicy.restartInPlace): pods started outside the world that take
+    # a lost worker's index at once (docs/failover.md#warm-spares).
+    spares: int = Field(default=0, ge=0, le=64)
 
     @property
     def min(self) -> int:
@@ -294,6 +297,11 @@ class GaudiTrainingJobSpec(Model):
                     f"spec.failurePolicy.rules[{i}].action: RestartIgnoreLimit is only valid "
                     f"for reasons {sorted(INFRASTRUCTURE_REASONS)}"
                 )
+        if w.spares and not self.failure_policy.restart_in_place:
+            raise ValueError(
+                "spec.workers.spares needs spec.failurePolicy.restartInPlace: true (a spare "
+                "joins the world through the launchers' control endpoint)"
+            )
         if self.autoscaling.enabled and not self.autoscaling.metric.query.strip():
             raise ValueError("spec.autoscaling.metric.query is required when enabled")
         if self.scheduling.gang and not self.scheduling.scheduler_name:

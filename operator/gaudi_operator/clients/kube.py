@@ -102,6 +102,20 @@ async def create(clients: Clients, path: str, body: Mapping[str, Any]) -> None:
     )
 
 
+async def merge_patch_object(clients: Clients, path: str, body: Mapping[str, Any]) -> None:
+    """PATCH (JSON merge patch) one object and drop the answer, as `create` does; `path`
+    is the object's, e.g. /api/v1/namespaces/ns/pods/name."""
+    await clients.api_client.call_api(
+        path,
+        "PATCH",
+        header_params={"Accept": "application/json", "Content-Type": MERGE_PATCH},
+        body=body,
+        response_types_map={},
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+    )
+
+
 def core_path(namespace: str, plural: str) -> str:
     return f"/api/v1/namespaces/{namespace}/{plural}"
 

@@ -122,6 +122,15 @@ def step(
             f"{heard[ahead[0]].in_place_generation}, the job's status at {generation}",
         )
 
+    # A warm spare holds a world index (it took a lost worker's place: spec.workers.spares):
+    # the world re-forms with it, its ranks served by a surviving replica. The loss was
+    # judged and counted when failover wrote the pod off; this re-form counts nothing.
+    joining = sorted(n for n, s in heard.items() if s.spare)
+    if joining and not in_flight(status):
+        took = ", ".join(f"{n} took the place of worker {pods[n].index}" for n in joining)
+        live = {n: s for n, s in heard.items() if s.state != protocol.STOPPING}
+        return _reform(out, status, live, replicas, f"warm spare {took}")
+
     current = {n: s for n, s in heard.items() if s.in_place_generation == generation}
     failures = [
         f for s in current.values() for f in s.failures if f.in_place_generation == generation

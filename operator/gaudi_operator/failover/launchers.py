@@ -120,13 +120,14 @@ class LauncherWatch:
                 self.wake(key)
 
     async def deliver(
-        self, key: Key, pods: Mapping[str, WorkerPod], names: Iterable[str], decision: Decision
+        self, key: Key, pods: Mapping[str, WorkerPod], decisions: Mapping[str, Decision]
     ) -> list[str]:
-        """POST `decision` to the launchers of `names` (concurrently); the names not
+        """POST each launcher its decision (by pod name, concurrently); the names not
         reached (to be told again by the next pass)."""
         polls = self._polls.get(key, {})
 
         async def one(name: str) -> str | None:
+            decision = decisions[name]
             pod, poll = pods.get(name), polls.get(name)
             if pod is None or not pod.ip or poll is None:
                 return name
@@ -139,5 +140,5 @@ class LauncherWatch:
                 log.info("%s/%s: %s answered %s to %s", *key, name, code, decision.action)
             return None
 
-        results = await asyncio.gather(*(one(n) for n in names))
+        results = await asyncio.gather(*(one(n) for n in decisions))
         return [n for n in results if n is not None]

@@ -542,8 +542,10 @@ def decide(
     replicas: int,
     now: datetime,
     recheck_after: float | None = None,
+    warm_spares: int = 0,
 ) -> FailoverDecision:
-    """Turn this pass's failures into one decision for the whole job."""
+    """Turn this pass's failures into one decision for the whole job. `warm_spares`: spares
+    ready to take lost indices (spec.workers.spares, restart in place only)."""
     if not failures:
         return FailoverDecision(
             Verdict.NONE,
@@ -602,6 +604,10 @@ def decide(
     if any(f.worker_index is None for f in ranked):
         # A stall (no pod to blame) means the collective is hung: the world must go.
         strategy = RestartStrategy.RECREATE_ALL
+    elif len({f.worker_index for f in ranked}) <= warm_spares:
+        # Warm spares take the lost indices and the world re-forms in place around them
+        # (jobs.spares): RecreateAll's new world, without recreating a pod.
+        strategy = RestartStrategy.RECREATE_FAILED
     if wait > 0:
         return FailoverDecision(
             Verdict.WAIT,
@@ -716,6 +722,7 @@ def step(
     signals: Signals | None = None,
     ready_since: datetime | None = None,
     placement_timeout: int = 0,
+    warm_spares: int = 0,
 ) -> Outcome:
     """Detect, decide and record one pass of failover for the current generation's
     in-world workers. `ready_since` (when the world last became all-ready, None when it
@@ -736,6 +743,7 @@ def step(
         replicas=replicas,
         now=now,
         recheck_after=found.recheck_after,
+        warm_spares=warm_spares,
     )
     out = Outcome(decision)
     if resumed:

@@ -301,6 +301,50 @@ def worker_pod_manifest(
     return exclude_nodes(pod, sorted(set(excluded_nodes)))
 
 
+def spare_pod_manifest(
+    spec: GaudiTrainingJobSpec,
+    job: JobRef,
+    number: int,
+    generation: int,
+    excluded_nodes: Iterable[str] = (),
+    settings: GaudiSettings = gaudi.DEFAULTS,
+    in_place_generation: int = 0,
+) -> dict[str, Any]:
+    """A warm spare (spec.workers.spares): a worker's pod in every way (template, resources,
+    Intel's contract, node exclusions), but outside the world: no worker index, and
+    GAUDI3_SPARE=1 makes its launcher import everything and wait for a decision that gives
+    it an index (docs/training.md, "Warm spares"). Taking a lost worker's place relabels it
+    (`promotion_patch`); its name stays."""
+    pod = worker_pod_manifest(
+        spec, job, 0, generation, excluded_nodes, settings, in_place_generation
+    )
+    name = api.spare_pod_name(job.name, number)
+    meta = pod["metadata"]
+    meta["name"] = name
+    labels = meta["labels"]
+    del labels[api.LABEL_WORKER_INDEX]
+    labels[api.LABEL_SPARE] = "true"
+    pod["spec"]["hostname"] = name
+    worker = pod["spec"]["containers"][0]
+    env = [e for e in worker["env"] if e["name"] != "GAUDI3_WORKER_INDEX"]
+    worker["env"] = [{"name": "GAUDI3_SPARE", "value": "1"}, *env]
+    return pod
+
+
+def promotion_patch(index: int, generation: int) -> dict[str, Any]:
+    """The merge patch that makes a spare worker `index` of the world of `generation`: one
+    write, and the pod watch shows it (level-based: the labels are the record)."""
+    return {
+        "metadata": {
+            "labels": {
+                api.LABEL_SPARE: None,
+                api.LABEL_WORKER_INDEX: str(index),
+                api.LABEL_GENERATION: str(generation),
+            }
+        }
+    }
+
+
 def _mount_shm(pod: dict[str, Any], hpus: int) -> None:
     """/dev/shm of the worker, decided after the template (which may set hostIPC).
 

@@ -46,6 +46,13 @@ class WorkerPod:
     unschedulable: str | None = None
     unschedulable_since: datetime | None = None
     ip: str | None = None  # status.podIP: where its launcher's control endpoint listens
+    # A warm spare not in any world yet (spec.workers.spares): it has no index.
+    spare: bool = False
+
+    @property
+    def live(self) -> bool:
+        """Neither finished nor being deleted: it can be (or stay) in a world."""
+        return not self.deleting and not self.terminal
 
     @property
     def terminal(self) -> bool:
@@ -117,6 +124,7 @@ def observe_pod(pod: Mapping[str, Any]) -> WorkerPod:
         if unplaced
         else None,
         ip=status.get("podIP") or None,
+        spare=labels.get(api.LABEL_SPARE) == "true" and api.LABEL_WORKER_INDEX not in labels,
     )
 
 

@@ -41,7 +41,7 @@ from gaudi_operator.api import (
 )
 from gaudi_operator.failover import inplace
 from gaudi_operator.failover import policy as failover
-from gaudi_operator.jobs import gaudi
+from gaudi_operator.jobs import gaudi, spares
 from gaudi_operator.jobs.observation import JobView, Observation, WorkerPod, observe
 from gaudi_operator.queueing import policy as queueing
 
@@ -84,6 +84,10 @@ class Plan:
     # Failover: pods to delete without grace (their node is dead), and what it decided.
     force_delete: list[str] = field(default_factory=list)
     failover: failover.Outcome | None = None
+    # Warm spares (spec.workers.spares): spares that take a lost worker's index now, and
+    # the numbers of spares to start (`api.spare_pod_name`).
+    promote: list[tuple[WorkerPod, int]] = field(default_factory=list)
+    create_spares: list[int] = field(default_factory=list)
 
 
 # --- the pass ---------------------------------------------------------------------------
@@ -196,7 +200,8 @@ def _decide(obs: Observation) -> Plan:
 
     gen = status.restart_generation
     desired = spec.workers.replicas
-    current = {p.index: p for p in pods if p.generation == gen and p.index is not None}
+    workers = [p for p in pods if not p.spare]
+    current = spares.holders(job.name, workers, gen)
     in_world = {i: p for i, p in current.items() if i < desired}
 
     # 5. success
@@ -215,8 +220,21 @@ def _decide(obs: Observation) -> Plan:
     world = sorted(in_world.values(), key=lambda p: p.index or 0)
     # Gang scheduling places the whole world or none of it: nothing to release then.
     placement = 0 if spec.scheduling.gang else spec.failure_policy.placement_timeout_seconds
+    in_place = spec.failure_policy.restart_in_place
+    spare_pods = [p for p in pods if p.spare]
+    warm = [
+        s for s in spare_pods if spares.warm(s, obs.launchers.get(s.name), status.excluded_nodes)
+    ]
     fo = failover.step(
-        spec.failure_policy, status, world, desired, now, signals, ready_since, placement
+        spec.failure_policy,
+        status,
+        world,
+        desired,
+        now,
+        signals,
+        ready_since,
+        placement,
+        warm_spares=len(warm) if in_place else 0,
     )
     if (
         spec.failure_policy.restart_in_place
@@ -239,28 +257,37 @@ def _decide(obs: Observation) -> Plan:
         return done
     if fo.requeue_after is not None:
         out.requeue_after = min(out.requeue_after or fo.requeue_after, fo.requeue_after)
-    if status.restart_generation != gen:  # RecreateAll: the whole world is now surplus
+    recreate_all = status.restart_generation != gen
+    if recreate_all:  # RecreateAll: the whole world is now surplus
         gen = status.restart_generation
-        in_world = {}
+        current, in_world = {}, {}
 
     # 7. converge children
     names = {p.name for p in pods}
-    out.create = [i for i in range(desired) if api.worker_pod_name(job.name, i) not in names]
+    out.create = [
+        i
+        for i in range(desired)
+        if i not in current and api.worker_pod_name(job.name, i) not in names
+    ]
+    holding = set(current.values())
     surplus = [
         p
-        for p in pods
-        if not p.deleting and (p.generation != gen or p.index is None or p.index >= desired)
+        for p in workers
+        if not p.deleting
+        and (p.generation != gen or p.index is None or p.index >= desired or p not in holding)
     ]
     if fo.hold_create:
         out.create = []
     written_off = set(fo.delete) | set(fo.force_delete)
     surplus += [p for p in pods if p.name in written_off and p not in surplus]
+    idle = _warm_spares(out, obs, spec, spare_pods, in_world, written_off, fo, recreate_all)
     out.delete = sorted(surplus, key=lambda p: -(p.index if p.index is not None else 1 << 30))
     out.force_delete = fo.force_delete
     if (out.create or in_world) and status.start_time is None:
         status.start_time = api.to_rfc3339(now)
     _count(status, spec, pods, in_world, desired)
-    status.phase = _running_phase(before.phase, pods, gen, in_world, desired, bool(out.delete))
+    status.phase = _running_phase(before.phase, workers, gen, in_world, desired, bool(out.delete))
+    out.delete += [p for p in idle if p not in out.delete]  # spares: never a world's surplus
     # An in-place restart is over when the launchers say so, not when the pods run (they
     # never stopped): `inplace.step` decides its condition itself.
     in_place_pending = fo.in_place and fo.restarting
@@ -281,11 +308,83 @@ def _decide(obs: Observation) -> Plan:
         status.phase = Phase.RESTARTING  # until the whole world runs again
     _running_conditions(status, job.generation, desired, now)
     scale_out = obs.scale_out if gaudi.needs_scale_out(spec) else None
-    world_pods = [p for p in pods if p.generation == gen]
+    world_pods = [p for p in workers if p.generation == gen]
     _scheduled_condition(status, world_pods, job.generation, now, scale_out)
     # No event for reaching Running: phase and Ready say it (with the time), and a job's
     # way to Running posts one Normal event only, CreatedWorkers (docs/architecture.md).
     return out
+
+
+def _warm_spares(
+    out: Plan,
+    obs: Observation,
+    spec: GaudiTrainingJobSpec,
+    spare_pods: list[WorkerPod],
+    in_world: dict[int, WorkerPod],
+    written_off: set[str],
+    fo: failover.Outcome,
+    recreate_all: bool,
+) -> list[WorkerPod]:
+    """spec.workers.spares: a warm spare takes each world index failover just wrote off
+    (or that has no pod), instead of a new pod; the pool is refilled once the world's
+    workers all have nodes. Returns the spares to delete (failed, excess, on an excluded
+    node). Not while a restart backs off, nor for a RecreateAll (a new world)."""
+    if not spec.workers.spares and not spare_pods:
+        return []
+    desired = spec.workers.replicas
+    live = {i for i, p in in_world.items() if p.live and p.name not in written_off}
+    vacant = [] if fo.hold_create or recreate_all else [i for i in range(desired) if i not in live]
+    placed = len(live) == desired and all(in_world[i].node for i in live)
+    chosen = spares.plan_spares(
+        obs.job.name,
+        spec.workers.spares,
+        spare_pods,
+        vacant,
+        obs.launchers,
+        out.status.excluded_nodes,
+        placed,
+        (p.name for p in (*obs.pods, *obs.foreign)),
+    )
+    out.promote, out.create_spares = chosen.promote, chosen.create
+    taken = {i for _, i in chosen.promote}
+    out.create = [i for i in out.create if i not in taken]
+    if chosen.promote:
+        _say_spares_take_over(out, obs, spec, fo, chosen.promote)
+    return chosen.delete
+
+
+def _say_spares_take_over(
+    out: Plan,
+    obs: Observation,
+    spec: GaudiTrainingJobSpec,
+    fo: failover.Outcome,
+    promote: list[tuple[WorkerPod, int]],
+) -> None:
+    """The restart's condition and event say what happens: spares take the indices (the
+    failover decision's own words say it recreates them)."""
+    decision = fo.decision
+    if decision.primary is None or decision.verdict != failover.Verdict.RESTART:
+        return
+    took = ", ".join(f"{s.name} takes worker {i}" for s, i in promote)
+    limit = (
+        f"restart {decision.restarts}/{spec.failure_policy.max_restarts}"
+        if decision.counted
+        else "not counted against maxRestarts"
+    )
+    message = f"{decision.primary.describe()}; warm spare {took}, no new pod ({limit})"
+    out.status.conditions = set_condition(
+        out.status.conditions,
+        ConditionType.RESTARTING,
+        True,
+        decision.primary.reason.value,
+        message,
+        obs.now,
+        obs.job.generation,
+    )
+    out.events = [
+        Event(e.type, e.reason, message) if e.reason == "RestartingWorkers" else e
+        for e in out.events
+    ]
 
 
 def _settle_invalid_spec(
@@ -557,6 +656,8 @@ def _finished(
 ) -> Plan:
     out = Plan(status=status, spec=spec)
     out.delete = _cleanup(spec.run_policy.clean_pod_policy, pods)
+    # Spares never run anything of a finished job, whatever cleanPodPolicy keeps.
+    out.delete += [p for p in pods if p.spare and not p.deleting and p not in out.delete]
     gen = status.restart_generation
     in_world = {
         p.index: p

@@ -37,7 +37,7 @@ from gaudi_operator.failover.launchers import LauncherWatch
 from gaudi_operator.failover.policy import Verdict
 from gaudi_operator.failover.recording import RECORDER
 from gaudi_operator.failover.signals import DISRUPTIONS, signals_for
-from gaudi_operator.jobs import manifests
+from gaudi_operator.jobs import manifests, spares
 from gaudi_operator.jobs import plan as job_plan
 from gaudi_operator.jobs.gaudi import DEFAULTS, GaudiSettings, ScaleOutNodes
 from gaudi_operator.jobs.observation import JobView, WorkerPod, observe
@@ -52,6 +52,7 @@ from gaudi_operator.runtime.status_writer import (
     merge_conditions,
     status_patch,
 )
+from gaudi_train.control_protocol import RESTART as RESTART_ACTION
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class Reconciler:
         self._services: dict[Key, str] = {}
         self._pod_groups: dict[Key, str] = {}
         self._refusals: dict[Key, _Refusal] = {}
+        self._spare_refusals: dict[Key, _Refusal] = {}
         self._held: dict[Key, float] = {}  # a progress-only status change waiting since
         # failurePolicy.restartInPlace: the launchers' statuses, and each job's control
         # token by job uid (read from or written to the job's Secret once per process).
@@ -206,7 +208,8 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """The job is gone: what the operator remembers of it goes too."""
-        for memory in (self._services, self._pod_groups, self._refusals, self._held):
+        memories = (self._services, self._pod_groups, self._refusals, self._spare_refusals)
+        for memory in (*memories, self._held):
             memory.pop(key, None)
         self._tokens.pop(key, None)
         self.launchers.forget(key)
@@ -257,6 +260,8 @@ class Reconciler:
             creation = await self._create_workers(job, plan, ref, done)
             if creation.attempted:
                 backoff = self._after_creation(key, plan, creation, job.generation, now, decided)
+            await self._promote_spares(job, plan, done)
+            await self._create_spares(job, plan, ref, done)
         await self._delete_workers(job, plan, done)
         if any(e.reason == "InvalidSpec" for e in decided):
             metrics.INVALID_SPECS.inc()
@@ -296,8 +301,9 @@ class Reconciler:
         if obs.status.phase.finished:
             return obs
         token = await self._control_token(job)
-        world = [p for p in obs.pods if p.generation == obs.status.restart_generation]
-        return replace(obs, launchers=self.launchers.sync(key, token, world))
+        # The world's launchers, and the spares' (whether each waits warm).
+        polled = [p for p in obs.pods if p.spare or p.generation == obs.status.restart_generation]
+        return replace(obs, launchers=self.launchers.sync(key, token, polled))
 
     async def _control_token(self, job: JobView) -> str:
         """The job's control token: read from its Secret, or created there (owned by the
@@ -347,8 +353,22 @@ class Reconciler:
         if fo is None or fo.deliver is None or not fo.deliver_to:
             return []
         pods = {p.name: p for p in obs.pods}
-        missed = await self.launchers.deliver(key, pods, fo.deliver_to, fo.deliver)
-        return missed
+        decision = fo.deliver
+        if decision.action == RESTART_ACTION:
+            # Each launcher is told its index (a spare needs it to join) and, when a spare
+            # holds index 0, where that spare hosts the world's store.
+            gen = plan.status.restart_generation
+            world = spares.holders(key[1], (p for p in obs.pods if not p.spare), gen)
+            rdzv = spares.rendezvous(key[1], world.values()) or decision.rendezvous
+            decisions = {
+                n: replace(decision, worker_index=pods[n].index, rendezvous=rdzv)
+                if n in pods
+                else decision
+                for n in fo.deliver_to
+            }
+        else:
+            decisions = dict.fromkeys(fo.deliver_to, decision)
+        return await self.launchers.deliver(key, pods, decisions)
 
     # --- children -----------------------------------------------------------------------
 
@@ -480,6 +500,113 @@ class Reconciler:
         if errors and not out.rejected:
             raise errors[0]
         return out
+
+    async def _promote_spares(self, job: JobView, plan: Plan, events: list[Event]) -> None:
+        """Warm spares take the world indices failover wrote off: one label patch each
+        (`manifests.promotion_patch`), expected back from the pod watch before the next
+        pass, which re-forms the world with them (`failover.inplace`)."""
+        if not plan.promote:
+            return
+        key = (job.namespace, job.name)
+        gen = plan.status.restart_generation
+        self.expectations.expect(key, relabels={s.name: i for s, i in plan.promote})
+
+        async def promote(spare: WorkerPod, index: int) -> bool:
+            body = manifests.promotion_patch(index, gen)
+            # The uid in the patch is a precondition: the API server refuses (the uid is
+            # immutable) if the pod under this name is not the spare we looked at.
+            body["metadata"]["uid"] = spare.uid
+            path = f"{kube.core_path(job.namespace, 'pods')}/{spare.name}"
+            try:
+                async with self._pod_slots:
+                    await kube.merge_patch_object(self.clients, path, body)
+            except BaseException as err:
+                self.expectations.relabeled(key, spare.name)  # never to be seen
+                if kube.status_code(err) in (404, 409, 422):
+                    return False  # gone, or another pod now: the next pass looks again
+                raise
+            return True
+
+        results = await asyncio.gather(
+            *(promote(s, i) for s, i in plan.promote), return_exceptions=True
+        )
+        for (spare, index), ok in zip(plan.promote, results, strict=True):
+            if ok is True:
+                metrics.SPARES_PROMOTED.inc()
+                events.append(
+                    Event(
+                        "Normal",
+                        "SpareTookOver",
+                        f"warm spare {spare.name} (node {spare.node}) took the place of "
+                        f"worker {index}",
+                    )
+                )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _create_spares(
+        self, job: JobView, plan: Plan, ref: manifests.JobRef, events: list[Event]
+    ) -> None:
+        """Start the spares the pool lacks (`jobs.spares`). A refusal (a namespace quota)
+        is said once in a Warning event and retried with backoff; it never holds workers."""
+        if not plan.create_spares or plan.spec is None:
+            return
+        key = (job.namespace, job.name)
+        now = self._clock()
+        refusal = self._spare_refusals.get(key)
+        if refusal is not None and now < refusal.retry_at:
+            return
+        spec, status = plan.spec, plan.status
+        excluded = status.excluded_nodes if spec.failure_policy.exclude_failed_nodes else []
+        names = {n: api.spare_pod_name(job.name, n) for n in plan.create_spares}
+        self.expectations.expect(key, creations=names.values())
+        pods_path = kube.core_path(job.namespace, "pods")
+
+        async def create(number: int) -> str | None:
+            manifest = manifests.spare_pod_manifest(
+                spec,
+                ref,
+                number,
+                status.restart_generation,
+                excluded,
+                self.gaudi,
+                status.in_place_generation,
+            )
+            try:
+                async with self._pod_slots:
+                    await kube.create(self.clients, pods_path, manifest)
+            except BaseException as err:
+                if kube.status_code(err) == 409:
+                    return None  # an earlier pass's: the watch will show it
+                self.expectations.created(key, names[number])
+                if kube.status_code(err) in (400, 403, 422):
+                    return kube.api_message(err)
+                raise
+            return None
+
+        results = await asyncio.gather(
+            *(create(n) for n in plan.create_spares), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, str)]
+        if refused:
+            attempts = refusal.attempts + 1 if refusal is not None else 1
+            delay = min(REFUSAL_BACKOFF_MAX_SECONDS, REFUSAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
+            self._spare_refusals[key] = _Refusal(attempts, now + timedelta(seconds=delay))
+            if refusal is None:
+                events.append(
+                    Event(
+                        "Warning",
+                        "SparesRefused",
+                        f"{len(refused)} of {len(results)} spare pods were refused by the API "
+                        f"server; retrying with backoff (workers are not affected): {refused[0]}",
+                    )
+                )
+        elif not errors:
+            self._spare_refusals.pop(key, None)
+        if errors:
+            raise errors[0]
 
     def _hold_refused(self, key: Key, plan: Plan, now: datetime) -> float | None:
         """While a refused creation backs off, passes create nothing; seconds left."""

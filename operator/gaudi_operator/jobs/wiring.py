@@ -108,8 +108,13 @@ async def pod_event(
             node=(body.get("spec") or {}).get("nodeName"),
             unplaced=pod_unplaced(body),
             gone=type == "DELETED",
+            index=_index(labels.get(api.LABEL_WORKER_INDEX)),
         )
     _wake(memo, key, kwargs)
+
+
+def _index(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)

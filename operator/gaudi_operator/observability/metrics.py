@@ -11,6 +11,9 @@ from gaudi_operator.api import Phase
 
 JOBS = Gauge("gaudi_operator_jobs", "GaudiTrainingJobs seen by this operator, by phase", ["phase"])
 PODS_CREATED = Counter("gaudi_operator_pods_created", "Worker pods created")
+SPARES_PROMOTED = Counter(
+    "gaudi_operator_spares_promoted", "Warm spares that took a lost worker's place"
+)
 PODS_DELETED = Counter("gaudi_operator_pods_deleted", "Worker pods deleted", ["reason"])
 RECONCILE_SECONDS = Histogram(
     "gaudi_operator_reconcile_duration_seconds",

@@ -115,7 +115,8 @@ def workload_manifest(
         "podSets": [
             {
                 "name": POD_SET,
-                "count": spec.workers.replicas,
+                # Warm spares hold what a worker holds: Kueue reserves quota for them too.
+                "count": spec.workers.replicas + spec.workers.spares,
                 "template": {
                     "metadata": {"labels": manifests.child_labels(job.name)},
                     "spec": pod_spec,
@@ -367,8 +368,10 @@ def decide(
         return out
 
     changed = []
-    if mine.count != spec.workers.replicas:
-        changed.append(f"workers {mine.count} -> {spec.workers.replicas}")
+    pods = spec.workers.replicas + spec.workers.spares
+    if mine.count != pods:
+        spares = f" (with {spec.workers.spares} spares)" if spec.workers.spares else ""
+        changed.append(f"workers {mine.count} -> {pods}{spares}")
     if mine.hpus != spec.hpus_per_worker:
         changed.append(f"hpusPerWorker {mine.hpus} -> {spec.hpus_per_worker}")
     if mine.queue != spec.scheduling.queue:

@@ -182,9 +182,10 @@ class Controller:
         node: str | None = None,
         unplaced: bool = False,
         gone: bool = False,
+        index: int | None = None,
     ) -> None:
         """A pod watch event, after kopf updated the pod index (expectations, places)."""
-        self.expectations.observe(key, name, uid, going)
+        self.expectations.observe(key, name, uid, going, index)
         self.places.update(key, uid, name, node, unplaced, gone)
 
     def forget(self, key: Key) -> None:

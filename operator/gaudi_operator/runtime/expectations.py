@@ -6,7 +6,8 @@ not yet showing the pods an earlier pass created would POST them again (409s) an
 status from stale counts. So a pass records what it is about to do *before* it does it
 (the watch can deliver the new pod before the POST returns), and the controller runs no
 pass for the job until the watch has shown every one: the new pods by name, the deleted
-ones (by uid) with a deletionTimestamp or gone. A request that failed, so that the watch
+ones (by uid) with a deletionTimestamp or gone, a relabelled spare (by name) with its new
+worker index. A request that failed, so that the watch
 will never show it, is taken back at once. A TTL is the safety net for an event that
 never comes (client-go's is five minutes too): the pass then runs on what it sees.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ TTL_SECONDS = 300.0
 class Pending:
     creations: set[str] = field(default_factory=set)  # pod names not shown yet
     deletions: set[str] = field(default_factory=set)  # pod uids not shown going yet
+    # Spares that take a worker index (pod name -> index), not shown with it yet.
+    relabels: dict[str, int] = field(default_factory=dict)
     since: float = 0.0  # monotonic: when the last expectation was raised
 
     def __bool__(self) -> bool:
-        return bool(self.creations or self.deletions)
+        return bool(self.creations or self.deletions or self.relabels)
 
 
 class Expectations:
@@ -46,15 +49,21 @@ class Expectations:
         return len(self._pending)
 
     def expect(
-        self, key: Key, creations: Iterable[str] = (), deletions: Iterable[str] = ()
+        self,
+        key: Key,
+        creations: Iterable[str] = (),
+        deletions: Iterable[str] = (),
+        relabels: Mapping[str, int] | None = None,
     ) -> None:
-        """Call before the requests: pods about to be created (names), deleted (uids)."""
+        """Call before the requests: pods about to be created (names), deleted (uids),
+        relabelled to a worker index (name -> index)."""
         creations, deletions = set(creations), set(filter(None, deletions))
-        if not creations and not deletions:
+        if not creations and not deletions and not relabels:
             return
         p = self._pending.setdefault(key, Pending())
         p.creations |= creations
         p.deletions |= deletions
+        p.relabels.update(relabels or {})
         p.since = self._clock()
 
     def created(self, key: Key, name: str) -> None:
@@ -71,10 +80,20 @@ class Expectations:
             p.deletions.discard(uid)
             self._drop_if_met(key, p)
 
-    def observe(self, key: Key, name: str, uid: str, going: bool) -> None:
-        """A pod watch event: the pod's name is seen; with `going` (a deletionTimestamp, or
-        DELETED), its uid is seen leaving. Called after kopf updated the pod index."""
+    def relabeled(self, key: Key, name: str) -> None:
+        """The pod `name` shows its new index (or the patch failed)."""
+        p = self._pending.get(key)
+        if p is not None and p.relabels.pop(name, None) is not None:
+            self._drop_if_met(key, p)
+
+    def observe(self, key: Key, name: str, uid: str, going: bool, index: int | None = None) -> None:
+        """A pod watch event: the pod's name is seen, with its worker index; with `going`
+        (a deletionTimestamp, or DELETED), its uid is seen leaving. Called after kopf
+        updated the pod index."""
         self.created(key, name)
+        p = self._pending.get(key)
+        if p is not None and name in p.relabels and (going or p.relabels[name] == index):
+            self.relabeled(key, name)
         if going:
             self.deleted(key, uid)
 
@@ -87,12 +106,13 @@ class Expectations:
         if self._clock() - p.since < self.ttl:
             return False
         log.warning(
-            "%s/%s: pods never seen by the watch after %.0fs (created %s, deleted %s); "
-            "going on without them",
+            "%s/%s: pods never seen by the watch after %.0fs (created %s, deleted %s, "
+            "relabelled %s); going on without them",
             *key,
             self.ttl,
             sorted(p.creations),
             sorted(p.deletions),
+            sorted(p.relabels),
         )
         del self._pending[key]
         return True

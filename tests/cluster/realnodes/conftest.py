@@ -79,9 +79,14 @@ def training_image_on_nodes(c: Any) -> None:
     assert build.returncode == 0, build.stderr[-3000:]
     archive = c.dir.parent.parent / "images" / "gaudi-train-cpu.tar"
     if str(archive) not in c.settings.real_node_images:
-        assert len(c.real_nodes.import_image(archive)) == 2
+        assert len(c.real_nodes.import_image(archive)) == REAL_NODES
     crd = ROOT / "crds" / "gauditrainingjobs.yaml"
     c.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+
+
+# Two for a job's workers and one for a warm spare (test_inplace.py): with host networking
+# a node holds one pod of a job (they would share its IP and ports).
+REAL_NODES = 3
 
 
 @contextmanager
@@ -110,7 +115,7 @@ def real() -> Iterator[Any]:
     c.up(
         Settings(
             gaudi_nodes=2,
-            real_nodes=2,
+            real_nodes=REAL_NODES,
             node_monitor_grace_seconds=20,
             real_node_images=preloaded_images(),
             registry=True,  # test_registry.py pulls from it

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cluster.realnodes.conftest import REAL, host_pod, iptables, nodes
+from cluster.realnodes.conftest import REAL, REAL_NODES, host_pod, iptables, nodes
 from conftest import wait_for
 
 
@@ -49,7 +49,7 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
 
     def running() -> bool:
         pods = json.loads(real.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
-        return len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
+        return len(pods) == REAL_NODES and all(p["status"].get("phase") == "Running" for p in pods)
 
     wait_for(running, timeout=90, interval=0.5, what="a running pod on each real node")
     # exec goes API server -> kubelet (client cert, webhook authz) -> containerd's stream.
@@ -57,13 +57,13 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
     assert real.kubectl("exec", "-n", ns, pod, "--", "echo", "exec ok").stdout == "exec ok\n"
     cgroups = [
         Path("/sys/fs/cgroup/pids") / f"gaudi3-{real.name}-{n}"
-        for n in ("gaudi3-real-0", "gaudi3-real-1")
+        for n in (f"gaudi3-real-{i}" for i in range(REAL_NODES))
     ]
     assert all(d.is_dir() for d in cgroups)
     assert _mounts_under(real.dir / "nodes")
     # The kubelets' roots live in short folders (their sockets' paths are limited).
     kubelet_roots = [n.kubelet_root for n in real.real_nodes.nodes(real.settings)]
-    assert len(kubelet_roots) == 2 and all(r.is_dir() for r in kubelet_roots)
+    assert len(kubelet_roots) == REAL_NODES and all(r.is_dir() for r in kubelet_roots)
     assert all(_mounts_under(r) for r in kubelet_roots)  # the pods' memory emptyDirs
     pids_before = _processes_naming(str(real.dir / "nodes"))
     assert pids_before
@@ -81,7 +81,7 @@ def test_down_leaves_no_process_mount_cgroup_iptables_rule_or_node(real: Any, ns
     assert [
         str(h / f"gaudi3-{real.name}-{n}")
         for h in Path("/sys/fs/cgroup").iterdir()
-        for n in ("gaudi3-real-0", "gaudi3-real-1")
+        for n in (f"gaudi3-real-{i}" for i in range(REAL_NODES))
         if (h / f"gaudi3-{real.name}-{n}").exists()
     ] == []
     assert iptables() == real.iptables_before

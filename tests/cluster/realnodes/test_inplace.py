@@ -135,9 +135,11 @@ def reference(real: Any, space: tuple[str, Path]) -> dict[int, str]:
     return found
 
 
-def trial(real: Any, ns: str, name: str, killed: tuple[float, int], before: int) -> Any:
+def trial(
+    real: Any, ns: str, name: str, killed: tuple[float, int], before: int, without: str = ""
+) -> Any:
     got = wait_for(
-        lambda: realtraining.in_place_trial(real, ns, name, killed, before),
+        lambda: realtraining.in_place_trial(real, ns, name, killed, before, without=without),
         timeout=120,
         interval=0.5,
         what="the first step of the re-formed world",
@@ -255,3 +257,84 @@ def test_an_exit_code_a_fail_rule_names_fails_the_job_though_its_pods_are_health
     assert condition(st, "Failed").get("reason") == "FailurePolicyRule"
     assert st["restarts"] == 0 and st["lastFailure"]["exitCode"] == 137
     assert st["lastFailure"]["pod"] == f"{name}-worker-1" and st["restartGeneration"] == 0
+
+
+def labels_of(real: Any, ns: str, pod: str) -> dict[str, str]:
+    got = json.loads(real.kubectl("get", "pod", pod, "-n", ns, "-o", "json").stdout)
+    return dict(got["metadata"].get("labels") or {})
+
+
+def wait_warm(real: Any, ns: str, pod: str) -> None:
+    """The spare's launcher forked its worker (torch and the model imported) and waits."""
+    wait_for(
+        lambda: "-> spare: warm" in real.kubectl("logs", pod, "-n", ns, check=False).stdout,
+        timeout=180,
+        interval=1,
+        what=f"{pod} waiting warm",
+    )
+
+
+def resumes_outside(real: Any, ns: str, name: str, pod: str) -> int:
+    """Resume lines in the job's pods but `pod` (about to be deleted: its log goes too)."""
+    texts = realtraining.pod_logs(real, ns, name, 0)
+    return sum(
+        len(realtraining.INPLACE_RESUME_LINE.findall(t)) for p, t in texts.items() if p != pod
+    )
+
+
+def test_a_deleted_worker_is_replaced_by_a_warm_spare_then_worker_0_by_the_refilled_one(
+    real: Any,
+    operator: OperatorProcess,
+    space: tuple[str, Path],
+    reference: dict[int, str],
+    jobs: list[str],
+) -> None:
+    ns, root = space
+    name = "spares"
+    jobs.append(name)
+    start(real, ns, root, name, spares=1)
+    wait_for(
+        lambda: max(losses(text(real, ns, name)), default=0) >= 6,
+        timeout=240,
+        interval=1,
+        what="six training steps",
+    )
+    wait_warm(real, ns, f"{name}-spare-0")
+    uids = pods(real, ns, name)
+    assert sorted(uids) == [f"{name}-spare-0", f"{name}-worker-0", f"{name}-worker-1"]
+
+    # 1. Worker 1's pod is deleted: spare 0 takes index 1 (no pod scheduled or started),
+    # the world re-forms in place, rank 0 (worker 0) serves the state: 0 steps redone.
+    before = resumes_outside(real, ns, name, f"{name}-worker-1")
+    at, seen = time.time(), max(losses(text(real, ns, name)))
+    real.kubectl("delete", "pod", f"{name}-worker-1", "-n", ns, "--wait=false")
+    t = trial(real, ns, name, (at, seen), before, f"{name}-worker-1")
+    st = recovered(real, ns, name, 1)
+    assert st["restartGeneration"] == 0 and st["restarts"] == 1
+    assert st["lastFailure"]["pod"] == f"{name}-worker-1"
+    assert labels_of(real, ns, f"{name}-spare-0").get(f"{realtraining.GROUP}/worker-index") == "1"
+    assert pods(real, ns, name)[f"{name}-spare-0"] == uids[f"{name}-spare-0"]  # the same pod
+    assert t.source.startswith("peer rank") and t.redone == 0, t
+    assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
+    print(f"spare takes worker 1: delete -> first new step {t.seconds:.2f} s {t.phases} ({t})")
+    events = real.kubectl(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    ).stdout
+    assert "SpareTookOver" in events
+
+    # 2. The pool is refilled (on the node worker 1 left), then worker 0's pod is deleted:
+    # spare 1 takes index 0 and hosts the world's store at its own address.
+    wait_warm(real, ns, f"{name}-spare-1")
+    before = resumes_outside(real, ns, name, f"{name}-worker-0")
+    at, seen = time.time(), max(losses(text(real, ns, name)))
+    real.kubectl("delete", "pod", f"{name}-worker-0", "-n", ns, "--wait=false")
+    t = trial(real, ns, name, (at, seen), before, f"{name}-worker-0")
+    st = recovered(real, ns, name, 2)
+    assert st["restartGeneration"] == 0 and st["restarts"] == 2
+    assert labels_of(real, ns, f"{name}-spare-1").get(f"{realtraining.GROUP}/worker-index") == "0"
+    assert t.source.startswith("peer rank") and t.redone == 0, t
+    assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
+    print(f"spare takes worker 0: delete -> first new step {t.seconds:.2f} s {t.phases} ({t})")
+    # A third spare is started for the pool (the freed node) and the job runs on.
+    wait_warm(real, ns, f"{name}-spare-2")
+    assert status(real, ns, name)["phase"] == "Running"

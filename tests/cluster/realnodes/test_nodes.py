@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from cluster.realnodes.conftest import REAL, host_pod, nodes
+from cluster.realnodes.conftest import REAL, REAL_NODES, host_pod, nodes
 from conftest import wait_for
 
 
@@ -50,7 +50,7 @@ def _dns_a(server: str, name: str) -> list[str]:
 def test_real_nodes_are_ready_with_gaudi_capacity_next_to_kwok_nodes(real: Any) -> None:
     reals = nodes(real, f"{REAL}=true")
     kwoks = nodes(real, f"gaudi3.scalestarter.dev/local-cluster=true,!{REAL}")
-    assert len(reals) == 2 and len(kwoks) == 2
+    assert len(reals) == REAL_NODES and len(kwoks) == 2
     for n in reals:
         assert _ready(n), n["metadata"]["name"]
         assert n["status"]["allocatable"]["habana.ai/gaudi"] == "8"

@@ -167,7 +167,8 @@ def test_chart_runs_two_replicas_on_the_real_nodes_non_root_read_only_on_the_pod
 
     pods = _pods(real, op_ns)
     # One replica per real node: host ports keep them apart.
-    assert sorted(p["spec"]["nodeName"] for p in pods) == ["gaudi3-real-0", "gaudi3-real-1"]
+    placed = [p["spec"]["nodeName"] for p in pods]
+    assert len(set(placed)) == 2 and all(n.startswith("gaudi3-real-") for n in placed), placed
     for pod in pods:
         ip = pod["status"]["podIP"]
         assert pod["spec"]["hostNetwork"] and ip.startswith("127.0.20.")

@@ -215,7 +215,8 @@ def test_helm_installs_the_operator_from_the_registry_and_its_pods_pull_its_imag
     digest = _digest(pushed, "gaudi-operator")
     image = f"{pushed.address}/gaudi-operator:{pushed.tag}"
     pods = operator_pods.pods(real, RELEASE, ns)
-    assert sorted(p["spec"]["nodeName"] for p in pods) == ["gaudi3-real-0", "gaudi3-real-1"]
+    placed = [p["spec"]["nodeName"] for p in pods]
+    assert len(set(placed)) == 2 and all(n.startswith("gaudi3-real-") for n in placed), placed
     for pod in pods:
         container = pod["spec"]["containers"][0]
         assert (container["image"], container["imagePullPolicy"]) == (image, "Always")

@@ -121,3 +121,22 @@ def test_goal_lines_follow_the_figures() -> None:
     slow = goals([result("inplace", 2.5, 0, 80.0)], every=20)
     assert "NOT MET" in slow[0] and "NOT MET" in slow[1]  # 20 s lost per failure
     assert "NOT MET" in goals([result("inplace", 1.0, 1, 99.0)], every=20)[0]
+
+
+def test_the_spare_goal_line_reads_the_spares_path_deletes() -> None:
+    from gaudi_devtools.benchmarks.goodput import Accounting, Recovery
+
+    def spares(total: float, redone: int) -> PathResult:
+        f = Failure(10.0, "delete", 0)
+        rec = Recovery(f, None, 10.5, 10.0 + total / 2, 5, 10.0 + total, redone)
+        kill = Recovery(Failure(30.0, "kill", 1), None, None, 30.5, 9, 40.0, 0)
+        return PathResult("spares", 0.0, Accounting(100.0, 98.0, 0, 100, 0), [rec, kill], [], 1)
+
+    line = next(x for x in goals([spares(2.0, 0)], every=20) if x.startswith("a deleted pod"))
+    assert ": MET" in line and "1 taken by a spare" in line and "over 1 deletes" in line
+    slow = next(x for x in goals([spares(4.0, 0)], every=20) if x.startswith("a deleted pod"))
+    assert "NOT MET" in slow
+    redone = next(x for x in goals([spares(1.0, 2)], every=20) if x.startswith("a deleted pod"))
+    assert "NOT MET" in redone
+    absent = goals([], every=20)
+    assert any("spares path did not run" in x for x in absent)

@@ -29,11 +29,13 @@ EXPLAINED: dict[tuple[str, str], str | None] = {
     ("failover/policy.py", "self.reason.value"): "FailureReason",  # Failure.to_last_failure
     ("failover/policy.py", "primary.reason.value"): "FailureReason",  # the Restarting reason
     ("jobs/plan.py", "status.phase.value"): "Phase",  # kstatus Reconciling / Stalled reasons
+    ("jobs/plan.py", "decision.primary.reason.value"): "FailureReason",  # spares: Restarting
     # Reasons carried in an object, collected where the object is built.
     ("jobs/plan.py", "e"): None,  # Event(*e) of failover's (type, reason, message) tuples
     ("jobs/plan.py", "fo.condition"): None,  # failover.step's (status, reason, message)
     ("jobs/plan.py", "fo.fail"): None,  # (FAIL_BY_RULE or RESTART_LIMIT, message), as above
     ("jobs/reconciler.py", "e.reason"): None,  # posting the plan's Event objects
+    ("jobs/plan.py", "e.reason"): None,  # failover's RestartingWorkers event, reworded (spares)
     ("queueing/effects.py", "d.events"): None,  # queueing.policy.decide's say() events
     ("queueing/effects.py", "d.queued"): None,  # queueing.policy.decide's say() condition
     # Copies of the reason another condition already has.

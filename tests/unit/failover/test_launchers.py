@@ -105,7 +105,7 @@ async def test_a_launcher_that_starts_waiting_wakes_its_job_at_once(launcher: An
         assert got and len(woken) == 2  # within the long poll, not after it
 
         missed = await watch.deliver(
-            KEY, {"j-worker-0": pod()}, ["j-worker-0"], Decision(1, proto.RESTART, world_pods=1)
+            KEY, {"j-worker-0": pod()}, {"j-worker-0": Decision(1, proto.RESTART, world_pods=1)}
         )
         assert missed == [] and [d.in_place_generation for d in target.decisions] == [1]
         await until(lambda: watch.sync(KEY, TOKEN, [pod()])["j-worker-0"].in_place_generation == 1)
@@ -123,7 +123,7 @@ async def test_a_wrong_token_delivers_nothing_and_a_new_pod_starts_from_nothing(
         await asyncio.sleep(0.3)
         assert watch.sync(KEY, "wrong", [pod()]) == {}  # 401: never heard
         missed = await watch.deliver(
-            KEY, {"j-worker-0": pod()}, ["j-worker-0"], Decision(1, proto.RESTART, world_pods=1)
+            KEY, {"j-worker-0": pod()}, {"j-worker-0": Decision(1, proto.RESTART, world_pods=1)}
         )
         assert missed == ["j-worker-0"] and target.decisions == []
         await until(lambda: watch.sync(KEY, TOKEN, [pod()]))

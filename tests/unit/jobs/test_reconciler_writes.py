@@ -370,3 +370,52 @@ def test_a_predecessors_control_secret_is_replaced_not_reused() -> None:
     refs = w.api.get("secrets", NS, name)["metadata"]["ownerReferences"]
     assert [r["uid"] for r in refs] == [w.job["metadata"]["uid"]]
     w.forget()
+
+
+# --- warm spares ------------------------------------------------------------------------------
+
+
+def test_a_warm_spare_takes_a_deleted_worker_s_index_with_one_patch_expected_back() -> None:
+    from gaudi_train import control_protocol as protocol
+    from gaudi_train.control_protocol import LauncherStatus
+
+    spec = {
+        "workers": {"replicas": 2, "spares": 1},
+        "failurePolicy": {"restartInPlace": True, "backoffSeconds": 0},
+    }
+    w = World("spares", spec)
+    heard: dict[str, LauncherStatus] = {}
+    w.reconciler.launchers.sync = lambda key, token, pods: dict(heard)  # type: ignore[method-assign]
+    w.pass_()
+    w.catch_up()
+    w.each_pod(running)
+    w.catch_up()
+    w.pass_()  # Running: every worker has a node, so the pool starts
+    assert w.api.requests[("POST", "pods")] == 3
+    spare = w.api.get("pods", NS, "spares-spare-0")
+    assert spare["metadata"]["labels"][api.LABEL_SPARE] == "true"
+    w.catch_up()
+    w.each_pod(running)
+    heard["spares-spare-0"] = LauncherStatus(3, protocol.SPARE, 0, spare=True)
+    w.catch_up()
+    w.pass_()
+    assert w.api.requests[("POST", "pods")] == 3 and w.api.requests[("PATCH", "pods")] == 0
+    # Someone deletes worker 1: the spare takes index 1, no worker pod is POSTed.
+    lost = w.api.get("pods", NS, "spares-worker-1")["metadata"]
+    lost["deletionTimestamp"], gone_uid = "2026-01-01T00:00:00Z", lost["uid"]
+    w.catch_up()
+    w.pass_()
+    assert w.api.requests[("PATCH", "pods")] == 1 and w.api.requests[("POST", "pods")] == 3
+    labels = w.api.get("pods", NS, "spares-spare-0")["metadata"]["labels"]
+    assert labels[api.LABEL_WORKER_INDEX] == "1" and api.LABEL_SPARE not in labels
+    assert "SpareTookOver" in w.reasons()
+    # The pod index still shows the spare: no pass runs until the watch shows the index.
+    w.pass_()
+    assert w.api.requests[("PATCH", "pods")] == 1
+    w.controller.observe_pod(w.key, "spares-worker-1", gone_uid, True, gone=True)  # DELETED
+    w.catch_up()
+    w.pass_()  # the world re-forms with it (in place, not counted again), the pool refills
+    assert w.job["status"]["inPlaceGeneration"] == 1 and w.job["status"]["restarts"] == 1
+    assert w.api.requests[("PATCH", "pods")] == 1 and w.api.requests[("POST", "pods")] == 4
+    assert w.api.get("pods", NS, "spares-spare-1")["metadata"]["labels"][api.LABEL_SPARE]
+    w.forget()
