@@ -8,10 +8,13 @@ node holds the spare).
 
 Failures (the same seeded schedule for every path, one every `--interval` s ± a quarter):
 - `kill`: SIGKILL of a worker's training process inside its healthy pod;
-- `delete`: `kubectl delete pod` of the pod that holds a worker index (its grace honoured).
-A node marked NotReady is left out: the real nodes have no way to go NotReady here (kwok's
-node-not-ready stage, which the failover benchmark and the demo use, drives only kwok's
-nodes).
+- `delete`: `kubectl delete pod` of the pod that holds a worker index (its grace honoured);
+- `notready`: the worker's node dies: its kubelet is frozen (SIGSTOP, so the node stops
+  reporting and the node controller marks it NotReady after its grace) and the worker's
+  container is killed (SIGKILL of its PID 1). Once the world stepped again the kubelet is
+  resumed (SIGCONT) and the node is Ready before the next failure. The job sets
+  `nodeFailureGraceSeconds: 0` and `excludeFailedNodes: false` (the node comes back), and
+  the cluster's node-monitor grace is 20 s (`--up` starts it so).
 
 Every worker pod's log is followed while it lives (`kubectl logs -f --timestamps`, so the
 lines of deleted pods are kept); rank 0's step and resume lines, the launchers' `waiting`
@@ -60,7 +63,8 @@ from gaudi_devtools.benchmarks.recovery import ensure_cluster, load_average, wai
 from gaudi_devtools.benchmarks.support import start_operator
 
 PATHS = ("recreate", "inplace", "spares")
-KINDS = ("kill", "delete")
+KINDS = ("kill", "delete", "notready")
+NODE_GRACE_SECONDS = 20  # the benchmark cluster's node-monitor grace (`ensure_cluster`)
 PHASES = ("detect", "decide", "re-form", "first step")
 STEP = re.compile(r"\[rank 0\] \S+ INFO: step (\d+) loss")
 RESUMED = re.compile(
@@ -82,7 +86,7 @@ Stamped = tuple[float, int]  # (Unix time, step)
 @dataclass(frozen=True)
 class Failure:
     at: float
-    kind: str  # "kill" or "delete"
+    kind: str  # "kill", "delete" or "notready"
     worker: int
 
 
@@ -202,7 +206,13 @@ def projected(acc: Accounting, failures: int, every: float) -> float | None:
     return max(0.0, 1 - lost / every)
 
 
-def schedule(seed: int, start: float, duration: float, every: float) -> list[Failure]:
+def schedule(
+    seed: int,
+    start: float,
+    duration: float,
+    every: float,
+    kinds_: Sequence[str] = ("kill", "delete"),
+) -> list[Failure]:
     """Failure times, kinds and workers: one per `every` s ± a quarter of it, none in the
     last half interval (its recovery would be cut off); kinds balanced, order seeded."""
     rng = random.Random(seed)
@@ -211,7 +221,7 @@ def schedule(seed: int, start: float, duration: float, every: float) -> list[Fai
     while (at := k * every + rng.uniform(-every / 4, every / 4)) < duration - every / 2:
         times.append(start + at)
         k += 1
-    kinds = [KINDS[i % len(KINDS)] for i in range(len(times))]
+    kinds = [kinds_[i % len(kinds_)] for i in range(len(times))]
     rng.shuffle(kinds)
     return [Failure(t, kind, rng.randrange(2)) for t, kind in zip(times, kinds, strict=True)]
 
@@ -347,6 +357,7 @@ def run_path(
     grace: int,
     timeout: float,
     say: Any,
+    kinds: Sequence[str] = ("kill", "delete"),
 ) -> PathResult:
     job = f"goodput-{path}"
     ns = f"gaudi3-goodput-{uuid.uuid4().hex[:6]}"
@@ -359,6 +370,7 @@ def run_path(
     logs.mkdir(parents=True, exist_ok=True)
     follower: Follower | None = None
     load = [load_average()]
+    frozen = Frozen(c)
     try:
         wait(
             "the default service account",
@@ -367,6 +379,9 @@ def run_path(
         )
         managed = path in ("inplace", "spares")
         policy = {"maxRestarts": 1000, "backoffSeconds": 0, "restartInPlace": managed}
+        if "notready" in kinds:
+            # The dead node comes back within the run: lost at once, not excluded.
+            policy.update(nodeFailureGraceSeconds=0, excludeFailedNodes=False)
         body = rt.job(
             job,
             checkpoints,
@@ -394,7 +409,7 @@ def run_path(
             )
         start = time.time()
         end = start + duration
-        planned = schedule(seed, start, duration, every)
+        planned = schedule(seed, start, duration, every, kinds)
         done: list[Failure] = []
         for f in planned:
             time.sleep(max(0.0, f.at - time.time()))
@@ -407,9 +422,10 @@ def run_path(
                     timeout,
                     interval=0.5,
                 )
+                frozen.thaw(timeout)  # a node killed by the last failure comes back
             if time.time() > end - every / 2:
                 break
-            at = inject(c, ns, job, f, by_pod=managed)
+            at = inject(c, ns, job, f, by_pod=managed, frozen=frozen)
             done.append(Failure(at, f.kind, f.worker))
             say(f"{path}: {f.kind} worker {f.worker} at +{at - start:.1f} s")
         time.sleep(max(0.0, end - time.time()))
@@ -423,8 +439,10 @@ def run_path(
                 rec.steps,
                 rec.resumes,
                 # A deleted pod goes the pod watch's way: the survivors' `waiting` is
-                # not what the operator acts on, so detection stays inside "decide".
-                rec.waiting if f.kind == "kill" else (),
+                # not what the operator acts on, so detection stays inside "decide". A
+                # dead node: the survivors notice at once (detect), the operator acts
+                # after the node's grace (decide: its decision event).
+                rec.waiting if f.kind != "delete" else (),
                 sorted(rec.decisions or rec.events) if f.kind == "kill" else rec.events,
                 until=done[i + 1].at if i + 1 < len(done) else None,
             )
@@ -433,6 +451,7 @@ def run_path(
         used = [t for t in decision_events(c, ns, (SPARE_EVENT,)) if start <= t <= end]
         return PathResult(path, start, acc, recoveries, load, len(used))
     finally:
+        frozen.thaw(timeout)
         if follower is not None:
             follower.stop()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -440,7 +459,41 @@ def run_path(
         shutil.rmtree(checkpoints, ignore_errors=True)
 
 
-def inject(c: Any, ns: str, job: str, f: Failure, by_pod: bool = False) -> float:
+class Frozen:
+    """Real nodes whose kubelet this run froze (SIGSTOP): resumed (SIGCONT) and waited
+    Ready again by `thaw`, also when the run fails."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.c = cluster
+        self.nodes: list[str] = []
+
+    def freeze(self, node: str) -> None:
+        pid = self.c.procs.pid(f"kubelet-{node}")
+        if pid is None:
+            raise RuntimeError(f"no kubelet process for node {node}")
+        os.kill(pid, signal.SIGSTOP)
+        self.nodes.append(node)
+
+    def thaw(self, timeout: float) -> None:
+        while self.nodes:
+            node = self.nodes.pop()
+            pid = self.c.procs.pid(f"kubelet-{node}")
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+            wait(f"node {node} Ready again", lambda node=node: _ready(self.c, node), timeout)
+
+
+def _ready(c: Any, node: str) -> bool:
+    out = c.kubectl("get", "node", node, "-o", "json", check=False)
+    if out.returncode != 0:
+        return False
+    conds = json.loads(out.stdout).get("status", {}).get("conditions") or []
+    return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conds)
+
+
+def inject(
+    c: Any, ns: str, job: str, f: Failure, by_pod: bool = False, frozen: Frozen | None = None
+) -> float:
     """`by_pod`: find the worker by the pod that holds its index (a spare that took it has
     its own name), else by the worker's own name and index."""
     pod = (
@@ -448,6 +501,17 @@ def inject(c: Any, ns: str, job: str, f: Failure, by_pod: bool = False) -> float
         if by_pod
         else f"{job}-worker-{f.worker}"
     )
+    if f.kind == "notready":
+        assert frozen is not None
+        got = json.loads(c.kubectl("get", "pod", pod, "-n", ns, "-o", "json").stdout)
+        node = got["spec"]["nodeName"]
+        launcher = rt.launcher_pid(ns, job, f.worker, pod if by_pod else None)
+        if launcher is None:
+            raise RuntimeError(f"no launcher of {pod} on this machine")
+        at = time.time()
+        frozen.freeze(node)  # the node stops reporting ...
+        os.kill(launcher, signal.SIGKILL)  # ... and its worker dies with it (PID 1)
+        return at
     if f.kind == "kill":
         # Right after a recreate the new launcher may not have forked its worker yet.
         victims = wait(
@@ -505,7 +569,8 @@ def report(results: list[PathResult], every: float, console: Console) -> list[st
         "new steps / redone steps",
         lambda r: f"{r.accounting.new_steps} / {r.accounting.redone_steps}",
     )
-    for kind in KINDS:
+    kinds = sorted({x.failure.kind for r in results for x in r.recoveries}, key=KINDS.index)
+    for kind in kinds:
         mine = lambda r, kind=kind: [x for x in r.recoveries if x.failure.kind == kind]  # noqa: E731
         row(f"{kind}: count", lambda r, m=mine: str(len(m(r))))
         for phase in PHASES:
@@ -603,8 +668,30 @@ def goals(results: list[PathResult], every: float) -> list[str]:
             lines.append("a deleted pod with a spare: NOT MEASURED (no complete delete recovery)")
     else:
         lines.append("a deleted pod with a spare: NOT MEASURED (the spares path did not run)")
-    lines.append("a NotReady node: NOT MEASURED (no NotReady injection on the real nodes)")
+    lines.append(notready_goal(spares))
     return lines
+
+
+def notready_goal(spares: PathResult | None) -> str:
+    """Issue 19: a NotReady node costs the grace plus at most 3 s, 0 steps redone (a
+    replica survives): from the operator's decision (after the grace) to the first new
+    step, on the spares path."""
+    if spares is None:
+        return "a NotReady node: NOT MEASURED (the spares path did not run)"
+    lost = [x for x in spares.recoveries if x.failure.kind == "notready"]
+    after = [x.first_step - x.decided for x in lost if x.first_step and x.decided]
+    grace = [x.decided - x.failure.at for x in lost if x.decided]
+    redone = [x.redone for x in lost if x.redone is not None]
+    if not lost or len(after) < len(lost) or len(redone) < len(lost):
+        return "a NotReady node: NOT MEASURED (no complete NotReady recovery on the spares path)"
+    p50 = percentile(after, 50)
+    ok = p50 <= GOAL_SPARE_SECONDS and max(redone) == 0
+    return (
+        f"a NotReady node, spares: the grace plus <= {GOAL_SPARE_SECONDS:.0f} s p50 and 0 steps "
+        f"redone: {'MET' if ok else 'NOT MET'} (decision -> first new step p50 {p50:.2f} s "
+        f"over {len(lost)} nodes, kill -> decision p50 {percentile(grace, 50):.1f} s, steps "
+        f"redone max {max(redone)})"
+    )
 
 
 def benchmark_goodput(
@@ -629,6 +716,9 @@ def benchmark_goodput(
     paths: Annotated[
         str, typer.Option(help=f"Comma-separated, from: {', '.join(PATHS)}.")
     ] = ",".join(PATHS),
+    kinds: Annotated[
+        str, typer.Option(help=f"Failure kinds, comma-separated, from: {', '.join(KINDS)}.")
+    ] = ",".join(KINDS),
     checkpoint_interval: Annotated[
         int, typer.Option(min=1, help="checkpoint.intervalSteps of the job.")
     ] = 5,
@@ -651,10 +741,18 @@ def benchmark_goodput(
     chosen = [p.strip() for p in paths.split(",") if p.strip()]
     if unknown := sorted(set(chosen) - set(PATHS)):
         raise typer.BadParameter(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+    failing = [k.strip() for k in kinds.split(",") if k.strip()]
+    if not failing or (unknown := sorted(set(failing) - set(KINDS))):
+        raise typer.BadParameter(f"unknown kind(s) {failing}; choose from {', '.join(KINDS)}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    c = ensure_cluster(cluster, up, real_nodes=3 if "spares" in chosen else 2)
+    c = ensure_cluster(
+        cluster,
+        up,
+        real_nodes=3 if "spares" in chosen else 2,
+        node_grace=NODE_GRACE_SECONDS if "notready" in failing else None,
+    )
     install_crds(c)
     proc = (
         start_operator(Path(c.kubeconfig), c.dir / "logs" / "bench-goodput-operator.log")
@@ -679,6 +777,7 @@ def benchmark_goodput(
                         grace=grace,
                         timeout=timeout,
                         say=console.print,
+                        kinds=failing,
                     )
                 except RuntimeError as err:  # the other path still runs; this one is left out
                     console.print(f"{path}: not measured: {err}")
@@ -695,7 +794,12 @@ def benchmark_goodput(
         f"every {checkpoint_interval} steps, "
         f"backoffSeconds 0, terminationGracePeriodSeconds {grace}; {duration:.0f} s per path, "
         f"a failure every {every:.0f} s ± {every / 4:.0f} s (seed {seed}), kinds "
-        f"{', '.join(KINDS)}"
+        f"{', '.join(failing)}"
+        + (
+            f"; node-monitor grace {NODE_GRACE_SECONDS} s, nodeFailureGraceSeconds 0"
+            if "notready" in failing
+            else ""
+        )
     )
 
 

@@ -298,14 +298,17 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def ensure_cluster(name: str, up: bool, real_nodes: int = 2) -> Any:
+def ensure_cluster(name: str, up: bool, real_nodes: int = 2, node_grace: int | None = None) -> Any:
+    """The named local cluster with `real_nodes` real nodes (and, when given, the node
+    controller's grace `node_grace`), started with `up` if it is not."""
     from gaudi_devtools.cluster import Cluster
     from gaudi_devtools.cluster.cluster import Settings
 
     c = Cluster(name)
     if c.healthy():
         listed = c.kubectl("get", "nodes", "-l", f"{REAL_LABEL}=true", "-o", "name").stdout
-        if len(listed.split()) >= real_nodes:
+        grace = c.settings.node_monitor_grace_seconds if c.settings else None
+        if len(listed.split()) >= real_nodes and node_grace in (None, grace):
             return c
     if not up:
         typer.echo(
@@ -319,7 +322,10 @@ def ensure_cluster(name: str, up: bool, real_nodes: int = 2) -> Any:
     except RuntimeError as e:
         typer.echo(str(e))
         raise typer.Exit(1) from e
-    c.up(Settings(gaudi_nodes=1, real_nodes=real_nodes, real_node_images=[str(archive)]))
+    s = Settings(gaudi_nodes=1, real_nodes=real_nodes, real_node_images=[str(archive)])
+    if node_grace is not None:
+        s.node_monitor_grace_seconds = node_grace
+    c.up(s)
     return c
 
 

@@ -102,6 +102,7 @@ def step(
     replicas: int,
     launchers: Mapping[str, LauncherStatus],
     now: datetime,
+    unreachable: frozenset[str] = frozenset(),
 ) -> Outcome:
     """One pass of in-place recovery over the current world's pods (all healthy: pod
     failures were `failover.policy.step`'s). Records in `status` what it decides."""
@@ -142,7 +143,7 @@ def step(
             # Only a pod that was told to stop (a scale-down's surplus worker): the rest
             # checkpointed the same step and wait for a world of the new size.
             return _reform(out, status, current, replicas, "a worker left the world")
-        return _judge(out, policy, status, pods, current, failures, replicas, now)
+        return _judge(out, policy, status, pods, current, failures, replicas, now, unreachable)
     everyone = len(pods) == replicas and set(heard) == set(pods)
     sizes = {s.world_pods for s in current.values() if s.state == protocol.RUNNING}
     if everyone and sizes and sizes != {replicas} and not in_flight(status):
@@ -198,6 +199,7 @@ def _judge(
     failures: Sequence[protocol.Failure],
     replicas: int,
     now: datetime,
+    unreachable: frozenset[str] = frozenset(),
 ) -> Outcome:
     """The world of `status.inPlaceGeneration` broke: settle, then judge its root failure
     with the job's rules, and restart in place or fail."""
@@ -220,6 +222,17 @@ def _judge(
         # Decide once every launcher of the world is out of it (the protocol's step 3):
         # their reports wake the operator; a cause may still come from another pod.
         out.decision.requeue_after = wait
+        out.restarting = True
+        return out
+    # A launcher that stopped answering is a lost pod or node, not a process to restart
+    # in place: the pod watch (it failed) or the node watch (NotReady past the grace)
+    # decides, with spares if there are. In place only if neither did within the deadline.
+    lost = [
+        n for n in pods if n in unreachable and not (n in current and current[n].state in _SETTLED)
+    ]
+    hold = DEADLINE_SECONDS - (now - first).total_seconds()
+    if lost and hold > 0 and decision.verdict != Verdict.FAIL:
+        out.decision.requeue_after = hold
         out.restarting = True
         return out
     # No pod is deleted or replaced, whatever restartStrategy says: the world re-forms.

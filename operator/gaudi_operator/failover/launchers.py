@@ -41,6 +41,8 @@ class _Poll:
     task: asyncio.Task[None] | None = None
     status: LauncherStatus | None = None
     said: set[str] = field(default_factory=set)  # warnings logged once per pod
+    # Heard once, and the last request could not connect: its pod or node may be dead.
+    unreachable: bool = False
 
 
 class LauncherWatch:
@@ -76,6 +78,12 @@ class LauncherWatch:
                 polls[name] = poll
         return {n: p.status for n, p in polls.items() if p.status is not None}
 
+    def unreachable(self, key: Key) -> frozenset[str]:
+        """Pods whose launcher answered before and does not now (connection refused or
+        timed out): a dead pod or node the pod watch may not show yet."""
+        polls = self._polls.get(key, {})
+        return frozenset(n for n, p in polls.items() if p.unreachable and p.status is not None)
+
     def forget(self, key: Key) -> None:
         for poll in self._polls.pop(key, {}).values():
             self._stop(poll)
@@ -102,6 +110,10 @@ class LauncherWatch:
             except asyncio.CancelledError:
                 raise
             except (Unreachable, Refused) as err:
+                if isinstance(err, Unreachable) and not poll.unreachable:
+                    poll.unreachable = True
+                    if poll.status is not None and self.wake is not None:
+                        self.wake(key)
                 if isinstance(err, Refused) and str(err.code) not in poll.said:
                     poll.said.add(str(err.code))
                     log.warning("%s/%s: launcher of %s refused: %s", *key, name, err)
@@ -113,7 +125,7 @@ class LauncherWatch:
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             before = poll.status
-            poll.status = status
+            poll.status, poll.unreachable = status, False
             version = status.version
             changed = before is None or before.version != status.version
             if changed and self.wake is not None:

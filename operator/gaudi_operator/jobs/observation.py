@@ -175,6 +175,8 @@ class Observation:
     # failurePolicy.restartInPlace: each current worker's launcher status, by pod name, as
     # its control endpoint last answered (`failover.launchers`); no key: not heard from.
     launchers: Mapping[str, LauncherStatus] = field(default_factory=dict)
+    # ... and the pods whose launcher answered before and cannot be reached now.
+    unreachable: frozenset[str] = frozenset()
 
     @property
     def replicas(self) -> int:

@@ -243,7 +243,13 @@ def _decide(obs: Observation) -> Plan:
     ):
         # Every pod, node and HPU is healthy: a failed process is restarted in its pod.
         fo = inplace.step(
-            spec.failure_policy, status, world, replicas=desired, launchers=obs.launchers, now=now
+            spec.failure_policy,
+            status,
+            world,
+            replicas=desired,
+            launchers=obs.launchers,
+            now=now,
+            unreachable=obs.unreachable,
         )
     out.failover = fo
     out.events += [Event(*e) for e in fo.events]

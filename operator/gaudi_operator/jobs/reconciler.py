@@ -303,7 +303,8 @@ class Reconciler:
         token = await self._control_token(job)
         # The world's launchers, and the spares' (whether each waits warm).
         polled = [p for p in obs.pods if p.spare or p.generation == obs.status.restart_generation]
-        return replace(obs, launchers=self.launchers.sync(key, token, polled))
+        launchers = self.launchers.sync(key, token, polled)
+        return replace(obs, launchers=launchers, unreachable=self.launchers.unreachable(key))
 
     async def _control_token(self, job: JobView) -> str:
         """The job's control token: read from its Secret, or created there (owned by the

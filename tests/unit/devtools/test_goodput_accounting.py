@@ -140,3 +140,24 @@ def test_the_spare_goal_line_reads_the_spares_path_deletes() -> None:
     assert "NOT MET" in redone
     absent = goals([], every=20)
     assert any("spares path did not run" in x for x in absent)
+
+
+def test_the_notready_goal_counts_from_the_operator_s_decision_after_the_grace() -> None:
+    from gaudi_devtools.benchmarks.goodput import Accounting, Recovery, notready_goal
+
+    def spares(after: float, redone: int) -> PathResult:
+        f = Failure(10.0, "notready", 1)
+        # survivors notice at once, the operator decides 22 s later (the node's grace)
+        rec = Recovery(f, 10.1, 32.0, 32.0 + after / 2, 5, 32.0 + after, redone)
+        return PathResult("spares", 0.0, Accounting(100.0, 70.0, 0, 100, 0), [rec], [], 1)
+
+    met = notready_goal(spares(2.0, 0))
+    assert ": MET" in met and "kill -> decision p50 22.0 s" in met and "p50 2.00 s" in met
+    assert "NOT MET" in notready_goal(spares(5.0, 0))
+    assert "NOT MET" in notready_goal(spares(1.0, 3))
+    assert "NOT MEASURED" in notready_goal(None)
+    assert schedule(1, 0.0, 100.0, 20.0, ("kill", "delete", "notready"))[0].kind in (
+        "kill",
+        "delete",
+        "notready",
+    )

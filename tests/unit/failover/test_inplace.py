@@ -290,3 +290,26 @@ def test_workers_get_the_control_endpoint_and_the_token_only_by_reference() -> N
         for e in manifests.worker_pod_manifest(spec, ref, 1, 0)["spec"]["containers"][0]["env"]
     }
     assert not {"GAUDI3_CONTROL_PORT", "GAUDI3_CONTROL_TOKEN"} & env
+
+
+def test_a_launcher_that_stopped_answering_is_left_to_the_node_watch_until_the_deadline() -> None:
+    """Its node died (the kubelet too, so the pod still shows Running): the survivor waits
+    with a broken world, the dead launcher's last word was `running`. Not a process to
+    restart in place: the node watch decides (NotReady past the grace); in place only if
+    nothing did within the deadline."""
+    world = {
+        "j-worker-0": launcher(0, protocol.WAITING, 0, broken(0)),
+        "j-worker-1": launcher(1, protocol.RUNNING, 0),
+    }
+    obs = observe(job(), [worker(0), worker(1)], NOW + timedelta(seconds=60))
+    held = decide(replace(obs, launchers=world, unreachable=frozenset({"j-worker-1"})))
+    assert held.status.in_place_generation == 0 and held.status.restarts == 0
+    assert held.failover is not None and held.failover.deliver_to == []
+    assert held.requeue_after is not None and 0 < held.requeue_after <= inplace.DEADLINE_SECONDS
+    # Reachable but silent (a hung collective): decided after the settle time, as before.
+    p = decide(replace(obs, launchers=world))
+    assert p.status.in_place_generation == 1 and p.status.restarts == 1
+    # Past the deadline nothing else decided: in place after all.
+    late = observe(job(), [worker(0), worker(1)], NOW + timedelta(seconds=130))
+    p = decide(replace(late, launchers=world, unreachable=frozenset({"j-worker-1"})))
+    assert p.status.in_place_generation == 1

@@ -132,3 +132,30 @@ async def test_a_wrong_token_delivers_nothing_and_a_new_pod_starts_from_nothing(
         assert watch.sync(KEY, TOKEN, []) == {}
     finally:
         await watch.aclose()
+
+
+async def test_a_launcher_that_answered_and_then_cannot_be_reached_is_unreachable() -> None:
+    import httpx
+
+    from gaudi_operator.clients.launcher import LauncherClient
+
+    said = Launcher().status_json()
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        if len(calls) == 1:
+            return httpx.Response(200, json=said)
+        raise httpx.ConnectError("connection refused")  # its node died: nothing listens
+
+    watch = LauncherWatch(LauncherClient(httpx.MockTransport(answer)), port=1)
+    woken: list[tuple[str, str]] = []
+    watch.wake = woken.append
+    try:
+        await until(lambda: watch.sync(KEY, TOKEN, [pod()]).get("j-worker-0"))
+        await until(lambda: watch.unreachable(KEY) == {"j-worker-0"})
+        assert len(woken) == 2  # heard, then lost: each wakes the job once
+        # What it said last is still there for the passes.
+        assert watch.sync(KEY, TOKEN, [pod()])["j-worker-0"].state == said["state"]
+    finally:
+        await watch.aclose()
