@@ -286,9 +286,16 @@ def _decide(obs: Observation) -> Plan:
         out.create = []
     written_off = set(fo.delete) | set(fo.force_delete)
     surplus += [p for p in pods if p.name in written_off and p not in surplus]
+    # A pod already going (deleted with grace) whose node died will never finish going: its
+    # kubelet cannot confirm. Deleted again without grace, or its name (a worker's, needed
+    # for the new generation) stays taken for ever.
+    grace = spec.failure_policy.node_failure_grace_seconds
+    stranded = [p for p in pods if p.deleting and _node_lost(signals, p.node, grace, now)]
+    surplus += [p for p in stranded if p not in surplus]
+    written_off |= {p.name for p in stranded}
     idle = _warm_spares(out, obs, spec, spare_pods, in_world, written_off, fo, recreate_all)
     out.delete = sorted(surplus, key=lambda p: -(p.index if p.index is not None else 1 << 30))
-    out.force_delete = fo.force_delete
+    out.force_delete = sorted({*fo.force_delete, *(p.name for p in stranded)})
     if (out.create or in_world) and status.start_time is None:
         status.start_time = api.to_rfc3339(now)
     _count(status, spec, pods, in_world, desired)
@@ -319,6 +326,17 @@ def _decide(obs: Observation) -> Plan:
     # No event for reaching Running: phase and Ready say it (with the time), and a job's
     # way to Running posts one Normal event only, CreatedWorkers (docs/architecture.md).
     return out
+
+
+def _node_lost(
+    signals: failover.Signals | None, node: str | None, grace: int, now: datetime
+) -> bool:
+    """The node is gone, or NotReady past the job's grace (`failover.node_failure`)."""
+    health = signals.nodes.get(node) if signals is not None and node else None
+    if health is None:
+        return False
+    found = failover.node_failure(health, now, grace)
+    return isinstance(found, tuple) and found[0] == api.FailureReason.NODE_LOST
 
 
 def _warm_spares(

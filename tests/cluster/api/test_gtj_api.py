@@ -101,6 +101,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("tolerance-above-one", {"autoscaling": {"tolerance": 2}}, "spec.autoscaling.tolerance"),
     ("gang-without-scheduler", {"scheduling": {"gang": True}}, "spec.scheduling.schedulerName"),
+    ("spares-without-in-place", {"workers": {"spares": 1}}, "spec.workers.spares"),
+    (
+        "too-many-spares",
+        {"workers": {"spares": 65}, "failurePolicy": {"restartInPlace": True}},
+        "spec.workers.spares",
+    ),
     (
         "unknown-clean-pod-policy",
         {"runPolicy": {"cleanPodPolicy": "Sometimes"}},

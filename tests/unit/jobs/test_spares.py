@@ -304,3 +304,22 @@ def test_failover_keeps_recreate_all_when_spares_cannot_cover_the_lost_indices()
     two = decide_failover(policy, lost, warm_spares=2, **kw)
     assert one.strategy == RestartStrategy.RECREATE_ALL and one.new_generation
     assert two.strategy == RestartStrategy.RECREATE_FAILED and not two.new_generation
+
+
+def test_a_pod_stuck_going_on_a_dead_node_is_deleted_again_without_grace() -> None:
+    """A RecreateAll deleted the old world with grace; one of its pods sat on a node that
+    then died: its kubelet never confirms, and its name is the new world's worker 0."""
+    from gaudi_operator.failover.policy import NodeHealth, Signals
+
+    old = replace(worker(0, generation=0, node="dead"), deleting=True)
+    new = worker(1, generation=1, node="n1")
+    lost = NodeHealth("dead", ready=False, not_ready_since=NOW - timedelta(seconds=60))
+    j = job(0, {"restartGeneration": 1}, policy={"nodeFailureGraceSeconds": 30})
+    obs = replace(observe(j, [old, new], NOW), signals=Signals(nodes={"dead": lost}))
+    p = decide(obs)
+    assert [d.name for d in p.delete] == ["j-worker-0"] and p.force_delete == ["j-worker-0"]
+    assert p.create == []  # its name is free only once it is gone
+    # Within the grace, the kubelet may still confirm: nothing more.
+    early = NodeHealth("dead", ready=False, not_ready_since=NOW - timedelta(seconds=10))
+    p = decide(replace(obs, signals=Signals(nodes={"dead": early})))
+    assert p.delete == [] and p.force_delete == []
