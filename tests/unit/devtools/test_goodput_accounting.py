@@ -130,10 +130,14 @@ def test_the_spare_goal_line_reads_the_spares_path_deletes() -> None:
         f = Failure(10.0, "delete", 0)
         rec = Recovery(f, None, 10.5, 10.0 + total / 2, 5, 10.0 + total, redone)
         kill = Recovery(Failure(30.0, "kill", 1), None, None, 30.5, 9, 40.0, 0)
-        return PathResult("spares", 0.0, Accounting(100.0, 98.0, 0, 100, 0), [rec, kill], [], 1)
+        # A second delete found the pool cold (no SpareTookOver before the next failure).
+        cold = Recovery(Failure(50.0, "delete", 1), None, 50.2, 56.0, 12, 57.0, 0)
+        acc = Accounting(100.0, 98.0, 0, 100, 0)
+        return PathResult("spares", 0.0, acc, [rec, kill, cold], [], [10.3])
 
     line = next(x for x in goals([spares(2.0, 0)], every=20) if x.startswith("a deleted pod"))
-    assert ": MET" in line and "1 taken by a spare" in line and "over 1 deletes" in line
+    assert ": MET" in line and "over the 1 deletes a spare took" in line, line
+    assert "1 found no warm spare and recreated" in line
     slow = next(x for x in goals([spares(4.0, 0)], every=20) if x.startswith("a deleted pod"))
     assert "NOT MET" in slow
     redone = next(x for x in goals([spares(1.0, 2)], every=20) if x.startswith("a deleted pod"))
@@ -149,7 +153,7 @@ def test_the_notready_goal_counts_from_the_operator_s_decision_after_the_grace()
         f = Failure(10.0, "notready", 1)
         # survivors notice at once, the operator decides 22 s later (the node's grace)
         rec = Recovery(f, 10.1, 32.0, 32.0 + after / 2, 5, 32.0 + after, redone)
-        return PathResult("spares", 0.0, Accounting(100.0, 70.0, 0, 100, 0), [rec], [], 1)
+        return PathResult("spares", 0.0, Accounting(100.0, 70.0, 0, 100, 0), [rec], [], [31.9])
 
     met = notready_goal(spares(2.0, 0))
     assert ": MET" in met and "kill -> decision p50 22.0 s" in met and "p50 2.00 s" in met
