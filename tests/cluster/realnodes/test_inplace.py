@@ -336,5 +336,10 @@ def test_a_deleted_worker_is_replaced_by_a_warm_spare_then_worker_0_by_the_refil
     assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
     print(f"spare takes worker 0: delete -> first new step {t.seconds:.2f} s {t.phases} ({t})")
     # A third spare is started for the pool (the freed node) and the job runs on.
-    wait_warm(real, ns, f"{name}-spare-2")
+    wait_for(
+        lambda: f"{name}-spare-2" in pods(real, ns, name),
+        timeout=60,
+        interval=0.5,
+        what="a third spare for the pool",
+    )
     assert status(real, ns, name)["phase"] == "Running"
