@@ -111,18 +111,20 @@ class _ApiClient:
 
     def _merge_patch(self, ns: str, plural: str, name: str, patch: dict[str, Any]) -> None:
         """A JSON merge patch of metadata (what the operator patches on pods: a spare's
-        labels); a uid that is not the object's is refused as the API server does (422)."""
+        labels and annotations); a uid that is not the object's is refused (422), as the
+        API server refuses a change of an immutable field."""
         self.api._count("PATCH", plural, patch)
         obj = self.api.get(plural, ns, name)
         meta = patch.get("metadata") or {}
         if meta.get("uid") not in (None, obj["metadata"]["uid"]):
             raise api_error(422, f'{plural} "{name}" is invalid: metadata.uid: field is immutable')
-        labels = obj["metadata"].setdefault("labels", {})
-        for k, v in (meta.get("labels") or {}).items():
-            if v is None:
-                labels.pop(k, None)
-            else:
-                labels[k] = v
+        for part in ("labels", "annotations"):
+            have = obj["metadata"].setdefault(part, {})
+            for k, v in (meta.get(part) or {}).items():
+                if v is None:
+                    have.pop(k, None)
+                else:
+                    have[k] = v
         obj["metadata"]["resourceVersion"] = str(next(self.api._rv))
 
     async def close(self) -> None:

@@ -217,6 +217,14 @@ def _pin_resources(resources: dict[str, Any], hpus: int) -> dict[str, dict[str, 
     return {"requests": requests, "limits": limits}
 
 
+# Where Prometheus' annotation-based scrape (and `kubectl gtj`) finds a worker's ranks.
+SCRAPE_ANNOTATIONS = {
+    api.ANNOTATION_PROMETHEUS_SCRAPE: "true",
+    api.ANNOTATION_PROMETHEUS_PORT: str(api.METRICS_PORT),
+    api.ANNOTATION_PROMETHEUS_PATH: "/metrics",
+}
+
+
 def worker_pod_manifest(
     spec: GaudiTrainingJobSpec,
     job: JobRef,
@@ -232,11 +240,7 @@ def worker_pod_manifest(
         api.LABEL_WORKER_INDEX: str(index),
         api.LABEL_GENERATION: str(generation),
     }
-    annotations = {
-        api.ANNOTATION_PROMETHEUS_SCRAPE: "true",
-        api.ANNOTATION_PROMETHEUS_PORT: str(api.METRICS_PORT),
-        api.ANNOTATION_PROMETHEUS_PATH: "/metrics",
-    }
+    annotations = dict(SCRAPE_ANNOTATIONS)
     container: dict[str, Any] = {
         "name": api.WORKER_CONTAINER,
         "image": spec.image,
@@ -325,6 +329,10 @@ def spare_pod_manifest(
     del labels[api.LABEL_WORKER_INDEX]
     labels[api.LABEL_SPARE] = "true"
     pod["spec"]["hostname"] = name
+    # No ranks, no metrics yet: not a scrape target (Prometheus, `kubectl gtj`) until it
+    # takes an index (`promotion_patch` adds the annotations).
+    for key in SCRAPE_ANNOTATIONS:
+        meta["annotations"].pop(key, None)
     worker = pod["spec"]["containers"][0]
     env = [e for e in worker["env"] if e["name"] != "GAUDI3_WORKER_INDEX"]
     worker["env"] = [{"name": "GAUDI3_SPARE", "value": "1"}, *env]
@@ -340,7 +348,8 @@ def promotion_patch(index: int, generation: int) -> dict[str, Any]:
                 api.LABEL_SPARE: None,
                 api.LABEL_WORKER_INDEX: str(index),
                 api.LABEL_GENERATION: str(generation),
-            }
+            },
+            "annotations": dict(SCRAPE_ANNOTATIONS),
         }
     }
 

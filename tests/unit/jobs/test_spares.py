@@ -133,6 +133,12 @@ def test_a_spare_pod_is_a_worker_pod_without_an_index_and_marked_spare() -> None
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["GAUDI3_SPARE"] == "1" and "GAUDI3_WORKER_INDEX" not in env
     assert env["GAUDI3_IN_PLACE_GENERATION"] == "4"
+    # Not a scrape target while it has no ranks; the promotion makes it one.
+    assert api.ANNOTATION_PROMETHEUS_SCRAPE not in pod["metadata"]["annotations"]
+    assert worker["metadata"]["annotations"][api.ANNOTATION_PROMETHEUS_SCRAPE] == "true"
+    promoted = manifests.promotion_patch(1, 1)["metadata"]["annotations"]
+    assert promoted == {k: v for k, v in worker["metadata"]["annotations"].items() if k in promoted}
+    assert promoted[api.ANNOTATION_PROMETHEUS_SCRAPE] == "true"
     # What it holds and where it may run are a worker's.
     c, w = pod["spec"]["containers"][0], worker["spec"]["containers"][0]
     assert c["resources"] == w["resources"]
