@@ -28,6 +28,9 @@ def api_error(status: int, message: str) -> ApiException:
     return err
 
 
+_SERVERS = itertools.count(1)
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
@@ -35,6 +38,7 @@ class FakeApi:
         self.events: list[dict[str, Any]] = []
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
+        self._server = next(_SERVERS)
         # Called before every request: (verb, plural, body) -> an error to raise, or None.
         self.fault: Callable[[str, str, Mapping[str, Any]], ApiException | None] = lambda *_: None
         self.custom = _Custom(self)
@@ -51,7 +55,9 @@ class FakeApi:
         key = (plural, meta.get("namespace", ""), meta["name"])
         if key in self.objects:
             raise api_error(409, f'{plural} "{meta["name"]}" already exists')
-        meta.setdefault("uid", f"uid-{next(self._uid)}")
+        # Unique across fake servers: the operator keeps some state by uid process-wide
+        # (its own deletions), and one test's pod must not be another's.
+        meta.setdefault("uid", f"uid-{self._server}-{next(self._uid)}")
         meta["resourceVersion"] = str(next(self._rv))
         self.objects[key] = obj
         return copy.deepcopy(obj)

@@ -123,14 +123,17 @@ def worker_env(
     index: int,
     generation: int,
     in_place_generation: int = 0,
+    rendezvous: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The torchrun elastic and launcher environment (docs/architecture.md)."""
+    """The torchrun elastic and launcher environment (docs/architecture.md). `rendezvous`
+    ("host:port"): where the world's store is when a former spare holds index 0 (the
+    worker-0 name then answers nothing; `jobs.spares.rendezvous`)."""
     w = spec.workers
     env: dict[str, str] = {
         "PET_NNODES": f"{w.min}:{w.max}",
         "PET_NPROC_PER_NODE": str(spec.hpus_per_worker),
         "PET_RDZV_BACKEND": "c10d",
-        "PET_RDZV_ENDPOINT": f"{job.master_addr}:{api.RDZV_PORT}",
+        "PET_RDZV_ENDPOINT": rendezvous or f"{job.master_addr}:{api.RDZV_PORT}",
         "PET_RDZV_ID": f"{job.uid}-{generation}",
         "PET_MAX_RESTARTS": str(api.TORCHRUN_MAX_RESTARTS),
         "MASTER_ADDR": job.master_addr,
@@ -233,6 +236,7 @@ def worker_pod_manifest(
     excluded_nodes: Iterable[str] = (),
     settings: GaudiSettings = gaudi.DEFAULTS,
     in_place_generation: int = 0,
+    rendezvous: str | None = None,
 ) -> dict[str, Any]:
     name = api.worker_pod_name(job.name, index)
     labels = {
@@ -244,7 +248,7 @@ def worker_pod_manifest(
     container: dict[str, Any] = {
         "name": api.WORKER_CONTAINER,
         "image": spec.image,
-        "env": worker_env(spec, job, index, generation, in_place_generation),
+        "env": worker_env(spec, job, index, generation, in_place_generation, rendezvous),
         "resources": worker_resources(spec, settings),
         "ports": [
             {"name": "rdzv", "containerPort": api.RDZV_PORT},
@@ -313,6 +317,7 @@ def spare_pod_manifest(
     excluded_nodes: Iterable[str] = (),
     settings: GaudiSettings = gaudi.DEFAULTS,
     in_place_generation: int = 0,
+    rendezvous: str | None = None,
 ) -> dict[str, Any]:
     """A warm spare (spec.workers.spares): a worker's pod in every way (template, resources,
     Intel's contract, node exclusions), but outside the world: no worker index, and
@@ -320,7 +325,7 @@ def spare_pod_manifest(
     it an index (docs/training.md, "Warm spares"). Taking a lost worker's place relabels it
     (`promotion_patch`); its name stays."""
     pod = worker_pod_manifest(
-        spec, job, 0, generation, excluded_nodes, settings, in_place_generation
+        spec, job, 0, generation, excluded_nodes, settings, in_place_generation, rendezvous
     )
     name = api.spare_pod_name(job.name, number)
     meta = pod["metadata"]

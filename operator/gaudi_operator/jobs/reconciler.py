@@ -257,11 +257,15 @@ class Reconciler:
             ref = manifests.JobRef(job.name, job.namespace, job.uid)
             await self._ensure_service(job, plan.spec, ref, service_exists)
             await self._ensure_pod_group(job, plan.spec, ref, done)
-            creation = await self._create_workers(job, plan, ref, done)
+            # New pods find the world's store where a former spare at index 0 hosts it.
+            gen = plan.status.restart_generation
+            world = spares.holders(job.name, (p for p in obs.pods if not p.spare), gen)
+            rdzv = spares.rendezvous(job.name, world.values())
+            creation = await self._create_workers(job, plan, ref, done, rdzv)
             if creation.attempted:
                 backoff = self._after_creation(key, plan, creation, job.generation, now, decided)
             await self._promote_spares(job, plan, done)
-            await self._create_spares(job, plan, ref, done)
+            await self._create_spares(job, plan, ref, done, rdzv)
         await self._delete_workers(job, plan, done)
         if any(e.reason == "InvalidSpec" for e in decided):
             metrics.INVALID_SPECS.inc()
@@ -444,7 +448,12 @@ class Reconciler:
             )
 
     async def _create_workers(
-        self, job: JobView, plan: Plan, ref: manifests.JobRef, events: list[Event]
+        self,
+        job: JobView,
+        plan: Plan,
+        ref: manifests.JobRef,
+        events: list[Event],
+        rendezvous: str | None = None,
     ) -> Creation:
         """Create the missing workers concurrently. Expectations first: the watch can show
         a new pod before its POST returns."""
@@ -461,7 +470,14 @@ class Reconciler:
 
         async def create(index: int) -> str:
             manifest = manifests.worker_pod_manifest(
-                spec, ref, index, gen, excluded, self.gaudi, status.in_place_generation
+                spec,
+                ref,
+                index,
+                gen,
+                excluded,
+                self.gaudi,
+                status.in_place_generation,
+                rendezvous,
             )
             try:
                 async with self._pod_slots:
@@ -547,7 +563,12 @@ class Reconciler:
             raise errors[0]
 
     async def _create_spares(
-        self, job: JobView, plan: Plan, ref: manifests.JobRef, events: list[Event]
+        self,
+        job: JobView,
+        plan: Plan,
+        ref: manifests.JobRef,
+        events: list[Event],
+        rendezvous: str | None = None,
     ) -> None:
         """Start the spares the pool lacks (`jobs.spares`). A refusal (a namespace quota)
         is said once in a Warning event and retried with backoff; it never holds workers."""
@@ -573,6 +594,7 @@ class Reconciler:
                 excluded,
                 self.gaudi,
                 status.in_place_generation,
+                rendezvous,
             )
             try:
                 async with self._pod_slots:

@@ -419,3 +419,60 @@ def test_a_warm_spare_takes_a_deleted_worker_s_index_with_one_patch_expected_bac
     assert w.api.requests[("PATCH", "pods")] == 1 and w.api.requests[("POST", "pods")] == 4
     assert w.api.get("pods", NS, "spares-spare-1")["metadata"]["labels"][api.LABEL_SPARE]
     w.forget()
+
+
+def test_a_worker_created_while_a_former_spare_holds_index_0_finds_its_store() -> None:
+    from gaudi_train import control_protocol as protocol
+    from gaudi_train.control_protocol import LauncherStatus
+
+    spec = {
+        "workers": {"replicas": 2, "spares": 1},
+        "failurePolicy": {
+            "restartInPlace": True,
+            "backoffSeconds": 0,
+            "restartStrategy": "RecreateFailed",
+        },
+    }
+    w = World("rdzv", spec)
+    heard: dict[str, LauncherStatus] = {}
+    w.reconciler.launchers.sync = lambda key, token, pods: dict(heard)  # type: ignore[method-assign]
+
+    def up(pod: dict[str, Any]) -> None:
+        running(pod)
+        pod["status"]["podIP"] = "127.0.9." + str(len(pod["metadata"]["name"]))
+
+    w.pass_()
+    w.catch_up()
+    w.each_pod(up)
+    w.catch_up()
+    w.pass_()  # the pool starts
+    w.catch_up()
+    w.each_pod(up)
+    heard["rdzv-spare-0"] = LauncherStatus(3, protocol.SPARE, 0, spare=True)
+    w.catch_up()
+    # Worker 0 goes: the spare takes index 0 (and hosts the world's store on its IP).
+    lost = w.api.get("pods", NS, "rdzv-worker-0")["metadata"]
+    lost["deletionTimestamp"], uid0 = "2026-01-01T00:00:00Z", lost["uid"]
+    w.catch_up()
+    w.pass_()
+    w.controller.observe_pod(w.key, "rdzv-worker-0", uid0, True, gone=True)
+    heard.clear()  # no spare is warm any more
+    w.catch_up()
+    w.pass_()
+    spare_ip = w.api.get("pods", NS, "rdzv-spare-0")["status"]["podIP"]
+    # Then worker 1 fails: no warm spare, it is recreated under its own name.
+    bad = w.api.get("pods", NS, "rdzv-worker-1")
+    bad["status"]["phase"] = "Failed"
+    bad["status"]["containerStatuses"] = [
+        {"name": api.WORKER_CONTAINER, "state": {"terminated": {"exitCode": 1}}}
+    ]
+    w.catch_up()
+    w.pass_()  # deletes it (the fake removes it at once)
+    w.controller.observe_pod(w.key, "rdzv-worker-1", bad["metadata"]["uid"], True, gone=True)
+    w.catch_up()
+    w.pass_()  # creates the new worker 1
+    new = w.api.get("pods", NS, "rdzv-worker-1")
+    assert new["metadata"]["uid"] != bad["metadata"]["uid"]
+    env = {e["name"]: e.get("value") for e in new["spec"]["containers"][0]["env"]}
+    assert env["PET_RDZV_ENDPOINT"] == f"{spare_ip}:{api.RDZV_PORT}"
+    w.forget()
