@@ -332,7 +332,13 @@ def test_a_deleted_worker_is_replaced_by_a_warm_spare_then_worker_0_by_the_refil
     st = recovered(real, ns, name, 2)
     assert st["restartGeneration"] == 0 and st["restarts"] == 2
     assert labels_of(real, ns, f"{name}-spare-1").get(f"{realtraining.GROUP}/worker-index") == "0"
-    assert t.source.startswith("peer rank") and t.redone == 0, t
+    # The store's host went with worker 0. Usually the survivor serves the state at once;
+    # once in five observed runs (a loaded machine) its process did not leave the old world
+    # and was killed after the launcher's 30 s leave timeout, and the world loaded the
+    # checkpoint its coordinated stop had just written (docs/failover.md, Warm spares,
+    # Limits). Either way nothing is redone and the loss goes on exactly.
+    assert t.source.startswith("peer rank") or t.source == "checkpoint", t
+    assert t.redone == 0, t
     assert t.first_loss == reference[t.resumed_from + 1], (t, reference[t.resumed_from + 1])
     print(f"spare takes worker 0: delete -> first new step {t.seconds:.2f} s {t.phases} ({t})")
     # A third spare is started for the pool (the freed node) and the job runs on.
