@@ -81,6 +81,16 @@ def start(real: Any, ns: str, root: Path, name: str, **kw: Any) -> Path:
     return checkpoints
 
 
+def trained(real: Any, ns: str, name: str, steps: int) -> None:
+    """Rank 0 logged `steps` steps."""
+    wait_for(
+        lambda: max(losses(text(real, ns, name)), default=0) >= steps,
+        timeout=240,
+        interval=1,
+        what=f"{steps} training steps",
+    )
+
+
 def text(real: Any, ns: str, name: str) -> str:
     return realtraining.logs(real, ns, name, 0)
 
@@ -174,12 +184,7 @@ def test_a_killed_process_restarts_in_its_pod_from_a_peer_then_a_dead_world_from
     name = "inplace"
     jobs.append(name)
     checkpoints = start(real, ns, root, name)
-    wait_for(
-        lambda: max(losses(text(real, ns, name)), default=0) >= 6,
-        timeout=240,
-        interval=1,
-        what="six training steps",
-    )
+    trained(real, ns, name, 6)
     uids = pods(real, ns, name)
     assert len(uids) == 2
 
@@ -240,12 +245,7 @@ def test_an_exit_code_a_fail_rule_names_fails_the_job_though_its_pods_are_health
     name = "failrule"
     jobs.append(name)
     start(real, ns, root, name, policy={"rules": [{"exitCodes": [137], "action": "Fail"}]})
-    wait_for(
-        lambda: max(losses(text(real, ns, name)), default=0) >= 3,
-        timeout=240,
-        interval=1,
-        what="three training steps",
-    )
+    trained(real, ns, name, 3)
     kill_workers(ns, name, [1])
     st = wait_for(
         lambda: (s := status(real, ns, name)).get("phase") == "Failed" and s,
@@ -293,12 +293,7 @@ def test_a_deleted_worker_is_replaced_by_a_warm_spare_then_worker_0_by_the_refil
     name = "spares"
     jobs.append(name)
     start(real, ns, root, name, spares=1)
-    wait_for(
-        lambda: max(losses(text(real, ns, name)), default=0) >= 6,
-        timeout=240,
-        interval=1,
-        what="six training steps",
-    )
+    trained(real, ns, name, 6)
     wait_warm(real, ns, f"{name}-spare-0")
     uids = pods(real, ns, name)
     assert sorted(uids) == [f"{name}-spare-0", f"{name}-worker-0", f"{name}-worker-1"]
