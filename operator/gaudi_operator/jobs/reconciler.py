@@ -479,22 +479,7 @@ class Reconciler:
                 status.in_place_generation,
                 rendezvous,
             )
-            try:
-                async with self._pod_slots:
-                    await kube.create(self.clients, pods_path, manifest)
-            except BaseException as err:
-                code = kube.status_code(err)
-                if code == 409:
-                    return "exists"  # an earlier pass's: the watch will show it
-                self.expectations.created(key, names[index])  # never to be seen
-                # 422: the pod is invalid; 400: it cannot even be decoded (a quantity the
-                # CRD took as a string). Either way the spec is wrong: InvalidSpec, no retry.
-                if code in (400, 422):
-                    return "rejected:" + kube.api_message(err)
-                if code == 403 and not kube.namespace_terminating(err):
-                    return "refused:" + kube.api_message(err)
-                raise
-            return "created"
+            return await self._post_pod(key, pods_path, names[index], manifest)
 
         results = await asyncio.gather(*(create(i) for i in plan.create), return_exceptions=True)
         out.created = [i for i, r in zip(plan.create, results, strict=True) if r == "created"]
@@ -596,17 +581,8 @@ class Reconciler:
                 status.in_place_generation,
                 rendezvous,
             )
-            try:
-                async with self._pod_slots:
-                    await kube.create(self.clients, pods_path, manifest)
-            except BaseException as err:
-                if kube.status_code(err) == 409:
-                    return None  # an earlier pass's: the watch will show it
-                self.expectations.created(key, names[number])
-                if kube.status_code(err) in (400, 403, 422):
-                    return kube.api_message(err)
-                raise
-            return None
+            said = await self._post_pod(key, pods_path, names[number], manifest)
+            return said.partition(":")[2] if said.startswith(("rejected:", "refused:")) else None
 
         results = await asyncio.gather(
             *(create(n) for n in plan.create_spares), return_exceptions=True
@@ -614,9 +590,7 @@ class Reconciler:
         errors = [r for r in results if isinstance(r, BaseException)]
         refused = [r for r in results if isinstance(r, str)]
         if refused:
-            attempts = refusal.attempts + 1 if refusal is not None else 1
-            delay = min(REFUSAL_BACKOFF_MAX_SECONDS, REFUSAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
-            self._spare_refusals[key] = _Refusal(attempts, now + timedelta(seconds=delay))
+            self._spare_refusals[key] = _next_refusal(refusal, now)
             if refusal is None:
                 events.append(
                     Event(
@@ -630,6 +604,27 @@ class Reconciler:
             self._spare_refusals.pop(key, None)
         if errors:
             raise errors[0]
+
+    async def _post_pod(self, key: Key, path: str, name: str, manifest: Mapping[str, Any]) -> str:
+        """POST one pod (a worker or a spare): "created", "exists" (an earlier pass's, the
+        watch will show it), "rejected:<message>" (400/422: the spec cannot be a pod,
+        InvalidSpec, no retry) or "refused:<message>" (403, a quota: may pass, back off);
+        anything else raises. A pod that will never be seen is taken off the expectations."""
+        try:
+            async with self._pod_slots:
+                await kube.create(self.clients, path, manifest)
+        except BaseException as err:
+            code = kube.status_code(err)
+            if code == 409:
+                return "exists"
+            self.expectations.created(key, name)  # never to be seen
+            # 400: it cannot even be decoded (a quantity the CRD took as a string).
+            if code in (400, 422):
+                return "rejected:" + kube.api_message(err)
+            if code == 403 and not kube.namespace_terminating(err):
+                return "refused:" + kube.api_message(err)
+            raise
+        return "created"
 
     def _hold_refused(self, key: Key, plan: Plan, now: datetime) -> float | None:
         """While a refused creation backs off, passes create nothing; seconds left."""
@@ -658,11 +653,9 @@ class Reconciler:
             if not creation.rejected:
                 self._refusals.pop(key, None)  # all created: the refusal is over
             return None
-        attempts = self._refusals[key].attempts + 1 if key in self._refusals else 1
-        delay = min(REFUSAL_BACKOFF_MAX_SECONDS, REFUSAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
-        self._refusals[key] = _Refusal(attempts, now + timedelta(seconds=delay))
+        self._refusals[key] = _next_refusal(self._refusals.get(key), now)
         _mark_refused(plan, creation, generation, now, events)
-        return delay
+        return (self._refusals[key].retry_at - now).total_seconds()
 
     async def _delete_workers(self, job: JobView, plan: Plan, events: list[Event]) -> None:
         if not plan.delete:
@@ -765,6 +758,13 @@ class Reconciler:
                 return None, left
         self._held.pop(key, None)
         return await self.status.write(read, new), None
+
+
+def _next_refusal(last: _Refusal | None, now: datetime) -> _Refusal:
+    """One more refusal: retried after 5 s, doubling up to the cap."""
+    attempts = last.attempts + 1 if last is not None else 1
+    delay = min(REFUSAL_BACKOFF_MAX_SECONDS, REFUSAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
+    return _Refusal(attempts, now + timedelta(seconds=delay))
 
 
 def _mark_refused(
