@@ -328,7 +328,7 @@ def test_a_deleted_worker_is_replaced_by_a_warm_spare_then_worker_0_by_the_refil
     assert st["restartGeneration"] == 0 and st["restarts"] == 2
     assert labels_of(real, ns, f"{name}-spare-1").get(f"{realtraining.GROUP}/worker-index") == "0"
     # The store's host went with worker 0. Usually the survivor serves the state at once;
-    # once in seven observed runs (a loaded machine) its process did not leave the old world
+    # once in eight observed runs (a loaded machine) its process did not leave the old world
     # and was killed after the launcher's 30 s leave timeout, and the world loaded the
     # checkpoint its coordinated stop had just written (docs/failover.md, Warm spares,
     # Limits). Either way nothing is redone and the loss goes on exactly.
