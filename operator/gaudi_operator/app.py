@@ -1,6 +1,7 @@
 """The operator process: kopf start-up that builds the shared clients and starts every
-behaviour, in order. Importing this module registers all kopf handlers (each behaviour's
-`wiring` module); `gaudi3 operator` imports it and runs kopf.
+behaviour, in order. Importing this module registers all kopf handlers (one index and one
+event handler per resource in `handlers`, which feed each behaviour's `wiring`);
+`gaudi3 operator` imports it and runs kopf.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from typing import Any
 
 import kopf
 
+from gaudi_operator import handlers  # noqa: F401  (registers the resource handlers)
 from gaudi_operator.autoscaling import wiring as autoscaling_wiring
 from gaudi_operator.clients import kopf_session, kube
 from gaudi_operator.failover import wiring as failover_wiring
-from gaudi_operator.jobs import wiring as jobs_wiring  # noqa: F401  (registers its handlers)
+from gaudi_operator.jobs import wiring as jobs_wiring  # noqa: F401  (the workqueue probe)
 from gaudi_operator.jobs.gaudi import GaudiSettings, NodeLabel, ScaleOutNodes
 from gaudi_operator.jobs.reconciler import Reconciler
 from gaudi_operator.observability import metrics

@@ -1,7 +1,8 @@
-"""kopf wiring for failover: the node watch, vanished workers, and the stall clock's life.
+"""Failover's wiring: the node watch, vanished workers, and the stall clock's life.
 
-Thin: each handler updates what `signals` knows and wakes the jobs concerned; the
-decisions are made in the next reconcile pass by `policy.step`.
+Thin: each function (called by the one handler per resource, `gaudi_operator.handlers`)
+updates what `signals` knows and wakes the jobs concerned; the decisions are made in the
+next reconcile pass by `policy.step`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
-from gaudi_operator import api
 from gaudi_operator.clients.promql import DEFAULT_NAMESPACE_LABEL
 from gaudi_operator.failover import signals
 from gaudi_operator.failover.stall import (
@@ -27,8 +27,6 @@ from gaudi_operator.failover.stall import (
 from gaudi_operator.runtime.supervision import supervise
 
 log = logging.getLogger(__name__)
-
-CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
 
 
 def _controller(memo: kopf.Memo) -> Any:
@@ -74,10 +72,7 @@ async def stop(memo: kopf.Memo) -> None:
     await signals.PROBES.aclose()
 
 
-@kopf.on.event("v1", "nodes")
-async def node_event(
-    type: str | None, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any
-) -> None:
+def node_seen(memo: kopf.Memo, type: str | None, name: str, body: Mapping[str, Any]) -> None:
     # Only a change of health matters (Ready, allocatable HPUs, gone); heartbeats do not.
     if not signals.NODES.update(type, body):
         return
@@ -88,28 +83,18 @@ async def node_event(
         controller.enqueue(key)
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def worker_deleted(
-    type: str | None,
-    body: kopf.Body,
-    namespace: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    **_: Any,
+def pod_seen(
+    memo: kopf.Memo, type: str | None, key: tuple[str, str], body: Mapping[str, Any]
 ) -> None:
+    """A worker deleted by someone else (an eviction, `kubectl delete`): recorded as a
+    disruption for its job's next pass."""
     if type != "DELETED":
         return
     failure = signals.DISRUPTIONS.pod_deleted(body)
     controller = _controller(memo)
     if failure is not None and controller is not None:
-        log.info(
-            "%s/%s: worker %s vanished: %s",
-            namespace,
-            labels[api.LABEL_JOB_NAME],
-            failure.pod,
-            failure.message,
-        )
-        controller.enqueue((namespace, labels[api.LABEL_JOB_NAME]))
+        log.info("%s/%s: worker %s vanished: %s", *key, failure.pod, failure.message)
+        controller.enqueue(key)
 
 
 async def hpu_health_loop(memo: kopf.Memo) -> None:

@@ -1,20 +1,18 @@
-"""kopf wiring of Kueue admission, thin: a job or its Workload changed, so look again.
-Decisions live in `policy`; effects in `effects`."""
+"""Kueue admission's wiring, thin: a job, its pods or its Workload changed, so look again
+(called by the one handler per resource, `gaudi_operator.handlers`). Decisions live in
+`policy`; effects in `effects`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from gaudi_operator import api
 from gaudi_operator.clients import kube
 from gaudi_operator.jobs.gaudi import GaudiSettings
-from gaudi_operator.queueing import policy
 from gaudi_operator.queueing.effects import Admission, AdmissionController, may_be_queued
 from gaudi_operator.runtime import failpoints
-
-CHILD_LABELS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_JOB_NAME: kopf.PRESENT}
 
 
 async def start(
@@ -34,47 +32,52 @@ async def stop(memo: kopf.Memo) -> None:
         await controller.stop()
 
 
+Key = tuple[str, str]  # (namespace, job name)
+
+
 def _wake(
-    memo: kopf.Memo, key: tuple[str, str], indices: dict[str, Any], workload_deleting: bool = False
+    memo: kopf.Memo,
+    key: Key,
+    jobs: Mapping[Key, Any],
+    pods: Mapping[Key, Any],
+    workload_deleting: bool = False,
 ) -> None:
     controller: AdmissionController | None = memo.get("queueing")
     if controller is None:
         return
     if controller.jobs is None:
-        controller.bind(indices["gtj_jobs"], indices["gtj_pods"])
+        controller.bind(jobs, pods)
     controller.enqueue(key, workload_deleting)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="queueing")
-async def job_event(
-    type: str | None,
-    namespace: str,
-    name: str,
-    body: kopf.Body,
+def job_seen(
     memo: kopf.Memo,
-    **kwargs: Any,
+    type: str | None,
+    key: Key,
+    body: Mapping[str, Any],
+    jobs: Mapping[Key, Any],
+    pods: Mapping[Key, Any],
 ) -> None:
     if type != "DELETED":
-        _wake(memo, (namespace, name), kwargs)
+        _wake(memo, key, jobs, pods)
     elif may_be_queued(body):
         # The garbage collector deletes its Workload next: look after it even if the
         # Workload's own events never reach us (see effects.ORPHAN_RECHECK_SECONDS).
-        _wake(memo, (namespace, name), kwargs, workload_deleting=True)
+        _wake(memo, key, jobs, pods, workload_deleting=True)
 
 
-@kopf.on.event(
-    policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, policy.WORKLOAD_PLURAL, labels=CHILD_LABELS
-)
-async def workload_event(
-    namespace: str, labels: kopf.Labels, meta: kopf.Meta, memo: kopf.Memo, **kwargs: Any
+def workload_seen(
+    memo: kopf.Memo,
+    key: Key,
+    meta: Mapping[str, Any],
+    jobs: Mapping[Key, Any],
+    pods: Mapping[Key, Any],
 ) -> None:
     if failpoints.armed("drop-workload-events"):
         return  # tests: a watch that never delivers (the safety nets must cope)
-    deleting = bool(meta.get("deletionTimestamp"))
-    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs, deleting)
+    _wake(memo, key, jobs, pods, bool(meta.get("deletionTimestamp")))
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="queueing")
-async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+def pod_seen(memo: kopf.Memo, key: Key, jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
     # An evicted job hands its quota back once its last worker is gone.
-    _wake(memo, (namespace, labels[api.LABEL_JOB_NAME]), kwargs)
+    _wake(memo, key, jobs, pods)
