@@ -759,6 +759,14 @@ def waiting_for_placement(status: Mapping[str, Any]) -> bool:
     )
 
 
+def first_progress(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when `new` is a job's first status (the reconciler never wrote one) and says
+    only that its workers are on their way (Pending or Starting). The reconciler may hold
+    it for a few seconds too, so that a job whose workers run soon costs one status write
+    from create to Running; a decision (a refusal, an invalid spec) is written at once."""
+    return not old.get("phase") and new.get("phase") in _PROGRESS_PHASES
+
+
 def progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """True when the status change from `old` to `new` is workers' progress alone: the
     counts, the Created and Scheduled conditions, Pending <-> Starting, and the messages of

@@ -10,7 +10,9 @@ client-go's controller habits:
 - one status writer (`runtime.status_writer`): status is written only when it changed,
   guarded by the version read, rebased onto the other writers' fields. Workers' progress
   on their way to Running waits up to `status_debounce_seconds` to go out with the next
-  change (`jobs.plan.progress_only`): from create to Running a job costs two status writes;
+  change (`jobs.plan.progress_only`), a job's first status up to 5 s
+  (`jobs.plan.first_progress`): from create to Running a job costs one or two status
+  writes;
 - events after the status write that decides them (a pass whose write conflicts decides
   again, events included); events for what was done (pods created, deleted) once done.
 
@@ -73,6 +75,9 @@ REFUSAL_BACKOFF_MAX_SECONDS = 300.0
 # Progress held back (see `Reconciler._write_status`) while a worker cannot be placed is
 # written after this long at most: "why is my job Pending" must not wait the full debounce.
 UNPLACED_DEBOUNCE_SECONDS = 5.0
+# A job's first status, while its workers are on their way, is held this long at most
+# (`jobs.plan.first_progress`): a job whose workers run within it gets one status write.
+FIRST_STATUS_HOLD_SECONDS = 5.0
 # A decision some launcher did not take (not up yet, a lost connection): told again after.
 RETRY_DELIVERY_SECONDS = 1.0
 
@@ -739,17 +744,22 @@ class Reconciler:
 
         Workers' progress alone (`jobs.plan.progress_only`), with nothing decided, waits up
         to `debounce` seconds (5 s while a worker cannot be placed) for the next change to go
-        out with: returns (None, seconds left) while it waits. The trade-off: `kubectl get`
-        may show Pending for those seconds while pods already start (image pulls); a job on
-        its way to Running costs two status writes, even on a loaded API server.
+        out with: returns (None, seconds left) while it waits. A job's first status waits
+        5 s at most (`jobs.plan.first_progress`). The trade-off: `kubectl get` may show no
+        phase for up to 5 s after the pods are created, and Pending for longer while pods
+        already start (image pulls); a job whose workers run within 5 s costs one status
+        write to Running, any other at most two, even on a loaded API server.
         """
         old = read.get("status") or {}
         new = plan.status.to_dict()
         if not status_patch(old, new):
             self._held.pop(key, None)
             return None, None
-        if self.debounce > 0 and not decided and job_plan.progress_only(old, new):
+        first = job_plan.first_progress(old, new)
+        if self.debounce > 0 and not decided and (first or job_plan.progress_only(old, new)):
             hold = self.debounce
+            if first:
+                hold = min(hold, FIRST_STATUS_HOLD_SECONDS)
             if job_plan.waiting_for_placement(new):
                 hold = min(hold, UNPLACED_DEBOUNCE_SECONDS)
             since = self._held.setdefault(key, self._monotonic())

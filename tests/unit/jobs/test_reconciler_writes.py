@@ -236,10 +236,42 @@ def test_create_to_running_costs_at_most_n_plus_4_writes(workers: int) -> None:
     w.forget()
 
 
+def test_a_job_whose_workers_run_within_the_first_hold_costs_one_status_write() -> None:
+    w = World("quick", {"workers": {"replicas": 2}}, debounce=30.0)
+    w.pass_()
+    assert "status" not in w.job  # the first status waits for the workers, 5 s at most
+    for step in (scheduled, running):
+        w.clock.advance(1)
+        w.each_pod(step)
+        w.catch_up()
+        w.pass_()
+    assert w.job["status"]["phase"] == "Running"
+    assert w.api.writes(PLURAL + "/status") == 1
+    created = condition(w.job, "Created")
+    assert created is not None and created["status"] == "True"
+    w.forget()
+
+
+def test_a_job_s_first_status_is_written_within_five_seconds() -> None:
+    w = World("slow-first", {"workers": {"replicas": 2}}, debounce=30.0)
+    w.pass_()
+    w.catch_up()
+    w.pass_()
+    assert "status" not in w.job
+    w.clock.advance(5.1)
+    w.catch_up()
+    w.pass_()
+    assert w.job["status"]["phase"] in ("Pending", "Starting")
+    assert w.api.writes(PLURAL + "/status") == 1
+    w.forget()
+
+
 def test_progress_alone_is_written_after_the_debounce_when_nothing_else_comes() -> None:
     w = World("slow-start", {"workers": {"replicas": 2}}, debounce=30.0)
     w.pass_()
     w.catch_up()
+    w.clock.advance(5.1)  # the first status goes out after its hold
+    w.pass_()
     w.each_pod(scheduled)
     w.catch_up()
     w.pass_()
