@@ -53,7 +53,7 @@ class FailoverRecorder:
                     strategy=strategy,
                     counted=str(decision.counted).lower(),
                 ).inc()
-                metrics.JOB_RESTARTS.labels(gtj_namespace=job.namespace, gtj=job.name).inc()
+                metrics.JOB_SERIES.restarted(job.namespace, job.name)
                 self._open.setdefault(key, _Recovery(since=now)).restarted = True
                 handled = None if decision.new_generation else decision.pods_to_delete
                 DISRUPTIONS.handled(job.namespace, job.name, handled)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gaudi_operator.api import Phase
 
@@ -41,13 +44,13 @@ def track_cache(name: str, size: Callable[[], int]) -> None:
 
 class PhaseTracker:
     """Keeps gaudi_operator_jobs{phase} equal to the jobs' current phases, and each job's
-    own series (phase, workers, conditions, restarts) equal to its last reconcile pass."""
+    own series (phase, workers, conditions, restarts; `JOB_SERIES`) equal to its last
+    reconcile pass."""
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
-        self._conditions: dict[tuple[str, str], set[str]] = {}
         track_cache("job_phases", lambda: len(self._phases))
-        track_cache("job_conditions", lambda: len(self._conditions))
+        track_cache("job_conditions", JOB_SERIES.with_conditions)
         for phase in Phase:
             JOBS.labels(phase=phase.value).set(0)
 
@@ -58,38 +61,18 @@ class PhaseTracker:
         workers: Mapping[str, int] | None = None,
         conditions: Mapping[str, bool] | None = None,
     ) -> None:
-        ns, name = key
         old = self._phases.get(key)
         self._phases[key] = phase
+        JOB_SERIES.set(key, phase, workers, conditions)
         if old != phase:
-            if old is not None:
-                JOB_PHASE.remove(ns, name, old)
-            else:
-                # A counter that appears at 1 hides its first increase from increase().
-                JOB_RESTARTS.labels(gtj_namespace=ns, gtj=name)
-            JOB_PHASE.labels(gtj_namespace=ns, gtj=name, phase=phase).set(1)
-        for state, n in (workers or {}).items():
-            JOB_WORKERS.labels(gtj_namespace=ns, gtj=name, state=state).set(n)
-        if conditions is not None:
-            for gone in self._conditions.get(key, set()) - conditions.keys():
-                JOB_CONDITION.remove(ns, name, gone)
-            for type_, true in conditions.items():
-                JOB_CONDITION.labels(gtj_namespace=ns, gtj=name, condition=type_).set(int(true))
-            self._conditions[key] = set(conditions)
-        self._publish()
+            self._publish()
 
     def forget(self, key: tuple[str, str]) -> None:
         phase = self._phases.pop(key, None)
+        JOB_SERIES.forget(key)
         if phase is None:
             return
-        ns, name = key
-        JOB_PHASE.remove(ns, name, phase)
-        for state in JOB_WORKER_STATES:
-            JOB_WORKERS.remove(ns, name, state)
-        for type_ in self._conditions.pop(key, set()):
-            JOB_CONDITION.remove(ns, name, type_)
-        JOB_RESTARTS.remove(ns, name)
-        AUTOSCALE_DESIRED_REPLICAS.remove(ns, name)
+        AUTOSCALE_DESIRED_REPLICAS.remove(*key)
         self._publish()
 
     def _publish(self) -> None:
@@ -165,29 +148,107 @@ def set_hpu_faults(by_kind: Mapping[str, int]) -> None:
 # Labelled gtj/gtj_namespace like the launcher's series: `job` and `namespace` are target
 # labels a ServiceMonitor scrape sets (the operator's own), and would clash.
 
-JOB_PHASE = Gauge(
-    "gaudi_operator_job_phase",
-    "1 for the job's current phase (one series per job)",
-    ["gtj_namespace", "gtj", "phase"],
-)
 JOB_WORKER_STATES = ("desired", "ready", "pending")
-JOB_WORKERS = Gauge(
-    "gaudi_operator_job_workers",
-    "The job's workers: desired (0 once finished or suspended), ready, and pending "
-    "(pods in phase Pending: unscheduled or still starting)",
-    ["gtj_namespace", "gtj", "state"],
-)
-JOB_CONDITION = Gauge(
-    "gaudi_operator_job_condition",
-    "The job's status conditions: 1 when True, 0 when False",
-    ["gtj_namespace", "gtj", "condition"],
-)
-JOB_RESTARTS = Counter(
-    "gaudi_operator_job_restarts",
-    "Restarts of the job by failover seen by this operator process (counted against "
-    "maxRestarts or not)",
-    ["gtj_namespace", "gtj"],
-)
+_JOB_LABELS = ("gtj_namespace", "gtj")
+
+
+class _Job:
+    """One job's series, as small as a few references: a prometheus-client child per
+    series (ten a job) cost about 8.5 MiB at a thousand jobs."""
+
+    __slots__ = ("conditions", "phase", "restarts", "workers")
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self.workers: tuple[int, ...] | None = None
+        self.conditions: tuple[tuple[str, bool], ...] | None = None
+        self.restarts = 0
+
+
+class JobSeries(Collector):
+    """The per-job series, built at scrape time from one small record per job:
+    gaudi_operator_job_phase (1 for the current phase), gaudi_operator_job_workers
+    (desired, ready, pending: 0 once finished or suspended; pending is pods in phase
+    Pending), gaudi_operator_job_condition (1 True, 0 False) and
+    gaudi_operator_job_restarts_total (failover restarts seen by this process, from 0 so
+    that the first increase counts). Written from the event loop, read from the scrape's
+    thread: under a lock."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._lock = threading.Lock()
+
+    def set(
+        self,
+        key: tuple[str, str],
+        phase: str,
+        workers: Mapping[str, int] | None,
+        conditions: Mapping[str, bool] | None,
+    ) -> None:
+        with self._lock:
+            job = self._jobs.get(key) or self._jobs.setdefault(key, _Job())
+            job.phase = phase
+            if workers:
+                before = dict(zip(JOB_WORKER_STATES, job.workers or (), strict=False))
+                merged = {**before, **workers}
+                job.workers = tuple(merged.get(s, 0) for s in JOB_WORKER_STATES)
+            if conditions is not None:
+                job.conditions = tuple(conditions.items())
+
+    def restarted(self, namespace: str, name: str) -> None:
+        with self._lock:
+            job = self._jobs.get((namespace, name))
+            if job is None:
+                job = self._jobs[(namespace, name)] = _Job()
+            job.restarts += 1
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def with_conditions(self) -> int:
+        return sum(1 for j in list(self._jobs.values()) if j.conditions)
+
+    def collect(self) -> Iterator[Metric]:
+        phase = GaugeMetricFamily(
+            "gaudi_operator_job_phase",
+            "1 for the job's current phase (one series per job)",
+            labels=[*_JOB_LABELS, "phase"],
+        )
+        workers = GaugeMetricFamily(
+            "gaudi_operator_job_workers",
+            "The job's workers: desired (0 once finished or suspended), ready, and pending "
+            "(pods in phase Pending: unscheduled or still starting)",
+            labels=[*_JOB_LABELS, "state"],
+        )
+        condition = GaugeMetricFamily(
+            "gaudi_operator_job_condition",
+            "The job's status conditions: 1 when True, 0 when False",
+            labels=[*_JOB_LABELS, "condition"],
+        )
+        restarts = CounterMetricFamily(
+            "gaudi_operator_job_restarts",
+            "Restarts of the job by failover seen by this operator process (counted against "
+            "maxRestarts or not)",
+            labels=list(_JOB_LABELS),
+        )
+        with self._lock:
+            jobs = [
+                (k, j.phase, j.workers, j.conditions, j.restarts) for k, j in self._jobs.items()
+            ]
+        for (ns, name), p, w, c, r in jobs:
+            if p:
+                phase.add_metric([ns, name, p], 1)
+            for state, n in zip(JOB_WORKER_STATES, w or (), strict=False):
+                workers.add_metric([ns, name, state], n)
+            for type_, true in c or ():
+                condition.add_metric([ns, name, type_], int(true))
+            restarts.add_metric([ns, name], r)
+        yield from (phase, workers, condition, restarts)
+
+
+JOB_SERIES = JobSeries()
+REGISTRY.register(JOB_SERIES)
 
 # --- the stall clock (failover/stall.py): progress lives here and in memory, not status ----
 

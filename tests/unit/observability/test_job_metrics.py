@@ -44,7 +44,7 @@ def test_the_restart_counter_starts_at_zero_so_its_first_increase_counts() -> No
     tracker = metrics.PhaseTracker()
     tracker.set(KEY, "Running")
     assert value("gaudi_operator_job_restarts_total") == 0
-    metrics.JOB_RESTARTS.labels(gtj_namespace="team-a", gtj="llama").inc()
+    metrics.JOB_SERIES.restarted("team-a", "llama")
     assert value("gaudi_operator_job_restarts_total") == 1
     tracker.forget(KEY)
 

@@ -65,7 +65,7 @@ def test_a_job_deleted_during_its_pass_is_forgotten_not_recorded() -> None:
         assert cache_entries(cache) == 0, cache
     series = [
         s
-        for m in metrics.JOB_PHASE.collect()
+        for m in metrics.JOB_SERIES.collect()
         for s in m.samples
         if s.labels.get("gtj") == "train" and s.labels.get("gtj_namespace") == "ns"
     ]
