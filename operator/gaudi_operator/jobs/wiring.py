@@ -66,6 +66,9 @@ def job_seen(
             controller.forget(key)
         return
     wake(memo, key, jobs, pods, services)
+    controller = memo.get("controller")
+    if controller is not None:
+        controller.observe_job(key)
 
 
 def pod_seen(

@@ -172,6 +172,17 @@ class Controller:
         self.queue.add(key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
+    def observe_job(self, key: Key) -> None:
+        """A job watch event, after kopf updated the job index: our last write of the job
+        is dropped once the index shows it (it is a whole job, kept only while the index
+        lags; otherwise every job written and not passed again kept one until its resync)."""
+        written = self._written.get(key)
+        if written is None:
+            return
+        indexed = first((self.jobs or {}).get(key))
+        if indexed is None or written.pick(indexed) is None:
+            del self._written[key]
+
     def observe_pod(
         self,
         key: Key,

@@ -70,3 +70,31 @@ def test_a_job_deleted_during_its_pass_is_forgotten_not_recorded() -> None:
         if s.labels.get("gtj") == "train" and s.labels.get("gtj_namespace") == "ns"
     ]
     assert series == []
+
+
+class Writes:
+    """A pass that writes the job's status: the answer is version 2."""
+
+    async def reconcile(
+        self, body: Mapping[str, Any], observed: Iterable[Any], service_exists: bool
+    ) -> Result:
+        return Result(body={**BODY, "metadata": {**BODY["metadata"], "resourceVersion": "2"}})
+
+    def forget(self, key: Any) -> None:
+        pass
+
+
+def test_our_write_is_dropped_as_soon_as_the_job_event_shows_it() -> None:
+    """A whole job is kept only while the index lags behind our write: the job event that
+    brings the write in drops it, not the job's next pass (at rest, its resync)."""
+    jobs: dict[Any, Any] = {KEY: [BODY]}
+    controller = Controller(Writes())  # type: ignore[arg-type]
+    controller.bind(jobs, {}, {})
+    asyncio.run(controller.process(KEY))
+    assert cache_entries("controller_written") == 1
+    controller.observe_job(KEY)  # an event of an unrelated field: the index still lags
+    assert cache_entries("controller_written") == 1
+    jobs[KEY] = [{**BODY, "metadata": {**BODY["metadata"], "resourceVersion": "2"}}]
+    controller.observe_job(KEY)
+    assert cache_entries("controller_written") == 0
+    controller.forget(KEY)
