@@ -58,6 +58,7 @@ from gaudi_operator.failover.progress import (
 )
 from gaudi_operator.failover.signals import CLOCKS, PROBES, PrometheusProbes
 from gaudi_operator.observability import metrics
+from gaudi_operator.runtime.packed import unpack
 from gaudi_operator.runtime.status_writer import STALL_CLOCK, RetrySoon, StatusWriter
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class StallClock:
         """One look at every job: read, remember, write what status should say, wake."""
         started = time.monotonic()
         now = self.now()
-        bodies = {key: next(iter(store), None) for key, store in list(jobs.items())}
+        bodies = {key: unpack(next(iter(store), None)) for key, store in list(jobs.items())}
         self._forget(self.clocks.retain(bodies))
         self._specs = {k: v for k, v in self._specs.items() if k in bodies}
         watched = [w for key, body in bodies.items() if (w := self._watch(key, body))]

@@ -25,6 +25,7 @@ from gaudi_operator.jobs.gaudi import GaudiSettings
 from gaudi_operator.jobs.observation import WorkerPod, parse_status
 from gaudi_operator.observability.events import post_event
 from gaudi_operator.queueing import policy
+from gaudi_operator.runtime.packed import unpack
 from gaudi_operator.runtime.status_writer import QUEUEING, RetrySoon, StatusWriter
 from gaudi_operator.runtime.supervision import supervise
 from gaudi_operator.runtime.workqueue import WorkQueue
@@ -360,7 +361,7 @@ class AdmissionController:
                 self.queue.done(key)
 
     async def _process(self, key: Key) -> None:
-        body = next(iter((self.jobs or {}).get(key) or ()), None)
+        body = unpack(next(iter((self.jobs or {}).get(key) or ()), None))
         pods = list((self.pods or {}).get(key) or ())
         try:
             if body is None:  # deleted: its Workloads wait for its workers, then go

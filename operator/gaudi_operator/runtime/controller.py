@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from gaudi_operator.clients import kube
 from gaudi_operator.observability import metrics
 from gaudi_operator.runtime.expectations import Expectations
+from gaudi_operator.runtime.packed import unpack
 from gaudi_operator.runtime.placement import PodPlaces
 from gaudi_operator.runtime.status_writer import RetrySoon
 from gaudi_operator.runtime.supervision import supervise
@@ -179,7 +180,7 @@ class Controller:
         written = self._written.get(key)
         if written is None:
             return
-        indexed = first((self.jobs or {}).get(key))
+        indexed = unpack(first((self.jobs or {}).get(key)))
         if indexed is None or written.pick(indexed) is None:
             del self._written[key]
 
@@ -231,7 +232,7 @@ class Controller:
                 self.queue.done(key)
 
     async def process(self, key: Key) -> None:
-        indexed = first((self.jobs or {}).get(key))
+        indexed = unpack(first((self.jobs or {}).get(key)))
         if indexed is None:
             self.forget(key)  # deleted
             return

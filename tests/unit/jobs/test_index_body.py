@@ -1,5 +1,5 @@
-"""The job index keeps what the passes read, without managedFields, and never changes the
-object kopf handed over."""
+"""The job index keeps what the passes read, without managedFields, packed as JSON, and
+never changes the object kopf handed over."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import kopf
 
 from gaudi_operator.jobs.wiring import index_body
+from gaudi_operator.runtime.packed import unpack
 
 
 def test_the_index_keeps_metadata_spec_and_status_but_not_managed_fields() -> None:
@@ -26,7 +27,8 @@ def test_the_index_keeps_metadata_spec_and_status_but_not_managed_fields() -> No
         "status": {"phase": "Running"},
     }
     before = copy.deepcopy(raw)
-    job = index_body(kopf.Body(raw))
+    job = unpack(index_body(kopf.Body(raw)))
+    assert job is not None
     assert "managedFields" not in job["metadata"]
     assert job["metadata"]["resourceVersion"] == "7"
     assert job["metadata"]["labels"] == {"a": "b"}
