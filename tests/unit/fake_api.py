@@ -1,9 +1,10 @@
 """A small in-memory API server for the effect layer's unit tests: the calls the reconciler
-and the status writer make (`kube.create`, merge-patching a job's status, pod deletes with
-uid preconditions, custom objects), with resourceVersions, 409s, 404s and injected 403s,
-and a count of every request by verb and resource, as kube-apiserver's
-`apiserver_request_total` counts them. Behaviour against the real API server is proven by
-the cluster tests; this is for "does a pass write twice", fast."""
+and the status writer make through `kube.Clients` (`kube.create`, merge-patching a job's
+status, pod deletes with uid preconditions, custom objects), answered in-process, with
+resourceVersions, 409s, 404s and injected 403s, and a count of every request by verb and
+resource, as kube-apiserver's `apiserver_request_total` counts them. Behaviour against
+the real API server is proven by the cluster tests; this is for "does a pass write
+twice", fast."""
 
 from __future__ import annotations
 
@@ -15,17 +16,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes_asyncio.client import V1ObjectMeta, V1OwnerReference, V1Secret
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from gaudi_operator.clients import kube
 from gaudi_operator.runtime.status_writer import apply_merge_patch
 
 
-def api_error(status: int, message: str) -> ApiException:
-    err = ApiException(status=status, reason=message)
-    err.body = json.dumps({"kind": "Status", "code": status, "message": message})
-    return err
+def api_error(status: int, message: str) -> kube.ApiError:
+    body = json.dumps({"kind": "Status", "code": status, "message": message})
+    return kube.ApiError(status, message, body)
 
 
 _SERVERS = itertools.count(1)
@@ -40,13 +37,10 @@ class FakeApi:
         self._uid = itertools.count(1)
         self._server = next(_SERVERS)
         # Called before every request: (verb, plural, body) -> an error to raise, or None.
-        self.fault: Callable[[str, str, Mapping[str, Any]], ApiException | None] = lambda *_: None
-        self.custom = _Custom(self)
-        self.core = _Core(self)
-        self.api_client = _ApiClient(self)
+        self.fault: Callable[[str, str, Mapping[str, Any]], kube.ApiError | None] = lambda *_: None
 
     def clients(self) -> kube.Clients:
-        return kube.Clients(self.api_client, self.core, self.custom)  # type: ignore[arg-type]
+        return _FakeClients(self)
 
     # --- the store ------------------------------------------------------------------------
 
@@ -87,25 +81,46 @@ class FakeApi:
             raise err
 
 
-class _ApiClient:
-    """`kube.create` POSTs through `call_api` with a collection path."""
+class _FakeClients(kube.Clients):
+    """`kube.Clients` with its one HTTP call answered from the store: every method the
+    operator calls (get, post, patch, delete, kube.create) goes through `request`."""
 
-    def __init__(self, api: FakeApi) -> None:
+    def __init__(self, api: FakeApi) -> None:  # no session, no credentials
         self.api = api
 
-    async def call_api(self, path: str, method: str, **kw: Any) -> None:
-        parts = path.strip("/").split("/")  # api/v1/namespaces/<ns>/<plural>[/<name>]
-        ns, plural = parts[3], parts[4]
-        body = copy.deepcopy(kw["body"])
-        if method == "PATCH":
-            self._merge_patch(ns, plural, parts[5], body)
-            return
-        assert method == "POST", method
+    async def close(self) -> None:
+        return None
+
+    async def request(
+        self, method: str, path: str, *, body: Any = None, answer: bool = True, **_: Any
+    ) -> Any:
+        # /api/v1/namespaces/<ns>/<plural>[/<name>[/<sub>]] or the same under /apis/<g>/<v>
+        parts = path.strip("/").split("/")
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+        assert parts[0] == "namespaces", path
+        ns, plural, rest = parts[1], parts[2], parts[3:]
+        name, sub = [*rest, "", ""][:2]
+        body = copy.deepcopy(body)
+        if method == "POST":
+            got = self._create(ns, plural, body)
+        elif method == "GET":
+            self.api._count("GET", plural)
+            got = copy.deepcopy(self.api.get(plural, ns, name))
+        elif method == "PATCH" and sub == "status":
+            got = self._patch_status(ns, plural, name, body)
+        elif method == "PATCH":
+            got = self._merge_patch(ns, plural, name, body)
+        else:
+            assert method == "DELETE", method
+            got = self._delete(ns, plural, name, body)
+        return got if answer else None
+
+    def _create(self, ns: str, plural: str, body: dict[str, Any]) -> dict[str, Any] | None:
         self.api._count("POST", plural, body)
         body.setdefault("metadata", {})["namespace"] = ns
         if plural == "events":
             self.api.events.append(body)
-            return
+            return None
         if plural == "pods":
             body.setdefault("status", {"phase": "Pending"})
         if plural == "secrets":
@@ -113,9 +128,11 @@ class _ApiClient:
             data = body.setdefault("data", {})
             for k, v in (body.pop("stringData", None) or {}).items():
                 data[k] = base64.b64encode(v.encode()).decode()
-        self.api.add(plural, body)
+        return self.api.add(plural, body)
 
-    def _merge_patch(self, ns: str, plural: str, name: str, patch: dict[str, Any]) -> None:
+    def _merge_patch(
+        self, ns: str, plural: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
         """A JSON merge patch of metadata (what the operator patches on pods: a spare's
         labels and annotations); a uid that is not the object's is refused (422), as the
         API server refuses a change of an immutable field."""
@@ -132,38 +149,10 @@ class _ApiClient:
                 else:
                     have[k] = v
         obj["metadata"]["resourceVersion"] = str(next(self.api._rv))
+        return copy.deepcopy(obj)
 
-    async def close(self) -> None:
-        return None
-
-
-class _Custom:
-    def __init__(self, api: FakeApi) -> None:
-        self.api = api
-
-    async def get_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, name: str
-    ) -> dict[str, Any]:
-        self.api._count("GET", plural)
-        return copy.deepcopy(self.api.get(plural, ns, name))
-
-    async def create_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        self.api._count("POST", plural, body)
-        body = copy.deepcopy(body)
-        body.setdefault("metadata", {})["namespace"] = ns
-        return self.api.add(plural, body)
-
-    async def patch_namespaced_custom_object_status(
-        self,
-        group: str,
-        version: str,
-        ns: str,
-        plural: str,
-        name: str,
-        body: dict[str, Any],
-        **_: Any,
+    def _patch_status(
+        self, ns: str, plural: str, name: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         self.api._count("PATCH", plural + "/status", body)
         obj = self.api.get(plural, ns, name)
@@ -174,56 +163,11 @@ class _Custom:
         obj["metadata"]["resourceVersion"] = str(next(self.api._rv))
         return copy.deepcopy(obj)
 
-    async def delete_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, name: str, **_: Any
-    ) -> None:
-        self.api._count("DELETE", plural)
-        self.api.get(plural, ns, name)
+    def _delete(self, ns: str, plural: str, name: str, body: dict[str, Any] | None) -> None:
+        """With the uid precondition the operator sends (pods, secrets, jobs)."""
+        self.api._count("DELETE", plural, body)
+        obj = self.api.get(plural, ns, name)
+        want = ((body or {}).get("preconditions") or {}).get("uid")
+        if want and want != obj["metadata"]["uid"]:
+            raise api_error(409, "Precondition failed: UID in precondition")
         del self.api.objects[(plural, ns, name)]
-
-
-class _Core:
-    def __init__(self, api: FakeApi) -> None:
-        self.api = api
-
-    async def read_namespaced_secret(self, name: str, ns: str, **_: Any) -> V1Secret:
-        """A typed model, as kubernetes_asyncio returns it (the restartInPlace token)."""
-        self.api._count("GET", "secrets")
-        obj = copy.deepcopy(self.api.get("secrets", ns, name))
-        meta = obj["metadata"]
-        refs = [
-            V1OwnerReference(
-                api_version=r["apiVersion"],
-                kind=r["kind"],
-                name=r["name"],
-                uid=r["uid"],
-                controller=r.get("controller"),
-            )
-            for r in meta.get("ownerReferences") or []
-        ]
-        return V1Secret(
-            metadata=V1ObjectMeta(
-                name=meta["name"], namespace=ns, uid=meta["uid"], owner_references=refs
-            ),
-            data=obj.get("data"),
-        )
-
-    async def delete_namespaced_secret(
-        self, name: str, ns: str, body: Mapping[str, Any] | None = None, **_: Any
-    ) -> None:
-        self.api._count("DELETE", "secrets", body)
-        secret = self.api.get("secrets", ns, name)
-        want = ((body or {}).get("preconditions") or {}).get("uid")
-        if want and want != secret["metadata"]["uid"]:
-            raise api_error(409, "Precondition failed: UID in precondition")
-        del self.api.objects[("secrets", ns, name)]
-
-    async def delete_namespaced_pod(
-        self, name: str, ns: str, body: Mapping[str, Any] | None = None, **_: Any
-    ) -> None:
-        self.api._count("DELETE", "pods", body)
-        pod = self.api.get("pods", ns, name)
-        want = ((body or {}).get("preconditions") or {}).get("uid")
-        if want and want != pod["metadata"]["uid"]:
-            raise api_error(409, "Precondition failed: UID in precondition")
-        del self.api.objects[("pods", ns, name)]

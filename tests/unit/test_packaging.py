@@ -13,7 +13,13 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 # Dependencies that only the dev tools (local cluster, benchmarks, demo) need.
-DEV_ONLY = {"cryptography", "pyyaml", "kubernetes", "gaudi-scale-starter-devtools"}
+DEV_ONLY = {
+    "cryptography",
+    "pyyaml",
+    "kubernetes",
+    "kubernetes-asyncio",
+    "gaudi-scale-starter-devtools",
+}
 
 
 @pytest.fixture(scope="module")

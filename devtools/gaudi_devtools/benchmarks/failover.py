@@ -39,7 +39,7 @@ class Bench:
         self.timeout = timeout
 
     async def __aenter__(self) -> Bench:
-        from gaudi_operator.clients import kube
+        from gaudi_devtools import kube_async as kube
 
         self.clients = await kube.connect(str(self.kubeconfig))
         self.core, self.custom = self.clients.core, self.clients.custom

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks.reconcile import (
     IN_FLIGHT,
     _drop_namespace,
@@ -32,7 +33,6 @@ from gaudi_devtools.benchmarks.reconcile import (
 )
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
 from gaudi_operator import api
-from gaudi_operator.clients import kube
 
 console = Console()
 

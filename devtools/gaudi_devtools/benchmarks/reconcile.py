@@ -29,11 +29,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks import support
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
 from gaudi_devtools.benchmarks.writes import controller_writes, read_request_totals
 from gaudi_operator import api
-from gaudi_operator.clients import kube
 from gaudi_operator.jobs import manifests
 
 console = Console()

@@ -271,7 +271,7 @@ class Soak:
         self.peak: dict[str, int] = {}  # per-job cache sizes seen while jobs existed
 
     async def __aenter__(self) -> Soak:
-        from gaudi_operator.clients import kube
+        from gaudi_devtools import kube_async as kube
 
         self.clients = await kube.connect(self.kubeconfig)
         self.core, self.custom = self.clients.core, self.clients.custom

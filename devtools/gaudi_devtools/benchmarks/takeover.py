@@ -194,7 +194,7 @@ class Bench:
     async def __aenter__(self) -> Bench:
         from kubernetes_asyncio import client
 
-        from gaudi_operator.clients import kube
+        from gaudi_devtools import kube_async as kube
 
         self.clients = await kube.connect(str(self.kubeconfig))
         self.custom = self.clients.custom

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -46,7 +45,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client as k8s
 from pydantic import ValidationError
 
 from gaudi_operator import api
@@ -180,7 +178,6 @@ class Autoscaler:
         self.settings = settings
         # Capacity checks place the worker pod the reconciler would create.
         self.gaudi = gaudi or GaudiSettings()
-        self.hpas = k8s.AutoscalingV2Api(clients.api_client)
         self.status = StatusWriter(clients)
         self._clock = clock
         self._prom: dict[str, PrometheusClient] = {}
@@ -337,8 +334,8 @@ class Autoscaler:
 
     async def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.clients.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name
+            return await self.clients.get(
+                kube.custom_path(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
             )
         except Exception as err:
             if kube.status_code(err) == 404:
@@ -455,10 +452,10 @@ class Autoscaler:
 
     async def _job_pods(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
         """The job's workers: its label, and controlled by this incarnation (uid) of it."""
-        resp = await self.clients.core.list_namespaced_pod(
-            namespace, label_selector=api.job_selector(name), _preload_content=False
+        listed = await self.clients.get(
+            kube.core_path(namespace, "pods"), {"labelSelector": api.job_selector(name)}
         )
-        pods = list(json.loads(await resp.read()).get("items") or [])
+        pods = list(listed.get("items") or [])
         return [p for p in pods if observe_pod(p).owner_uid in ("", uid)]
 
     async def _new_workers(
@@ -522,8 +519,7 @@ class Autoscaler:
         cached = self._node_cache
         if cached is not None and time.monotonic() - cached[0] < ROOM_CACHE_SECONDS:
             return cached[1]
-        resp = await self.clients.core.list_node(_preload_content=False)
-        nodes = list(json.loads(await resp.read()).get("items") or [])
+        nodes = list((await self.clients.get("/api/v1/nodes")).get("items") or [])
         self._node_cache = (time.monotonic(), nodes)
         return nodes
 
@@ -533,15 +529,17 @@ class Autoscaler:
         if declared.strip():
             return f"annotation {api.ANNOTATION_EXTERNAL_AUTOSCALER}={declared.strip()}"
         try:
-            hpas = await self.hpas.list_namespaced_horizontal_pod_autoscaler(namespace)
+            hpas = await self.clients.get(
+                f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers"
+            )
         except Exception as err:
             log.warning("%s/%s: cannot list HPAs: %s", namespace, name, err)
             return ""
-        for hpa in hpas.items:
-            ref = hpa.spec.scale_target_ref
-            group = (ref.api_version or "").split("/")[0]
-            if ref.kind == api.KIND and ref.name == name and group == api.GROUP:
-                return f"HorizontalPodAutoscaler {hpa.metadata.name}"
+        for hpa in hpas.get("items") or []:
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            group = (ref.get("apiVersion") or "").split("/")[0]
+            if ref.get("kind") == api.KIND and ref.get("name") == name and group == api.GROUP:
+                return f"HorizontalPodAutoscaler {(hpa.get('metadata') or {}).get('name')}"
         return ""
 
     # --- effects ------------------------------------------------------------------------

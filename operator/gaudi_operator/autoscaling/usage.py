@@ -8,7 +8,7 @@ reads one number per node, and memory is a (node, HPUs) pair per pod that holds 
 The watch starts with the first scale-up that asks (a cluster without autoscaled jobs
 never pays for it). The API server filters it (`spec.nodeName!=`, not Succeeded/Failed),
 so a pod enters the watch when it is bound and leaves it, as a DELETED event, when it
-finishes or is gone. The answers are read as JSON, without kubernetes_asyncio's models.
+finishes or is gone. The answers are read as JSON dicts.
 
 Where the operator may not list pods cluster-wide (the chart's `watchNamespaces`), the
 room is counted from the watched namespaces' pods at each check, as before, which is
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -120,14 +119,13 @@ class HpuUsage:
         token, version = "", ""
         while True:
             try:
-                resp = await self.clients.core.list_pod_for_all_namespaces(
-                    field_selector=HOLDING, limit=PAGE, _continue=token, _preload_content=False
+                page = await self.clients.get(
+                    "/api/v1/pods", {"fieldSelector": HOLDING, "limit": PAGE, "continue": token}
                 )
             except Exception as err:
                 if kube.status_code(err) == 403:
                     raise Forbidden() from err
                 raise
-            page = json.loads(await resp.read())
             # Only what the ledger needs is kept of each page.
             pods += [_slim(p) for p in page.get("items") or []]
             meta = page.get("metadata") or {}
@@ -139,34 +137,29 @@ class HpuUsage:
 
     async def _watch(self, version: str) -> str:
         """One watch request; the resourceVersion to resume from, or "" to list again."""
-        resp = await self.clients.core.list_pod_for_all_namespaces(
-            field_selector=HOLDING,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=WATCH_SECONDS + 30),
-        )
-        try:
-            while line := await resp.content.readline():
-                event = json.loads(line)
+        params = {
+            "fieldSelector": HOLDING,
+            "resourceVersion": version,
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": WATCH_SECONDS,
+        }
+        limits = aiohttp.ClientTimeout(sock_connect=10, sock_read=WATCH_SECONDS + 30)
+        async with contextlib.aclosing(
+            self.clients.watch("/api/v1/pods", params, limits)
+        ) as events:
+            async for event in events:
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     return ""  # 410 Gone and the like: the place is lost
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
                 self.ledger.apply(kind, obj)
-        finally:
-            resp.release()
         return version
 
     async def _list_namespaces(self) -> list[dict[str, Any]]:
         pods: list[dict[str, Any]] = []
         for ns in sorted(set(self.namespaces())):
-            resp = await self.clients.core.list_namespaced_pod(
-                ns, field_selector=HOLDING, _preload_content=False
-            )
-            pods += [_slim(p) for p in json.loads(await resp.read()).get("items") or []]
+            page = await self.clients.get(kube.core_path(ns, "pods"), {"fieldSelector": HOLDING})
+            pods += [_slim(p) for p in page.get("items") or []]
         return pods
 
 

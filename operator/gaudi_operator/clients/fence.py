@@ -3,13 +3,14 @@ process sends reaches the API server.
 
 `FENCE` holds a deadline on a clock that keeps counting while the process is paused
 (CLOCK_BOOTTIME: a SIGSTOP, a suspended VM). The leader election moves it forward on each
-renewal (`runtime/leader.py`) and closes it for good when leadership ends. Every
-HTTP client of the operator (kubernetes_asyncio's, kopf's, the election's own) sends its
-requests through `FencedRequest`, which reads the clock itself at the moment the request
-goes onto the connection, after the connection is established and with no await between
-the check and the socket write. So a request queued before the deadline but sent after it
-is refused, and a process resumed after a pause refuses its first write whatever else runs
-first: no timer callback has to fire for the fence to hold.
+renewal (`runtime/leader.py`) and closes it for good when leadership ends. Every HTTP
+session of the operator (its own client's, kopf's, the election's: all built by
+`clients.kube.session_for`) sends its requests through `FencedRequest`, which reads the
+clock itself at the moment the request goes onto the connection, after the connection is
+established and with no await between the check and the socket write. So a request queued
+before the deadline but sent after it is refused, and a process resumed after a pause
+refuses its first write whatever else runs first: no timer callback has to fire for the
+fence to hold.
 
 Reads are not fenced (they change nothing); writes are POST, PUT, PATCH and DELETE.
 
@@ -119,10 +120,3 @@ def request_class(fence: Fence) -> type[FencedRequest]:
     if fence is FENCE:
         return FencedRequest
     return type("FencedRequest", (FencedRequest,), {"fence": fence})
-
-
-def fence_session(session: aiohttp.ClientSession, fence: Fence = FENCE) -> None:
-    """Send every request of an existing session (kubernetes_asyncio builds its own)
-    through `FencedRequest`. `_request_class` is one of aiohttp's declared session
-    attributes (its constructor argument is `request_class`)."""
-    session._request_class = request_class(fence)

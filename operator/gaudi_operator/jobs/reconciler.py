@@ -341,17 +341,19 @@ class Reconciler:
 
     async def _read_token(self, job: JobView, name: str) -> str | None:
         try:
-            secret = await self.clients.core.read_namespaced_secret(name, job.namespace)
+            secret = await self.clients.get(kube.core_path(job.namespace, "secrets", name))
         except Exception as err:
             if kube.status_code(err) == 404:
                 return None
             raise
-        owners = [r.uid for r in secret.metadata.owner_references or [] if r.controller]
-        data = (secret.data or {}).get(api.CONTROL_TOKEN_KEY)
+        meta = secret.get("metadata") or {}
+        owners = [r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")]
+        data = (secret.get("data") or {}).get(api.CONTROL_TOKEN_KEY)
         if owners != [job.uid] or not data:
             # A predecessor's (same job name, another uid): never reuse its token.
-            await self.clients.core.delete_namespaced_secret(
-                name, job.namespace, body={"preconditions": {"uid": secret.metadata.uid}}
+            await self.clients.delete(
+                kube.core_path(job.namespace, "secrets", name),
+                body={"preconditions": {"uid": meta.get("uid")}},
             )
             return None
         return base64.b64decode(data).decode()
@@ -389,9 +391,8 @@ class Reconciler:
                 await kube.create(self.clients, path, manifest)
             else:
                 group, version = manifest["apiVersion"].split("/")
-                await self.clients.custom.create_namespaced_custom_object(
-                    group, version, job.namespace, "podgroups", manifest
-                )
+                path = kube.custom_path(group, version, job.namespace, "podgroups")
+                await kube.create(self.clients, path, manifest)
         except Exception as err:
             if kube.status_code(err) != 409:
                 raise
@@ -426,8 +427,9 @@ class Reconciler:
             return
         group, version = manifest["apiVersion"].split("/")
         try:
-            await self.clients.custom.get_namespaced_custom_object(
-                group, version, job.namespace, "podgroups", manifest["metadata"]["name"]
+            name = manifest["metadata"]["name"]
+            await self.clients.get(
+                kube.custom_path(group, version, job.namespace, "podgroups", name)
             )
             self._pod_groups[key] = job.uid
             return
@@ -681,8 +683,8 @@ class Reconciler:
                 options["gracePeriodSeconds"] = 0  # its node is dead: nobody would confirm
             try:
                 async with self._pod_slots:
-                    await self.clients.core.delete_namespaced_pod(
-                        pod.name, job.namespace, body=options
+                    await self.clients.delete(
+                        kube.core_path(job.namespace, "pods", pod.name), body=options
                     )
             except BaseException as err:
                 if kube.status_code(err) != 409:
@@ -716,14 +718,10 @@ class Reconciler:
 
     async def _delete_job(self, job: JobView) -> None:
         try:
-            await self.clients.custom.delete_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                job.namespace,
-                api.PLURAL,
-                job.name,
+            await self.clients.delete(
+                kube.custom_path(api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name),
                 body={"preconditions": {"uid": job.uid}},
-                propagation_policy="Background",
+                params={"propagationPolicy": "Background"},
             )
         except Exception as err:
             if kube.status_code(err) not in (404, 409):

@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import aiohttp
 import yaml
-from kubernetes_asyncio.client.exceptions import ApiException
 
 import gaudi_operator
 from gaudi_operator import api
@@ -68,7 +67,7 @@ class Probe:
         """The object at `path` as JSON; None when it does not exist (404)."""
         try:
             return await self._call("GET", path)
-        except ApiException as err:
+        except kube.ApiError as err:
             if err.status == 404:
                 return None
             raise
@@ -77,17 +76,8 @@ class Probe:
         return await self._call("POST", path, body)
 
     async def _call(self, method: str, path: str, body: Obj | None = None) -> dict[str, Any]:
-        data = await self.clients.api_client.call_api(
-            path,
-            method,
-            header_params=dict(kube.JSON_HEADERS),
-            body=body,
-            response_types_map={200: "object", 201: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _request_timeout=self.timeout,
-        )
-        return dict(data or {})
+        limit = aiohttp.ClientTimeout(total=self.timeout)
+        return dict(await self.clients.request(method, path, body=body, client_timeout=limit) or {})
 
     def nodes(self) -> asyncio.Future[list[GaudiNode]]:
         if self._nodes is None:
@@ -136,7 +126,7 @@ class Probe:
         reading = ExporterSeries(series, series.get(checks.CARD_METRIC, 0))
         try:
             hpus = sum(n.capacity for n in await self.nodes())
-        except ApiException:  # the nodes' row says why; compare with nothing here
+        except kube.ApiError:  # the nodes' row says why; compare with nothing here
             hpus = 0
         return checks.check_prometheus(url, reading, "", hpus)
 
@@ -157,7 +147,7 @@ class Probe:
         dry_run = await self.dry_run_worker()
         try:
             ns_obj = await self.get(f"/api/v1/namespaces/{ns}")
-        except ApiException as err:
+        except kube.ApiError as err:
             if err.status != 403 or dry_run.unanswered:
                 raise  # neither answer: the row says why
             # A tenant may not read namespaces; the dry run answered all the same.
@@ -170,7 +160,7 @@ class Probe:
             await self.post(
                 f"/api/v1/namespaces/{ns}/pods?dryRun=All", checks.dry_run_pod(self.settings)
             )
-        except ApiException as err:
+        except kube.ApiError as err:
             message = kube.api_message(err)
             if err.status == 404:  # no such namespace: the namespace read says so
                 return DryRun(False, message, unanswered=True)
@@ -212,7 +202,7 @@ class Probe:
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         try:
             answer = await self.post("/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
-        except ApiException:
+        except kube.ApiError:
             return "you"
         name = ((answer.get("status") or {}).get("userInfo") or {}).get("username")
         return f"you ({name})" if name else "you"
@@ -261,7 +251,7 @@ async def guarded(check: str, run: Callable[[], Awaitable[Result]], budget: floa
     `budget` seconds)."""
     try:
         return await asyncio.wait_for(run(), budget)
-    except ApiException as err:
+    except kube.ApiError as err:
         what = f"HTTP {err.status}: {kube.api_message(err)}"
         return checks.result(check, Status.FAIL, f"could not check: {what}", _read_fix(check))
     except (aiohttp.ClientError, OSError, TimeoutError) as err:

@@ -126,14 +126,9 @@ class Admission:
         """The job is gone: let its deleted Workloads go once its last worker has.
         True when no Workload of the job is left (the garbage collector deletes them after
         the job; until it has, there is one to wait for)."""
+        selector = f"{api.LABEL_JOB_NAME}={job},{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
         try:
-            found = await self.clients.custom.list_namespaced_custom_object(
-                policy.KUEUE_GROUP,
-                policy.WORKLOAD_VERSION,
-                namespace,
-                policy.WORKLOAD_PLURAL,
-                label_selector=f"{api.LABEL_JOB_NAME}={job},{api.LABEL_MANAGED_BY}={api.MANAGED_BY}",
-            )
+            found = await self.clients.get(_workloads(namespace), {"labelSelector": selector})
         except Exception as err:
             if kube.status_code(err) == 404:
                 return True
@@ -152,14 +147,9 @@ class Admission:
             if keep is None:
                 continue
             try:
-                await self.clients.custom.patch_namespaced_custom_object(
-                    policy.KUEUE_GROUP,
-                    policy.WORKLOAD_VERSION,
-                    namespace,
-                    policy.WORKLOAD_PLURAL,
-                    wl.name,
+                await self.clients.patch(
+                    _workloads(namespace, wl.name),
                     {"metadata": {"finalizers": keep, "resourceVersion": wl.resource_version}},
-                    _content_type=kube.MERGE_PATCH,
                 )
             except Exception as err:
                 if kube.status_code(err) != 404:
@@ -170,13 +160,7 @@ class Admission:
     async def _workload(self, job: policy.JobFacts) -> policy.WorkloadView | None:
         name = policy.workload_name(job.name, job.uid)
         try:
-            obj = await self.clients.custom.get_namespaced_custom_object(
-                policy.KUEUE_GROUP,
-                policy.WORKLOAD_VERSION,
-                job.namespace,
-                policy.WORKLOAD_PLURAL,
-                name,
-            )
+            obj = await self.clients.get(_workloads(job.namespace, name))
         except Exception as err:
             # A missing Workload is `workloads.kueue.x-k8s.io "<name>" not found`; a missing
             # Workload API is a bare 404, which the caller reports as Kueue not installed.
@@ -193,14 +177,20 @@ class Admission:
         wpc = (meta.get("labels") or {}).get(policy.PRIORITY_CLASS_LABEL)
         try:
             if wpc:
-                obj = await self.clients.custom.get_cluster_custom_object(
-                    policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, "workloadpriorityclasses", wpc
+                obj = await self.clients.get(
+                    kube.custom_path(
+                        policy.KUEUE_GROUP,
+                        policy.WORKLOAD_VERSION,
+                        None,
+                        "workloadpriorityclasses",
+                        wpc,
+                    )
                 )
                 return policy.Priority("WorkloadPriorityClass", wpc, int(obj["value"]))
             if spec.scheduling.priority_class_name:
                 name = spec.scheduling.priority_class_name
-                obj = await self.clients.custom.get_cluster_custom_object(
-                    "scheduling.k8s.io", "v1", "priorityclasses", name
+                obj = await self.clients.get(
+                    kube.custom_path("scheduling.k8s.io", "v1", None, "priorityclasses", name)
                 )
                 return policy.Priority("PriorityClass", name, int(obj["value"]))
         except Exception as err:
@@ -213,13 +203,7 @@ class Admission:
 
     async def _create_workload(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            await self.clients.custom.create_namespaced_custom_object(
-                policy.KUEUE_GROUP,
-                policy.WORKLOAD_VERSION,
-                namespace,
-                policy.WORKLOAD_PLURAL,
-                manifest,
-            )
+            await kube.create(self.clients, _workloads(namespace), manifest)
         except Exception as err:
             if kube.status_code(err) == 409:
                 return
@@ -231,13 +215,7 @@ class Admission:
 
     async def _delete_workload(self, namespace: str, name: str) -> None:
         try:
-            await self.clients.custom.delete_namespaced_custom_object(
-                policy.KUEUE_GROUP,
-                policy.WORKLOAD_VERSION,
-                namespace,
-                policy.WORKLOAD_PLURAL,
-                name,
-            )
+            await self.clients.delete(_workloads(namespace, name))
         except Exception as err:
             if kube.status_code(err) != 404:
                 raise
@@ -246,25 +224,15 @@ class Admission:
         self, namespace: str, wl: policy.WorkloadView, patch: dict[str, Any]
     ) -> None:
         # A conflict means Kueue wrote meanwhile: the caller's retry decides again.
-        await self.clients.custom.patch_namespaced_custom_object_status(
-            policy.KUEUE_GROUP,
-            policy.WORKLOAD_VERSION,
-            namespace,
-            policy.WORKLOAD_PLURAL,
-            wl.name,
+        await self.clients.patch(
+            _workloads(namespace, wl.name, "status"),
             {"metadata": {"resourceVersion": wl.resource_version}, "status": patch},
-            _content_type=kube.MERGE_PATCH,
         )
 
     async def _suspend(self, job: policy.JobFacts, value: bool) -> None:
-        await self.clients.custom.patch_namespaced_custom_object(
-            api.GROUP,
-            api.VERSION,
-            job.namespace,
-            api.PLURAL,
-            job.name,
+        await self.clients.patch(
+            kube.custom_path(api.GROUP, api.VERSION, job.namespace, api.PLURAL, job.name),
             {"metadata": {"uid": job.uid}, "spec": {"suspend": value}},
-            _content_type=kube.MERGE_PATCH,
         )
 
     async def _set_queued(
@@ -400,4 +368,10 @@ def may_be_queued(body: Mapping[str, Any]) -> bool:
     conditions = (body.get("status") or {}).get("conditions") or []
     return bool(scheduling.get("queue")) or any(
         c.get("type") == policy.QUEUED for c in conditions if isinstance(c, Mapping)
+    )
+
+
+def _workloads(namespace: str, name: str = "", sub: str = "") -> str:
+    return kube.custom_path(
+        policy.KUEUE_GROUP, policy.WORKLOAD_VERSION, namespace, policy.WORKLOAD_PLURAL, name, sub
     )

@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from gaudi_operator.clients import kube
 from gaudi_operator.clients.fence import FENCE, Fence
@@ -145,52 +143,60 @@ def _micro_time(t: datetime | None) -> Any:
     return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class KubeLeases:
-    """LeaseAPI on the real API server."""
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
-    def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str) -> None:
-        self.api, self.namespace, self.name = api, namespace, name
+
+class KubeLeases:
+    """LeaseAPI on the real API server (the Lease as JSON: coordination.k8s.io/v1)."""
+
+    def __init__(self, clients: kube.Clients, namespace: str, name: str) -> None:
+        self.clients, self.namespace, self.name = clients, namespace, name
+        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     @staticmethod
-    def _lease(obj: client.V1Lease) -> Lease:
-        spec = obj.spec or client.V1LeaseSpec()
+    def _lease(obj: dict[str, Any]) -> Lease:
+        spec = obj.get("spec") or {}
         return Lease(
-            holder=spec.holder_identity or "",
-            duration=spec.lease_duration_seconds or 0,
-            transitions=spec.lease_transitions or 0,
-            acquire_time=spec.acquire_time,
-            renew_time=spec.renew_time,
-            resource_version=obj.metadata.resource_version or "",
+            holder=spec.get("holderIdentity") or "",
+            duration=spec.get("leaseDurationSeconds") or 0,
+            transitions=spec.get("leaseTransitions") or 0,
+            acquire_time=_parse_time(spec.get("acquireTime")),
+            renew_time=_parse_time(spec.get("renewTime")),
+            resource_version=(obj.get("metadata") or {}).get("resourceVersion") or "",
         )
 
-    def _body(self, lease: Lease) -> client.V1Lease:
-        return client.V1Lease(
-            metadata=client.V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                resource_version=lease.resource_version or None,
-            ),
-            spec=client.V1LeaseSpec(
-                holder_identity=lease.holder or None,
-                lease_duration_seconds=lease.duration,
-                lease_transitions=lease.transitions,
-                acquire_time=_micro_time(lease.acquire_time),
-                renew_time=_micro_time(lease.renew_time),
-            ),
-        )
+    def _body(self, lease: Lease) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if lease.resource_version:
+            meta["resourceVersion"] = lease.resource_version
+        spec: dict[str, Any] = {
+            "holderIdentity": lease.holder or None,
+            "leaseDurationSeconds": lease.duration,
+            "leaseTransitions": lease.transitions,
+            "acquireTime": _micro_time(lease.acquire_time),
+            "renewTime": _micro_time(lease.renew_time),
+        }
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            # Unset fields are left out, as the generated model's serializer left them.
+            "spec": {k: v for k, v in spec.items() if v is not None},
+        }
 
     async def read(self) -> Lease | None:
         try:
-            return self._lease(await self.api.read_namespaced_lease(self.name, self.namespace))
-        except ApiException as err:
+            return self._lease(await self.clients.get(f"{self.collection}/{self.name}"))
+        except kube.ApiError as err:
             if err.status == 404:
                 return None
             raise
 
     async def create(self, lease: Lease) -> Lease:
         try:
-            created = await self.api.create_namespaced_lease(self.namespace, self._body(lease))
-        except ApiException as err:
+            created = await self.clients.request("POST", self.collection, body=self._body(lease))
+        except kube.ApiError as err:
             if err.status == 409:
                 raise LeaseConflict("the Lease was created by someone else") from err
             raise
@@ -198,10 +204,10 @@ class KubeLeases:
 
     async def replace(self, lease: Lease) -> Lease:
         try:
-            done = await self.api.replace_namespaced_lease(
-                self.name, self.namespace, self._body(lease)
+            done = await self.clients.request(
+                "PUT", f"{self.collection}/{self.name}", body=self._body(lease)
             )
-        except ApiException as err:
+        except kube.ApiError as err:
             if err.status == 409:
                 raise LeaseConflict("the Lease changed since it was read") from err
             raise
@@ -413,7 +419,7 @@ async def run_as_leader(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     clients = await kube.connect(kubeconfig, pool_size=2, component="lease", server=le.server)
-    leases = KubeLeases(client.CoordinationV1Api(clients.api_client), le.namespace, le.name)
+    leases = KubeLeases(clients, le.namespace, le.name)
     elector = Elector(leases, le, fence)
     standby = await _standby_server(health_host, health_port, le.identity) if health_port else None
     log.info(

@@ -202,21 +202,15 @@ class StatusWriter:
     async def _patch(
         self, ns: str, name: str, rv: str | None, patch: Mapping[str, Any]
     ) -> dict[str, Any]:
-        written: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object_status(
-            api.GROUP,
-            api.VERSION,
-            ns,
-            api.PLURAL,
-            name,
-            {"metadata": {"resourceVersion": rv}, "status": patch},
-            _content_type=kube.MERGE_PATCH,
+        path = kube.custom_path(api.GROUP, api.VERSION, ns, api.PLURAL, name, "status")
+        return await self.clients.patch(
+            path, {"metadata": {"resourceVersion": rv}, "status": patch}
         )
-        return written
 
     async def _get(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            got: dict[str, Any] = await self.clients.custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL, name
+            got = await self.clients.get(
+                kube.custom_path(api.GROUP, api.VERSION, ns, api.PLURAL, name)
             )
         except Exception as err:
             if kube.status_code(err) == 404:

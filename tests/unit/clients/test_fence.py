@@ -1,7 +1,7 @@
 """The write fence at the HTTP layer, against a real HTTP server on loopback: past the
 deadline no write leaves the process, whether it was issued after the deadline, queued
 for a connection before it, or checked a loop step before its body went out. Every
-client of the operator (kubernetes_asyncio's, kopf's) goes through it and names the
+client of the operator (its own JSON client, kopf's) goes through it and names the
 replica in its User-Agent."""
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ async def test_the_operators_kubernetes_client_is_fenced_and_names_the_replica(
         with pytest.raises(FencedWrite):
             await kube.create(clients, "/api/v1/namespaces/ns/pods", {"kind": "Pod"})
         with pytest.raises(FencedWrite):
-            await clients.core.delete_namespaced_pod("p", "ns")
+            await clients.delete(kube.core_path("ns", "pods", "p"))
     finally:
         await clients.close()
     assert [(m, p) for m, p, _ in api.seen] == [("POST", "/api/v1/namespaces/ns/pods")]
