@@ -17,6 +17,9 @@ def apply(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.watching.server_timeout = cfg.watch_timeout
     settings.watching.client_timeout = cfg.watch_timeout + 60
     settings.watching.connect_timeout = 30
+    # Initial lists in pages of 500, as client-go's reflector: a cluster's 1,250 nodes or
+    # 10,000 pods are not one answer decoded at once at start-up (the peak memory).
+    settings.watching.chunk_size = 500
     # Only our pods and services: at cluster scale, never stream every pod to the operator.
     selector = f"{api.LABEL_MANAGED_BY}={api.MANAGED_BY}"
     settings.watching.label_selectors["v1", "pods"] = selector
