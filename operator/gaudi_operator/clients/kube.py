@@ -174,7 +174,7 @@ class Clients:
         await self.request("DELETE", path, body=body, params=params, answer=False)
 
     async def watch(
-        self, path: str, params: Params, client_timeout: aiohttp.ClientTimeout
+        self, path: str, params: Params, client_timeout: aiohttp.ClientTimeout | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of one watch request, until the API server ends it. Use it inside
         `contextlib.aclosing` so that leaving early releases the connection."""

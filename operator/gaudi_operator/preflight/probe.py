@@ -20,7 +20,7 @@ import yaml
 
 import gaudi_operator
 from gaudi_operator import api
-from gaudi_operator.clients import kube
+from gaudi_operator.clients import credentials, kube
 from gaudi_operator.clients.prometheus import PrometheusClient, PromQLError
 from gaudi_operator.preflight import checks
 from gaudi_operator.preflight.checks import (
@@ -254,7 +254,7 @@ async def guarded(check: str, run: Callable[[], Awaitable[Result]], budget: floa
     except kube.ApiError as err:
         what = f"HTTP {err.status}: {kube.api_message(err)}"
         return checks.result(check, Status.FAIL, f"could not check: {what}", _read_fix(check))
-    except (aiohttp.ClientError, OSError, TimeoutError) as err:
+    except (aiohttp.ClientError, OSError, TimeoutError, credentials.ConfigError) as err:
         return checks.result(
             check,
             Status.FAIL,
