@@ -733,18 +733,15 @@ class Autoscaler:
     async def _scale(self, namespace: str, name: str, current: int, replicas: int) -> bool:
         """Set spec.workers.replicas through /scale, as `kubectl scale` does, but only if it
         still is `current` (resourceVersion precondition): never undo a concurrent resize."""
-        custom = self.clients.custom
+        path = kube.custom_path(api.GROUP, api.VERSION, namespace, api.PLURAL, name, "scale")
         try:
-            scale = await custom.get_namespaced_custom_object_scale(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name
-            )
+            scale = await self.clients.get(path)
             if int((scale.get("spec") or {}).get("replicas") or 0) != current:
                 return False
             scale["spec"]["replicas"] = replicas
             scale.pop("status", None)
-            await custom.replace_namespaced_custom_object_scale(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, scale
-            )
+            # PUT with the Scale's resourceVersion: a 409 if the job changed since.
+            await self.clients.request("PUT", path, body=scale, answer=False)
             return True
         except Exception as err:
             if kube.status_code(err) in (404, 409):
