@@ -112,7 +112,7 @@ def run_operator(
             "written this late at most, or with the next other change (workers that cannot "
             "be placed: 5 s at most); 0 writes every step.",
         ),
-    ] = 30.0,
+    ] = 300.0,
     kubeconfig: Annotated[
         str | None,
         typer.Option(

@@ -18,7 +18,9 @@ class OperatorConfig:
     # Workers' progress on the way to Running (counts, Scheduled, Pending -> Starting) is
     # written at most this late, or with the next other change (jobs.plan.progress_only);
     # workers the scheduler cannot place are said within 5 s at most.
-    status_debounce_seconds: float = 30.0
+    # Workers' progress alone waits this long at most: a job costs at most two status
+    # writes to Running when it gets there within it (docs/architecture.md).
+    status_debounce_seconds: float = 300.0
     watch_timeout: int = 300
     prometheus_url: str = ""
     # Further Prometheus URLs a job's spec.autoscaling.prometheusURL may name.
