@@ -61,15 +61,14 @@ def job_seen(
     pods: Mapping[Key, Any],
     services: Mapping[Key, Any],
 ) -> None:
+    controller: Controller | None = memo.get("controller")
     if type == "DELETED":
-        controller: Controller | None = memo.get("controller")
         if controller is not None:
             controller.forget(key)
         return
     wake(memo, key, jobs, pods, services)
-    controller = memo.get("controller")
     if controller is not None:
-        controller.observe_job(key)
+        controller.observe_job(key)  # after bind: wake binds the indices on first use
 
 
 def pod_seen(
