@@ -32,12 +32,44 @@ from rich.table import Table
 from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks import support
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
-from gaudi_devtools.benchmarks.writes import controller_writes, read_request_totals
+from gaudi_devtools.benchmarks.writes import (
+    all_reads,
+    all_writes,
+    controller_writes,
+    read_request_totals,
+)
 from gaudi_operator import api
 from gaudi_operator.jobs import manifests
 
 console = Console()
+COMPONENTS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok")
+# CPU seconds used so far by each of the cluster's components, by name.
+CpuProbe = Callable[[], dict[str, float]]
 IN_FLIGHT = 32  # creates at once, for jobs and bare pods alike (the operator's default)
+
+
+def component_cpu(procs: Any, operator: int | None = None) -> CpuProbe:
+    """Read the cluster's components' CPU time (gaudi_devtools.cluster.processes): on two
+    shared cores, a run's time follows what the API server, etcd, the scheduler and kwok
+    had to do, so each run reports it beside its writes."""
+
+    def probe() -> dict[str, float]:
+        out = {}
+        for name in COMPONENTS:
+            pid = procs.pid(name)
+            used = cpu_seconds(pid) if pid is not None else None
+            if used is not None:
+                out[name] = used
+        mine = cpu_seconds(operator) if operator is not None else None
+        if mine is not None:
+            out["operator"] = mine
+        return out
+
+    return probe
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after if k in before}
 
 
 def job_manifest(name: str, workers: int, hpus: int) -> dict[str, Any]:
@@ -184,8 +216,107 @@ async def _wait_all(
     return (first if first is not None else done), done
 
 
+class _Watched:
+    """Which objects under `path` are Running, from one watch: a run's times come from the
+    events themselves, and observing costs the API server one serialization per change
+    where a LIST poll of every object twice a second made it serialize them all again
+    (116,000 objects in a 1000-job run, more the slower the run: it weighed on the very
+    thing it timed)."""
+
+    def __init__(
+        self,
+        clients: kube.Clients,
+        path: str,
+        selector: str,
+        running: Callable[[dict[str, Any]], bool],
+        total: int,
+    ) -> None:
+        self.clients, self.path, self.selector = clients, path, selector
+        self.is_running, self.total = running, total
+        self.running: set[str] = set()
+        self.first: float | None = None  # time.monotonic() of the first Running
+        self.all: float | None = None  # and of the total-th
+        self.task: asyncio.Future[None] | None = None
+
+    def start(self) -> _Watched:
+        self.task = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        version = ""  # none: the API server starts with every object there is
+        while self.all is None:
+            query = [("watch", "true"), ("labelSelector", self.selector)]
+            query += [("allowWatchBookmarks", "true")]
+            if version:
+                query.append(("resourceVersion", version))
+            try:
+                resp = await self.clients.api_client.call_api(
+                    self.path,
+                    "GET",
+                    query_params=query,
+                    header_params={"Accept": "application/json"},
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=3600,
+                )
+            except (TimeoutError, aiohttp.ClientError):
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                async for line in resp.content:
+                    event = json.loads(line)
+                    obj = event["object"]
+                    if event["type"] == "ERROR":  # 410 Gone: start over from a listing
+                        version = ""
+                        self.running.clear()
+                        break
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        self._see(event["type"], obj)
+                    if self.all is not None:
+                        return
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            finally:
+                resp.release()
+
+    def _see(self, kind: str, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if kind != "DELETED" and self.is_running(obj):
+            self.running.add(name)
+            if self.first is None:
+                self.first = time.monotonic()
+            if len(self.running) >= self.total and self.all is None:
+                self.all = time.monotonic()
+        else:
+            self.running.discard(name)
+
+    async def wait(self, what: str, t0: float, limit_s: float) -> tuple[float, float]:
+        """Seconds since `t0` to the first and to every object Running."""
+        with console.status(f"waiting for {self.total} {what} to run") as status:
+            while self.all is None:
+                if self.task is not None and self.task.done():
+                    self.task.result()  # raises what ended the watch
+                if time.monotonic() - t0 > limit_s:
+                    raise TimeoutError(
+                        f"only {len(self.running)}/{self.total} {what} Running after {limit_s}s"
+                    )
+                status.update(f"{what}: {len(self.running)}/{self.total} Running")
+                await asyncio.sleep(0.2)  # the display only: the times are the events'
+        assert self.first is not None
+        return self.first - t0, self.all - t0
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _pod_running(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running"
+
+
 async def _run_bare(
-    kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
+    kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float, cpu: CpuProbe
 ) -> dict[str, Any]:
     clients = await kube.connect(kubeconfig)
     core = clients.core
@@ -202,17 +333,24 @@ async def _run_bare(
             async with limit:
                 await core.create_namespaced_pod(ns, pod, _preload_content=False)
 
+        watched = _Watched(
+            clients, f"/api/v1/namespaces/{ns}/pods", BARE_LABEL, _pod_running, len(pods)
+        ).start()
         before = await read_request_totals(clients)
+        cpu0 = cpu()
         t0 = time.monotonic()
-        await asyncio.gather(*(submit(p) for p in pods))
-        submitted = time.monotonic() - t0
-
-        async def running_pods() -> int:
-            return (await _pod_phases(core, ns, BARE_LABEL)).count("Running")
-
-        _, all_running = await _wait_all("bare pods", len(pods), running_pods, t0, limit_s)
+        try:
+            await asyncio.gather(*(submit(p) for p in pods))
+            submitted = time.monotonic() - t0
+            _, all_running = await watched.wait("bare pods", t0, limit_s)
+        finally:
+            watched.close()
         # The benchmark's own pod creates: what a job costs with no controller at all.
-        writes = controller_writes(before, await read_request_totals(clients), "", "")
+        spent = _spent(cpu0, cpu())
+        after = await read_request_totals(clients)
+        writes = controller_writes(before, after, "", "")
+        everyone = all_writes(before, after)
+        reads = all_reads(before, after)
         console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
         t1 = time.monotonic()
         cleaned = await _gone(
@@ -230,6 +368,9 @@ async def _run_bare(
             "all_running": all_running,
             "cleaned": cleaned,
             "writes": writes.per(jobs),
+            "all_writes": everyone,
+            "all_reads": reads,
+            "cluster_cpu": spent,
         }
     finally:
         try:
@@ -239,7 +380,7 @@ async def _run_bare(
 
 
 async def _run(
-    kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float
+    kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float, cpu: CpuProbe
 ) -> dict[str, Any]:
     clients = await kube.connect(kubeconfig)
     core, custom = clients.core, clients.custom
@@ -257,23 +398,37 @@ async def _run(
                     job_manifest(f"job-{i:05d}", workers, hpus),
                 )
 
+        jobs_path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{ns}/{api.PLURAL}"
+        watched_jobs = _Watched(
+            clients,
+            jobs_path,
+            "",
+            lambda j: (j.get("status") or {}).get("phase") == "Running",
+            jobs,
+        ).start()
+        watched_pods = _Watched(
+            clients,
+            f"/api/v1/namespaces/{ns}/pods",
+            api.LABEL_JOB_NAME,
+            _pod_running,
+            jobs * workers,
+        ).start()
         before = await read_request_totals(clients)
+        cpu0 = cpu()
         t0 = time.monotonic()
-        await asyncio.gather(*(submit(i) for i in range(jobs)))
-        submitted = time.monotonic() - t0
-
-        async def running_jobs() -> int:
-            listed = await custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL, resource_version="0"
-            )
-            return sum(
-                1 for j in listed["items"] if (j.get("status") or {}).get("phase") == "Running"
-            )
-
-        first_running, all_running = await _wait_all("jobs", jobs, running_jobs, t0, limit_s)
-        writes = controller_writes(
-            before, await read_request_totals(clients), api.GROUP, api.PLURAL
-        )
+        try:
+            await asyncio.gather(*(submit(i) for i in range(jobs)))
+            submitted = time.monotonic() - t0
+            first_running, all_running = await watched_jobs.wait("jobs", t0, limit_s)
+            _, pods_running = await watched_pods.wait("pods", t0, limit_s)
+        finally:
+            watched_jobs.close()
+            watched_pods.close()
+        spent = _spent(cpu0, cpu())
+        after = await read_request_totals(clients)
+        writes = controller_writes(before, after, api.GROUP, api.PLURAL)
+        everyone = all_writes(before, after)
+        reads = all_reads(before, after)
         console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
         console.print(
             f"operator writes, create -> Running: {writes} ({writes.total / jobs:.2f} a job)"
@@ -292,9 +447,13 @@ async def _run(
         return {
             "submitted": submitted,
             "first_running": first_running,
+            "all_pods_running": pods_running,
             "all_running": all_running,
             "cleaned": cleaned,
             "writes": writes.per(jobs),
+            "all_writes": everyone,
+            "all_reads": reads,
+            "cluster_cpu": spent,
         }
     finally:
         try:
@@ -388,7 +547,13 @@ def benchmark_reconcile(
     if "bare" in peers:
         b = asyncio.run(
             _run_bare(
-                kubeconfig, f"bare-{uuid.uuid4().hex[:6]}", jobs, workers, hpus_per_worker, timeout
+                kubeconfig,
+                f"bare-{uuid.uuid4().hex[:6]}",
+                jobs,
+                workers,
+                hpus_per_worker,
+                timeout,
+                component_cpu(c.procs),
             )
         )
     if "kubeflow" in peers:
@@ -404,7 +569,17 @@ def benchmark_reconcile(
     try:
         time.sleep(3)  # its watches have listed what there is
         baseline = rss_mib(proc.pid)
-        r = asyncio.run(_run(kubeconfig, ns, jobs, workers, hpus_per_worker, timeout))
+        r = asyncio.run(
+            _run(
+                kubeconfig,
+                ns,
+                jobs,
+                workers,
+                hpus_per_worker,
+                timeout,
+                component_cpu(c.procs, proc.pid),
+            )
+        )
         rss = peak_rss_mib(proc.pid)
         cpu = cpu_seconds(proc.pid)
     finally:
@@ -484,7 +659,12 @@ def _table(
         get(b, "submitted"),
     )
     row("first job Running", r["first_running"], None, None)
-    row("all pods Running", None, kf and kf.all_pods_running, get(b, "all_running"))
+    row(
+        "all pods Running",
+        r.get("all_pods_running"),
+        kf and kf.all_pods_running,
+        get(b, "all_running"),
+    )
     row("all jobs Running", r["all_running"], kf and kf.all_jobs_running, get(b, "all_running"))
     row("all workers gone after delete", r["cleaned"], kf and kf.cleaned, get(b, "cleaned"))
     row(
@@ -504,6 +684,22 @@ def _table(
     )
     for kind in ("pods", "services", "status", "events", "other"):
         row(f"  {kind}", wrote(r, kind), wrote(kf, kind), wrote(b, kind), "{:.2f}")
+
+    def everyone(d: dict[str, Any] | None) -> float | None:
+        counts = d.get("all_writes") if d is not None else None
+        return sum(counts.values()) / jobs if counts else None
+
+    row("API server writes per job, every component", everyone(r), None, everyone(b), "{:.2f}")
+
+    def spent(d: dict[str, Any] | None, name: str | None = None) -> float | None:
+        used = d.get("cluster_cpu") if d is not None else None
+        if not used:
+            return None
+        return sum(used.values()) if name is None else used.get(name)
+
+    row("cluster CPU to all Running (every component)", spent(r), None, spent(b), "{:.1f} s")
+    for name in (*COMPONENTS, "operator"):
+        row(f"  {name}", spent(r, name), None, spent(b, name), "{:.1f} s")
     row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
     row("operator RSS before the first job", baseline, None, None, "{:.0f} MiB")
     row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
@@ -535,6 +731,19 @@ def goals(
         ratio = r["all_running"] / b["all_running"]
         verdict = "met" if ratio <= target else "NOT met"
         out.append(f"goal: all Running within {target}x bare pods: {ratio:.2f}x, {verdict}")
+    ours_cpu, bare_cpu = r.get("cluster_cpu"), (b or {}).get("cluster_cpu")
+    if ours_cpu and bare_cpu:
+        # On shared cores the time follows the CPU every component spent: where it went.
+        more = {k: v - bare_cpu.get(k, 0.0) for k, v in ours_cpu.items()}
+        parts = ", ".join(
+            f"{k} {v:+.1f} s ({v * 1000 / jobs:+.1f} ms a job)"
+            for k, v in sorted(more.items(), key=lambda kv: -kv[1])
+        )
+        total, floor = sum(ours_cpu.values()), sum(bare_cpu.values())
+        out.append(
+            f"CPU to all Running, every component: {total:.1f} s against {floor:.1f} s for "
+            f"bare pods ({total / floor:.2f}x); beyond bare pods: {parts}"
+        )
     if kf is not None and rss is not None and getattr(kf, "peak_rss_mib", None):
         verdict = "met" if rss <= kf.peak_rss_mib else "NOT met"
         out.append(
@@ -544,6 +753,15 @@ def goals(
     if jobs * workers >= 10_000 and rss is not None:
         verdict = "met" if rss <= 200 else "NOT met"
         out.append(f"goal: at most 200 MiB at 10,000 pods: {rss:.0f} MiB, {verdict}")
+    for who, d in (("gaudi-operator", r), ("bare pods", b)):
+        counts = d.get("all_writes") if d is not None else None
+        if counts:
+            parts = ", ".join(f"{k} {v / jobs:.2f}" for k, v in counts.most_common())
+            out.append(f"API server writes per job ({who} run, every component): {parts}")
+        reads = d.get("all_reads") if d is not None else None
+        if reads:
+            parts = ", ".join(f"{k} {v}" for k, v in reads.most_common())
+            out.append(f"API server reads in all ({who} run, every component): {parts}")
     if rss is not None and baseline is not None:
         out.append(
             f"memory: {baseline:.0f} MiB before the first job, {rss - baseline:.0f} MiB more "

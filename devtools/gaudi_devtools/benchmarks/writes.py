@@ -102,6 +102,31 @@ def controller_writes(
     return ControllerWrites(**counts)
 
 
+def all_writes(before: Mapping[Request, int], after: Mapping[Request, int]) -> Counter[str]:
+    """Every write the API server took between the two readings, whoever sent it, by
+    `resource[/subresource]`: the load generator's, the controllers', the scheduler's and
+    kwok's. The time a run takes follows this total (one API server, two cores)."""
+    out: Counter[str] = Counter()
+    for key, value in after.items():
+        verb, _group, resource, sub = key
+        n = value - before.get(key, 0)
+        if n > 0 and verb in WRITE_VERBS:
+            out[f"{resource}/{sub}" if sub else resource] += n
+    return out
+
+
+def all_reads(before: Mapping[Request, int], after: Mapping[Request, int]) -> Counter[str]:
+    """Every read request (GET, LIST, WATCH) between the two readings, by `VERB resource`.
+    A watch counts once when it opens, whatever it streams."""
+    out: Counter[str] = Counter()
+    for key, value in after.items():
+        verb, _group, resource, sub = key
+        n = value - before.get(key, 0)
+        if n > 0 and verb not in WRITE_VERBS:
+            out[f"{verb} {resource}/{sub}" if sub else f"{verb} {resource}"] += n
+    return out
+
+
 async def read_request_totals(clients: kube.Clients) -> Counter[Request]:
     """GET kube-apiserver's /metrics (an admin's kubeconfig may) and count its requests."""
     resp = await clients.api_client.call_api(

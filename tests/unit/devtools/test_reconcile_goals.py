@@ -39,3 +39,16 @@ def test_met_goals_at_ten_thousand_pods() -> None:
     assert "N + 4 = 12: 12.00, met" in text
     assert "within 1.15x bare pods: 1.11x, met" in text
     assert "at most 200 MiB at 10,000 pods: 190 MiB, met" in text
+
+
+def test_what_remains_of_the_time_is_the_cpu_beyond_bare_pods() -> None:
+    ours = {
+        "all_running": 20.0,
+        "writes": {},
+        "cluster_cpu": {"kube-apiserver": 25.0, "kwok": 3.0, "operator": 10.0},
+    }
+    bare = {"all_running": 10.0, "cluster_cpu": {"kube-apiserver": 12.0, "kwok": 3.0}}
+    line = next(x for x in goals(1000, 1, ours, None, bare, None, None) if x.startswith("CPU"))
+    assert "38.0 s against 15.0 s" in line and "2.53x" in line
+    # biggest first, per job in ms
+    assert line.index("kube-apiserver +13.0 s (+13.0 ms a job)") < line.index("operator +10.0 s")

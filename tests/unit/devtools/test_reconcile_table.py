@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from gaudi_devtools.benchmarks.kubeflow import KubeflowResult
-from gaudi_devtools.benchmarks.reconcile import _table
+from gaudi_devtools.benchmarks.reconcile import _pod_running, _table, _Watched
 
 pytestmark = pytest.mark.unit
 
@@ -31,9 +31,9 @@ KF = KubeflowResult(
 )
 
 
-def render(**peers: object) -> str:
+def render(r: dict[str, object] = OURS, **peers: object) -> str:
     console = Console(width=300, record=True)
-    console.print(_table(10, 1, 10, OURS, 150.0, 3.2, **peers))  # type: ignore[arg-type]
+    console.print(_table(10, 1, 10, r, 150.0, 3.2, **peers))  # type: ignore[arg-type]
     return console.export_text()
 
 
@@ -58,3 +58,40 @@ def test_writes_per_job_stand_beside_the_times() -> None:
     assert "floor 5" in row  # 1 worker + 4
     # ours 8, Kubeflow 12, bare 4: ours/bare 2.00x, ours/Kubeflow 0.67x
     assert "8.00" in row and "12.00" in row and "4.00" in row and "0.67x" in row
+
+
+def test_the_clusters_cpu_stands_beside_bare_pods_by_component() -> None:
+    ours = {
+        **OURS,
+        "all_pods_running": 9.5,
+        "cluster_cpu": {"kube-apiserver": 30.0, "operator": 10.0},
+    }
+    bare = {**BARE, "cluster_cpu": {"kube-apiserver": 12.0}}
+    text = render(ours, b=bare, kf=None)
+    lines = text.splitlines()
+    total = next(line for line in lines if "cluster CPU" in line)
+    assert "40.0 s" in total and "12.0 s" in total and "3.33x" in total
+    api = next(line for line in lines if "kube-apiserver" in line)
+    assert "30.0 s" in api and "2.50x" in api
+    pods = next(line for line in lines if "all pods Running" in line)
+    assert "9.50 s" in pods and "4.00 s" in pods
+
+
+def test_a_run_is_timed_by_the_watch_events_it_sees() -> None:
+    w = _Watched(None, "/api/v1/namespaces/x/pods", "", _pod_running, 2)  # type: ignore[arg-type]
+
+    def pod(name: str, phase: str) -> dict[str, object]:
+        return {"metadata": {"name": name}, "status": {"phase": phase}}
+
+    w._see("ADDED", pod("a", "Pending"))
+    assert w.first is None
+    w._see("MODIFIED", pod("a", "Running"))
+    first = w.first
+    assert first is not None and w.all is None
+    w._see("MODIFIED", pod("a", "Running"))  # the same pod again counts once
+    assert w.all is None
+    w._see("DELETED", pod("a", "Running"))
+    w._see("MODIFIED", pod("b", "Running"))
+    assert w.all is None, "a deleted pod is no longer Running"
+    w._see("ADDED", pod("c", "Running"))
+    assert w.all is not None and w.first == first

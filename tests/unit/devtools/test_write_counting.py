@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gaudi_devtools.benchmarks.writes import controller_writes, request_totals
+from gaudi_devtools.benchmarks.writes import (
+    all_reads,
+    all_writes,
+    controller_writes,
+    request_totals,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +67,31 @@ def test_a_controllers_writes_are_told_from_everyone_elses() -> None:
     assert (w.pods, w.services, w.status, w.events, w.other) == (9, 2, 5, 2, 0)
     assert w.total == 18
     assert w.per(2)["total"] == 9.0
+
+
+def test_every_components_writes_and_reads_are_counted_by_resource() -> None:
+    before = request_totals(
+        "\n".join([sample("POST", "pods", 10), sample("GET", "pods", 5, code="200")])
+    )
+    after = request_totals(
+        "\n".join(
+            [
+                sample("POST", "pods", 18),
+                sample("POST", "pods", 8, sub="binding"),
+                sample("PATCH", "pods", 16, sub="status", code="200"),
+                sample("PATCH", P, 3, group=G, sub="status", code="200"),
+                sample("POST", "events", 8, group="events.k8s.io"),
+                sample("GET", "pods", 7, code="200"),
+                sample("WATCH", P, 1, group=G, code="200"),
+            ]
+        )
+    )
+    writes = all_writes(before, after)
+    assert writes == {
+        "pods": 8,
+        "pods/binding": 8,
+        "pods/status": 16,
+        f"{P}/status": 3,
+        "events": 8,
+    }
+    assert all_reads(before, after) == {"GET pods": 2, f"WATCH {P}": 1}
