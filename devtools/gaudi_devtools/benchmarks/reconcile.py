@@ -746,9 +746,10 @@ def goals(
         )
     if kf is not None and rss is not None and getattr(kf, "peak_rss_mib", None):
         verdict = "met" if rss <= kf.peak_rss_mib else "NOT met"
+        # The goal is at a thousand jobs; at other loads the line is for reading.
+        what = "goal: peak RSS" if jobs >= 1000 else "peak RSS (the goal is at 1,000 jobs)"
         out.append(
-            f"goal: peak RSS at or below Kubeflow's: {rss:.0f} vs {kf.peak_rss_mib:.0f} MiB, "
-            f"{verdict}"
+            f"{what} at or below Kubeflow's: {rss:.0f} vs {kf.peak_rss_mib:.0f} MiB, {verdict}"
         )
     if jobs * workers >= 10_000 and rss is not None:
         verdict = "met" if rss <= 200 else "NOT met"

@@ -52,3 +52,13 @@ def test_what_remains_of_the_time_is_the_cpu_beyond_bare_pods() -> None:
     assert "38.0 s against 15.0 s" in line and "2.53x" in line
     # biggest first, per job in ms
     assert line.index("kube-apiserver +13.0 s (+13.0 ms a job)") < line.index("operator +10.0 s")
+
+
+def test_the_memory_goal_against_kubeflow_is_at_a_thousand_jobs() -> None:
+    kf = SimpleNamespace(peak_rss_mib=90.0)
+    ours = {"all_running": 10.0, "writes": {}}
+    small = goals(100, 8, ours, 104.0, None, kf, None)
+    assert any(x.startswith("peak RSS (the goal is at 1,000 jobs)") for x in small)
+    assert not any(x.startswith("goal: peak RSS") for x in small)
+    big = goals(1000, 1, ours, 80.0, None, kf, None)
+    assert "goal: peak RSS at or below Kubeflow's: 80 vs 90 MiB, met" in big
