@@ -33,8 +33,14 @@ def lease_seconds(count: int) -> int:
 
 def monitor_grace_seconds(count: int, wanted: int) -> int:
     """kube-controller-manager's node-monitor grace: what was asked for, but never less
-    than two Lease renewals, or healthy nodes would turn Unknown between renewals."""
-    return max(wanted, math.ceil(lease_seconds(count) / 2))
+    than two Lease renewals, or healthy nodes would turn Unknown between renewals. Above
+    Kubernetes' 40 s Lease (over 500 nodes) never less than the whole Lease, four
+    renewals, as Kubernetes' own 50 s grace outlasts its renewals every 10 s: with two,
+    kwok's renewals of 1,250 nodes fell behind a loaded API server, nodes turned NotReady,
+    and the node lifecycle controller marked their pods not Ready for good (kwok does not
+    mark them Ready again; docs/benchmarks.md, "A new job with thousands of pods")."""
+    lease = lease_seconds(count)
+    return max(wanted, math.ceil(lease / 2) if lease <= 40 else lease)
 
 
 def monitor_period_seconds(count: int) -> int:

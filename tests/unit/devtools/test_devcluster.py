@@ -68,8 +68,11 @@ def test_lease_renewals_stay_near_50_per_second_and_grace_outlasts_two_renewals(
         for wanted in (2, 20, 40):
             grace = nodes.monitor_grace_seconds(count, wanted)
             assert grace >= wanted and grace >= 2 * lease / 4, (count, wanted, grace)
+            if lease > 40:  # big clusters: the whole Lease, four renewals
+                assert grace >= lease, (count, wanted, grace)
     assert nodes.lease_seconds(4) == 40  # small clusters keep Kubernetes' default
     assert nodes.monitor_grace_seconds(4, 20) == 20  # and the grace the tests ask for
+    assert nodes.monitor_grace_seconds(1250, 40) == nodes.lease_seconds(1250) == 100
 
 
 def test_kwok_config_has_lifecycle_and_chaos_stages() -> None:
