@@ -119,10 +119,18 @@ class StallClock:
         """One look at every job: read, remember, write what status should say, wake."""
         started = time.monotonic()
         now = self.now()
-        bodies = {key: unpack(next(iter(store), None)) for key, store in list(jobs.items())}
-        self._forget(self.clocks.retain(bodies))
-        self._specs = {k: v for k, v in self._specs.items() if k in bodies}
-        watched = [w for key, body in bodies.items() if (w := self._watch(key, body))]
+        # One job decoded at a time, and kept only when watched: every job decoded at once
+        # stayed alive across the Prometheus reads below, the operator's largest single
+        # allocation at the peak of a thousand-job burst (16 MiB; docs/performance.md).
+        keys = list(jobs)
+        watched = [
+            w
+            for key in keys
+            if (w := self._watch(key, unpack(next(iter(jobs.get(key) or ()), None))))
+        ]
+        self._forget(self.clocks.retain(keys))
+        present = set(keys)
+        self._specs = {k: v for k, v in self._specs.items() if k in present}
         by_url: dict[str, list[Watched]] = {}
         for w in watched:
             by_url.setdefault(w.url, []).append(w)
