@@ -19,11 +19,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
 from gaudi_operator import api
 from gaudi_operator.clients import kube
-from gaudi_operator.clients.kube import ApiError, Clients
+from gaudi_operator.clients.kube import Clients
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +89,15 @@ async def _try(clients: Clients, path: str, body: Mapping[str, Any]) -> bool:
     try:
         await kube.create(clients, path, body)
         return True
-    except ApiError as err:
-        if err.status == 409:  # an earlier try got there: the name is the event's own
+    except Exception as err:  # events must never break a reconcile pass
+        if kube.status_code(err) == 409:  # an earlier try got there: the name is its own
             return True
-        if err.status == 429 or err.status >= 500:
+        # kube.transient: a 5xx, a 429, a broken connection, a timeout; FencedWrite among
+        # them, so past the renew deadline the fence holds every try until the Lease is
+        # renewed, and a deposed leader never gets through (it exits).
+        if kube.transient(err):
             log.info("event %s not posted yet (%s): trying again", what, err)
             return False
-        log.warning("could not post event %s: %s", what, err)
-        return True
-    except (aiohttp.ClientError, TimeoutError, OSError) as err:
-        # FencedWrite among them: past the renew deadline, the fence holds every write
-        # until the Lease is renewed; a deposed leader never gets through (it exits).
-        log.info("event %s not posted yet (%s): trying again", what, err)
-        return False
-    except Exception as err:  # events must never break a reconcile pass
         log.warning("could not post event %s: %s", what, err)
         return True
 

@@ -16,10 +16,9 @@ class OperatorConfig:
     pod_concurrency: int = 32
     resync_seconds: float = 30.0
     # Workers' progress on the way to Running (counts, Scheduled, Pending -> Starting) is
-    # written at most this late, or with the next other change (jobs.plan.progress_only);
-    # workers the scheduler cannot place are said within 5 s at most.
-    # Workers' progress alone waits this long at most: a job costs at most two status
-    # writes to Running when it gets there within it (docs/architecture.md).
+    # written at most this late, or with the next other change (jobs.plan.progress_only):
+    # a job costs at most two status writes to Running when it gets there within it
+    # (docs/architecture.md); workers the scheduler cannot place are said within 5 s.
     status_debounce_seconds: float = 300.0
     watch_timeout: int = 300
     prometheus_url: str = ""
