@@ -31,9 +31,20 @@ from typing import Any
 # Ports for servers we start are chosen below the kernel's ephemeral range: a port that
 # bind(0) hands out is in that range, and until our server binds it, any client's outgoing
 # connection may take it as its local port (seen here as kwok's "address already in use"
-# with two test clusters starting at once). Chosen at random from a wide range, so that
-# two clusters choosing their ports at the same time rarely pick the same one.
+# with two test clusters starting at once). Chosen at random from a wide range.
 LOWEST_SERVER_PORT = 10000
+# A port is free when chosen but only taken when its server binds, seconds later (the last
+# of a cluster's components a minute later on a loaded machine). In between, the same port
+# must not be handed out again: not to the same cluster's next component, nor to a cluster
+# that another process starts at the same moment. Both happened (CI, 2026-12-08: a
+# cluster's Prometheus found its port bound). So every port handed out is written to a
+# ledger shared by all processes on the machine and skipped for this long.
+PORT_HOLD_SECONDS = 600.0
+
+
+def _ledger() -> Path:
+    cache = Path(os.environ.get("GAUDI3_CACHE", Path.home() / ".cache" / "gaudi3"))
+    return cache / "server-ports.json"
 
 
 def _ephemeral_low() -> int:
@@ -43,18 +54,45 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _held_ports() -> Iterator[dict[int, float]]:
+    """The ledger's ports still held (port -> when handed out), under an exclusive lock
+    across processes; what the caller leaves in the dict is written back."""
+    path = _ledger()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held: dict[int, float] = {}
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            held = {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        now = time.time()
+        held = {p: t for p, t in held.items() if now - PORT_HOLD_SECONDS < t <= now}
+        yield held
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({str(p): t for p, t in held.items()}))
+        tmp.replace(path)
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 now, for a server about to listen there."""
+    """A port free on 127.0.0.1 now, for a server about to listen there, and not handed
+    out by this function to anyone else on the machine in the last PORT_HOLD_SECONDS."""
     low = _ephemeral_low()
     first = min(LOWEST_SERVER_PORT, max(1024, low - 1000))
-    for _ in range(64 if low - first >= 64 else 0):
-        port = random.randrange(first, low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    with _held_ports() as held:
+        for _ in range(256 if low - first >= 64 else 0):
+            port = random.randrange(first, low)
+            if port not in held and _bindable(port):
+                held[port] = time.time()
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
