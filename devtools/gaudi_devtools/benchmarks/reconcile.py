@@ -8,7 +8,9 @@ times until every worker is gone. The operator's peak resident memory is read fr
 worker pods directly, with no operator running, 32 requests in flight like the operator
 (what the API server, scheduler and kwok manage on their own, the floor); `kubeflow` puts
 the same pods through the Kubeflow Training Operator v1 as worker-only PyTorchJobs
-(benchmarks/kubeflow.py). One table holds them all, with the ratios.
+(benchmarks/kubeflow.py); `floor` makes exactly the writes the write floor allows a job,
+from the load generator with no operator running (benchmarks/floor.py): the best any
+controller making those writes could do here. One table holds them all, with the ratios.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ COMPONENTS = ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manag
 # CPU seconds used so far by each of the cluster's components, by name.
 CpuProbe = Callable[[], dict[str, float]]
 IN_FLIGHT = 32  # creates at once, for jobs and bare pods alike (the operator's default)
+# This benchmark's own process, which shares the two cores: its creates and watches, and in
+# the write-floor run the writes it makes in the operator's place.
+GENERATOR = "load generator"
 
 
 def component_cpu(procs: Any, operator: int | None = None) -> CpuProbe:
@@ -230,8 +235,10 @@ class _Watched:
         selector: str,
         running: Callable[[dict[str, Any]], bool],
         total: int,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.clients, self.path, self.selector = clients, path, selector
+        self.on_event = on_event  # also told of every event (the write-floor run's driver)
         self.is_running, self.total = running, total
         self.running: set[str] = set()
         self.first: float | None = None  # time.monotonic() of the first Running
@@ -281,6 +288,8 @@ class _Watched:
                 resp.release()
 
     def _see(self, kind: str, obj: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, obj)
         name = obj["metadata"]["name"]
         if kind != "DELETED" and self.is_running(obj):
             self.running.add(name)
@@ -337,7 +346,7 @@ async def _run_bare(
             clients, f"/api/v1/namespaces/{ns}/pods", BARE_LABEL, _pod_running, len(pods)
         ).start()
         before = await read_request_totals(clients)
-        cpu0 = cpu()
+        cpu0, mine0 = cpu(), time.process_time()
         t0 = time.monotonic()
         try:
             await asyncio.gather(*(submit(p) for p in pods))
@@ -347,6 +356,7 @@ async def _run_bare(
             watched.close()
         # The benchmark's own pod creates: what a job costs with no controller at all.
         spent = _spent(cpu0, cpu())
+        spent[GENERATOR] = time.process_time() - mine0
         after = await read_request_totals(clients)
         writes = controller_writes(before, after, "", "")
         everyone = all_writes(before, after)
@@ -414,7 +424,7 @@ async def _run(
             jobs * workers,
         ).start()
         before = await read_request_totals(clients)
-        cpu0 = cpu()
+        cpu0, mine0 = cpu(), time.process_time()
         t0 = time.monotonic()
         try:
             await asyncio.gather(*(submit(i) for i in range(jobs)))
@@ -425,6 +435,7 @@ async def _run(
             watched_jobs.close()
             watched_pods.close()
         spent = _spent(cpu0, cpu())
+        spent[GENERATOR] = time.process_time() - mine0
         after = await read_request_totals(clients)
         writes = controller_writes(before, after, api.GROUP, api.PLURAL)
         everyone = all_writes(before, after)
@@ -499,8 +510,10 @@ def benchmark_reconcile(
         str,
         typer.Option(
             help="Peers run first on the same cluster, comma-separated: bare (the same pods "
-            "created directly, the floor), kubeflow (Kubeflow Training Operator v1.9.3, "
-            "`bash hack/toolchain.sh kubeflow-training-operator`); none for neither."
+            "created directly), floor (the write floor's writes for each job, made with no "
+            "operator: the best any controller making them could do), kubeflow (Kubeflow "
+            "Training Operator v1.9.3, `bash hack/toolchain.sh kubeflow-training-operator`); "
+            "none for none."
         ),
     ] = "bare",
     profile: Annotated[
@@ -537,8 +550,10 @@ def benchmark_reconcile(
         )
         raise typer.Exit(1)
     peers = {p.strip() for p in versus.split(",") if p.strip() and p.strip() != "none"}
-    if peers - {"bare", "kubeflow"}:
-        console.print(f"[red]error:[/] --versus takes bare, kubeflow or none, not {versus!r}")
+    if peers - {"bare", "floor", "kubeflow"}:
+        console.print(
+            f"[red]error:[/] --versus takes bare, floor, kubeflow or none, not {versus!r}"
+        )
         raise typer.Exit(2)
     install_crds(c)
     kubeconfig = str(c.kubeconfig)
@@ -549,6 +564,22 @@ def benchmark_reconcile(
             _run_bare(
                 kubeconfig,
                 f"bare-{uuid.uuid4().hex[:6]}",
+                jobs,
+                workers,
+                hpus_per_worker,
+                timeout,
+                component_cpu(c.procs),
+            )
+        )
+    f: dict[str, Any] | None = None
+    if "floor" in peers:
+        from gaudi_devtools.benchmarks.floor import run_floor
+
+        console.print(f"write floor, no operator: {jobs} jobs x {workers} workers")
+        f = asyncio.run(
+            run_floor(
+                kubeconfig,
+                f"floor-{uuid.uuid4().hex[:6]}",
                 jobs,
                 workers,
                 hpus_per_worker,
@@ -589,8 +620,8 @@ def benchmark_reconcile(
         proc.wait(60)
     if memray:
         console.print(f"operator allocations: {memray} (`python -m memray tree {memray}`)")
-    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf, baseline))
-    for line in goals(jobs, workers, r, rss, b, kf, baseline):
+    console.print(_table(jobs, workers, need, r, rss, cpu, b, kf, baseline, f))
+    for line in goals(jobs, workers, r, rss, b, kf, baseline, f):
         console.print(line)
 
 
@@ -604,6 +635,7 @@ def _table(
     b: dict[str, Any] | None,
     kf: Any,
     baseline: float | None = None,
+    f: dict[str, Any] | None = None,
 ) -> Table:
     """One table: this operator, then each peer that ran, then the ratios."""
     pods = jobs * workers
@@ -612,9 +644,13 @@ def _table(
     table.add_column("gaudi-operator", justify="right")
     if kf is not None:
         table.add_column("Kubeflow v1.9.3", justify="right")
+    if f is not None:
+        table.add_column("write floor, no operator", justify="right")
     if b is not None:
         table.add_column("bare pods", justify="right")
         table.add_column("gaudi-operator / bare", justify="right")
+    if f is not None and b is not None:
+        table.add_column("floor / bare", justify="right")
     if kf is not None and b is not None:
         table.add_column("Kubeflow / bare", justify="right")
     if kf is not None:
@@ -632,12 +668,17 @@ def _table(
         theirs: float | None,
         bare: float | None,
         fmt: str = "{:.2f} s",
+        floor: float | None = None,
     ) -> None:
         cells = [what, cell(ours, fmt)]
         if kf is not None:
             cells.append(cell(theirs, fmt))
+        if f is not None:
+            cells.append(cell(floor, fmt))
         if b is not None:
             cells += [cell(bare, fmt), ratio(ours, bare)]
+        if f is not None and b is not None:
+            cells.append(ratio(floor, bare))
         if kf is not None and b is not None:
             cells.append(ratio(theirs, bare))
         if kf is not None:
@@ -657,22 +698,37 @@ def _table(
         r["submitted"],
         kf and kf.submitted,
         get(b, "submitted"),
+        floor=get(f, "submitted"),
     )
-    row("first job Running", r["first_running"], None, None)
+    row("first job Running", r["first_running"], None, None, floor=get(f, "first_running"))
     row(
         "all pods Running",
         r.get("all_pods_running"),
         kf and kf.all_pods_running,
         get(b, "all_running"),
+        floor=get(f, "all_pods_running"),
     )
-    row("all jobs Running", r["all_running"], kf and kf.all_jobs_running, get(b, "all_running"))
-    row("all workers gone after delete", r["cleaned"], kf and kf.cleaned, get(b, "cleaned"))
+    row(
+        "all jobs Running",
+        r["all_running"],
+        kf and kf.all_jobs_running,
+        get(b, "all_running"),
+        floor=get(f, "all_running"),
+    )
+    row(
+        "all workers gone after delete",
+        r["cleaned"],
+        kf and kf.cleaned,
+        get(b, "cleaned"),
+        floor=get(f, "cleaned"),
+    )
     row(
         "pods Running per second",
         pods / r["all_running"],
         kf and pods / kf.all_jobs_running,
         b and pods / b["all_running"],
         "{:.1f}",
+        floor=f and pods / f["all_running"],
     )
     # The write floor (issue 21): a job of N workers costs at most N + 4 writes to Running.
     row(
@@ -681,15 +737,30 @@ def _table(
         wrote(kf, "total"),
         wrote(b, "total"),
         "{:.2f}",
+        floor=wrote(f, "total"),
     )
     for kind in ("pods", "services", "status", "events", "other"):
-        row(f"  {kind}", wrote(r, kind), wrote(kf, kind), wrote(b, kind), "{:.2f}")
+        row(
+            f"  {kind}",
+            wrote(r, kind),
+            wrote(kf, kind),
+            wrote(b, kind),
+            "{:.2f}",
+            floor=wrote(f, kind),
+        )
 
     def everyone(d: dict[str, Any] | None) -> float | None:
         counts = d.get("all_writes") if d is not None else None
         return sum(counts.values()) / jobs if counts else None
 
-    row("API server writes per job, every component", everyone(r), None, everyone(b), "{:.2f}")
+    row(
+        "API server writes per job, every component",
+        everyone(r),
+        None,
+        everyone(b),
+        "{:.2f}",
+        floor=everyone(f),
+    )
 
     def spent(d: dict[str, Any] | None, name: str | None = None) -> float | None:
         used = d.get("cluster_cpu") if d is not None else None
@@ -697,9 +768,16 @@ def _table(
             return None
         return sum(used.values()) if name is None else used.get(name)
 
-    row("cluster CPU to all Running (every component)", spent(r), None, spent(b), "{:.1f} s")
-    for name in (*COMPONENTS, "operator"):
-        row(f"  {name}", spent(r, name), None, spent(b, name), "{:.1f} s")
+    row(
+        "CPU to all Running (every process)",
+        spent(r),
+        None,
+        spent(b),
+        "{:.1f} s",
+        floor=spent(f),
+    )
+    for name in (*COMPONENTS, "operator", GENERATOR):
+        row(f"  {name}", spent(r, name), None, spent(b, name), "{:.1f} s", floor=spent(f, name))
     row("operator CPU time (run and delete)", cpu, None, None, "{:.1f} s")
     row("operator RSS before the first job", baseline, None, None, "{:.0f} MiB")
     row("operator peak RSS", rss, kf and kf.peak_rss_mib, None, "{:.0f} MiB")
@@ -714,6 +792,7 @@ def goals(
     b: dict[str, Any] | None,
     kf: Any,
     baseline: float | None,
+    f: dict[str, Any] | None = None,
 ) -> list[str]:
     """Issue 21's goals for this load, each met or not, with what remains."""
     out = []
@@ -731,6 +810,17 @@ def goals(
         ratio = r["all_running"] / b["all_running"]
         verdict = "met" if ratio <= target else "NOT met"
         out.append(f"goal: all Running within {target}x bare pods: {ratio:.2f}x, {verdict}")
+        if f is not None and f.get("all_running"):
+            # The floor's writes with no operator: what the cluster alone needs for them.
+            least = f["all_running"] / b["all_running"]
+            if least > target:
+                reach = "beyond the goal in this run before any operator work"
+            else:
+                reach = f"{target - least:.2f}x left for the operator's own work"
+            out.append(
+                f"the write floor with no operator: {least:.2f}x bare pods "
+                f"({f['writes']['total']:.2f} writes a job); {reach}"
+            )
     ours_cpu, bare_cpu = r.get("cluster_cpu"), (b or {}).get("cluster_cpu")
     if ours_cpu and bare_cpu:
         # On shared cores the time follows the CPU every component spent: where it went.

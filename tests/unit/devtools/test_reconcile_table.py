@@ -69,7 +69,7 @@ def test_the_clusters_cpu_stands_beside_bare_pods_by_component() -> None:
     bare = {**BARE, "cluster_cpu": {"kube-apiserver": 12.0}}
     text = render(ours, b=bare, kf=None)
     lines = text.splitlines()
-    total = next(line for line in lines if "cluster CPU" in line)
+    total = next(line for line in lines if "CPU to all Running" in line)
     assert "40.0 s" in total and "12.0 s" in total and "3.33x" in total
     api = next(line for line in lines if "kube-apiserver" in line)
     assert "30.0 s" in api and "2.50x" in api
