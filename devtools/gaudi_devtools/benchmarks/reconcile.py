@@ -817,9 +817,16 @@ def goals(
                 reach = "beyond the goal in this run before any operator work"
             else:
                 reach = f"{target - least:.2f}x left for the operator's own work"
+            # The load generator's own CPU (Python making the writes) left out: what the
+            # cluster's components alone spent on them, against theirs for bare pods.
+            alone = [
+                sum(v for k, v in (d.get("cluster_cpu") or {}).items() if k in COMPONENTS)
+                for d in (f, b)
+            ]
+            cluster = f", cluster CPU {alone[0] / alone[1]:.2f}x bare pods'" if all(alone) else ""
             out.append(
                 f"the write floor with no operator: {least:.2f}x bare pods "
-                f"({f['writes']['total']:.2f} writes a job); {reach}"
+                f"({f['writes']['total']:.2f} writes a job{cluster}); {reach}"
             )
     ours_cpu, bare_cpu = r.get("cluster_cpu"), (b or {}).get("cluster_cpu")
     if ours_cpu and bare_cpu:

@@ -66,13 +66,17 @@ def test_the_memory_goal_against_kubeflow_is_at_a_thousand_jobs() -> None:
 
 def test_the_write_floor_with_no_operator_says_whether_the_time_goal_is_left_any_room() -> None:
     ours = {"all_running": 14.0, "writes": {}}
-    bare = {"all_running": 10.0}
-    beyond = {"all_running": 12.5, "writes": {**WRITES, "total": 11.0}}
+    bare = {"all_running": 10.0, "cluster_cpu": {"kube-apiserver": 8.0, "load generator": 2.0}}
+    beyond = {
+        "all_running": 12.5,
+        "writes": {**WRITES, "total": 11.0},
+        "cluster_cpu": {"kube-apiserver": 10.0, "kwok": 2.0, "load generator": 5.0},
+    }
     within = {"all_running": 10.5, "writes": {**WRITES, "total": 11.0}}
     over = goals(100, 8, ours, None, bare, None, None, beyond)
     assert (
-        "the write floor with no operator: 1.25x bare pods (11.00 writes a job); beyond the "
-        "goal in this run before any operator work" in over
+        "the write floor with no operator: 1.25x bare pods (11.00 writes a job, cluster CPU "
+        "1.50x bare pods'); beyond the goal in this run before any operator work" in over
     )
     under = goals(100, 8, ours, None, bare, None, None, within)
     assert "1.05x bare pods (11.00 writes a job); 0.10x left for the operator's own work" in (
