@@ -95,3 +95,42 @@ def test_create_to_running_costs_at_most_n_plus_4_writes(
     assert len(worker_pods(core, namespace, name)) == workers
     normal = [e.reason for e in events_for(core, namespace, name) if e.type == "Normal"]
     assert normal == ["CreatedWorkers"]
+
+
+@pytest.fixture
+def no_operator(operator: OperatorProcess, hpus_free: Any) -> Iterator[None]:
+    """The session's operator paused, as the benchmark's write-floor run has none."""
+    hpus_free()
+    paused = operator.proc if operator.proc is not None and operator.proc.poll() is None else None
+    if paused is not None:
+        paused.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if paused is not None:
+            paused.send_signal(signal.SIGCONT)
+
+
+def test_the_benchmarks_floor_run_makes_the_floors_writes_and_its_jobs_run(
+    no_operator: None, cluster: Any
+) -> None:
+    """`benchmark reconcile --versus floor` on the real cluster: with no operator, the load
+    generator's writes bring every job to Running, and the API server counts exactly the
+    writes it claims (each job's pods, its Service, one status write; Events at least its
+    own one: kube-controller-manager writes core Events about the Services too)."""
+    import asyncio
+    import uuid
+
+    from gaudi_devtools.benchmarks.floor import run_floor
+    from gaudi_devtools.benchmarks.reconcile import component_cpu
+
+    ns = f"floor-run-{uuid.uuid4().hex[:6]}"
+    r = asyncio.run(
+        run_floor(str(cluster.kubeconfig), ns, 3, 2, 1, 120, component_cpu(cluster.procs))
+    )
+    w = r["writes"]
+    print(f"floor run, 3 jobs x 2 workers: {r}")
+    assert (w["pods"], w["services"], w["status"], w["other"]) == (2.0, 1.0, 1.0, 0.0)
+    assert w["events"] >= 1.0
+    assert 0 < r["first_running"] <= r["all_running"] and r["all_pods_running"] > 0
+    assert r["cluster_cpu"]["kube-apiserver"] > 0 and r["cluster_cpu"]["load generator"] > 0
