@@ -25,16 +25,17 @@ from typing import Any
 
 from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks.reconcile import (
+    GENERATOR,
     IN_FLIGHT,
     CpuProbe,
     _drop_namespace,
-    _gone,
     _namespace,
     _pod_running,
     _spent,
     _Watched,
     console,
     job_manifest,
+    jobs_gone,
 )
 from gaudi_devtools.benchmarks.writes import (
     all_reads,
@@ -105,7 +106,7 @@ async def run_floor(
     kubeconfig: str, ns: str, jobs: int, workers: int, hpus: int, limit_s: float, cpu: CpuProbe
 ) -> dict[str, Any]:
     clients = await kube.connect(kubeconfig)
-    core, custom, client = clients.core, clients.custom, clients.api_client
+    core, client = clients.core, clients.api_client
     try:
         await _namespace(core, ns)
         user, controller = asyncio.Semaphore(IN_FLIGHT), asyncio.Semaphore(IN_FLIGHT)
@@ -191,23 +192,13 @@ async def run_floor(
             watched_jobs.close()
             pods_watch.close()
         spent = _spent(cpu0, cpu())
-        spent["load generator"] = time.process_time() - mine0
+        spent[GENERATOR] = time.process_time() - mine0
         after = await read_request_totals(clients)
         writes = controller_writes(before, after, api.GROUP, api.PLURAL)
         console.print(
             f"write floor, no operator: all {jobs} jobs Running after {all_running:.2f} s"
         )
-        t1 = time.monotonic()
-        cleaned = await _gone(
-            core,
-            ns,
-            api.LABEL_JOB_NAME,
-            t1,
-            limit_s,
-            lambda: custom.delete_collection_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL
-            ),
-        )
+        cleaned = await jobs_gone(clients, ns, limit_s)
         return {
             "submitted": max(submitted) - t0,
             "first_running": first_running,

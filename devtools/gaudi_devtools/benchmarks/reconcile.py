@@ -200,6 +200,21 @@ async def _gone(
             await asyncio.sleep(0.5)
 
 
+async def jobs_gone(clients: kube.Clients, ns: str, limit_s: float) -> float:
+    """Delete every job of the namespace; seconds until the garbage collector has taken
+    all their workers."""
+    return await _gone(
+        clients.core,
+        ns,
+        api.LABEL_JOB_NAME,
+        time.monotonic(),
+        limit_s,
+        lambda: clients.custom.delete_collection_namespaced_custom_object(
+            api.GROUP, api.VERSION, ns, api.PLURAL
+        ),
+    )
+
+
 async def _wait_all(
     what: str, total: int, count: Callable[[], Awaitable[int]], t0: float, limit_s: float
 ) -> tuple[float, float]:
@@ -444,17 +459,7 @@ async def _run(
         console.print(
             f"operator writes, create -> Running: {writes} ({writes.total / jobs:.2f} a job)"
         )
-        t1 = time.monotonic()
-        cleaned = await _gone(
-            core,
-            ns,
-            api.LABEL_JOB_NAME,
-            t1,
-            limit_s,
-            lambda: custom.delete_collection_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL
-            ),
-        )
+        cleaned = await jobs_gone(clients, ns, limit_s)
         return {
             "submitted": submitted,
             "first_running": first_running,
