@@ -49,6 +49,8 @@ from gaudi_operator.api.spec import ConditionType, Phase
 from gaudi_operator.api.status import GaudiTrainingJobStatus
 from gaudi_operator.jobs import manifests
 
+TRIES, RETRY_SECONDS = 20, 0.5  # a write the API server turned away with a 429
+
 
 def running_status(name: str, workers: int, hpus: int, started: datetime) -> dict[str, Any]:
     """The status a Running job of `workers` shows, in the operator's own model."""
@@ -137,18 +139,24 @@ async def run_floor(
             if merge:
                 headers["Content-Type"] = "application/merge-patch+json"
             async with slots or controller:  # the user's creates have slots of their own
-                resp = await client.call_api(
-                    path,
-                    method,
-                    body=body,
-                    header_params=headers,
-                    auth_settings=["BearerToken"],
-                    _preload_content=False,
-                )
-                try:
-                    data = await resp.read()
-                finally:
-                    resp.release()
+                for _ in range(TRIES):
+                    resp = await client.call_api(
+                        path,
+                        method,
+                        body=body,
+                        header_params=headers,
+                        auth_settings=["BearerToken"],
+                        _preload_content=False,
+                    )
+                    try:
+                        data = await resp.read()
+                    finally:
+                        resp.release()
+                    # 429: the API server's priority and fairness turned it away unread, so it
+                    # is safe to send again (as the operator's client does); anything else ends.
+                    if resp.status != 429:
+                        break
+                    await asyncio.sleep(RETRY_SECONDS)
                 if resp.status >= 300:
                     raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
                 return json.loads(data)
@@ -185,8 +193,17 @@ async def run_floor(
         t0 = time.monotonic()
         try:
             work = asyncio.gather(*(job_lifecycle(i) for i in range(jobs)))
-            first_running, all_running = await watched_jobs.wait("floor jobs", t0, limit_s)
+            waiting = asyncio.ensure_future(watched_jobs.wait("floor jobs", t0, limit_s))
+            # A write that failed ends the run now, not at the time limit; a time limit
+            # reached ends the writes still waiting for their pods.
+            await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_EXCEPTION)
+            for failed in (work, waiting):
+                if failed.done() and failed.exception() is not None:
+                    work.cancel()
+                    waiting.cancel()
+                    raise failed.exception()  # type: ignore[misc]
             await work
+            first_running, all_running = await waiting
             _, pods_running = await pods_watch.wait("floor pods", t0, limit_s)
         finally:
             watched_jobs.close()

@@ -284,6 +284,10 @@ class _Watched:
             except (TimeoutError, aiohttp.ClientError):
                 await asyncio.sleep(0.5)
                 continue
+            if resp.status != 200:  # e.g. a kind its CRD has only just made (404): again
+                resp.release()
+                await asyncio.sleep(0.5)
+                continue
             try:
                 async for line in resp.content:
                     event = json.loads(line)
