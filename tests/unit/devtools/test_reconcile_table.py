@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from rich.console import Console
 
@@ -95,3 +97,38 @@ def test_a_run_is_timed_by_the_watch_events_it_sees() -> None:
     assert w.all is None, "a deleted pod is no longer Running"
     w._see("ADDED", pod("c", "Running"))
     assert w.all is not None and w.first == first
+
+
+def test_a_watch_answered_with_an_error_is_opened_again_not_read_as_events() -> None:
+    """A kind whose CRD was only just made answers its first watch with a 404 Status."""
+
+    class Response:
+        def __init__(self, status: int, lines: list[bytes]) -> None:
+            self.status, self.lines = status, lines
+            self.content = self._lines()
+
+        async def _lines(self):  # type: ignore[no-untyped-def]
+            for line in self.lines:
+                yield line
+
+        def release(self) -> None:
+            pass
+
+    running = b'{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"5"},'
+    running += b'"status":{"phase":"Running"}}}\n'
+    answers = [
+        Response(404, [b'{"kind":"Status","status":"Failure","code":404}\n']),
+        Response(200, [running]),
+    ]
+
+    class Api:
+        calls = 0
+
+        async def call_api(self, *args: object, **kwargs: object) -> Response:
+            Api.calls += 1
+            return answers.pop(0)
+
+    clients = type("Clients", (), {"api_client": Api()})()
+    w = _Watched(clients, "/apis/x/v1/namespaces/x/things", "", _pod_running, 1)  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(w._watch(), 5))
+    assert Api.calls == 2 and w.all is not None and w.running == {"a"}
