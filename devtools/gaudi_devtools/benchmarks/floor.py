@@ -25,23 +25,16 @@ from typing import Any
 
 from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks.reconcile import (
-    GENERATOR,
     IN_FLIGHT,
     CpuProbe,
+    Meter,
     _drop_namespace,
     _namespace,
     _pod_running,
-    _spent,
     _Watched,
     console,
     job_manifest,
     jobs_gone,
-)
-from gaudi_devtools.benchmarks.writes import (
-    all_reads,
-    all_writes,
-    controller_writes,
-    read_request_totals,
 )
 from gaudi_operator import api
 from gaudi_operator.api.conditions import set_condition
@@ -188,8 +181,7 @@ async def run_floor(
             body = {"status": running_status(name, workers, hpus, started)}
             await write("PATCH", f"{jobs_path}/{name}/status", body, merge=True)
 
-        before = await read_request_totals(clients)
-        cpu0, mine0 = cpu(), time.process_time()
+        meter = await Meter(clients, cpu).start()
         t0 = time.monotonic()
         try:
             work = asyncio.gather(*(job_lifecycle(i) for i in range(jobs)))
@@ -208,10 +200,7 @@ async def run_floor(
         finally:
             watched_jobs.close()
             pods_watch.close()
-        spent = _spent(cpu0, cpu())
-        spent[GENERATOR] = time.process_time() - mine0
-        after = await read_request_totals(clients)
-        writes = controller_writes(before, after, api.GROUP, api.PLURAL)
+        _, measured = await meter.read(jobs, api.GROUP, api.PLURAL)
         console.print(
             f"write floor, no operator: all {jobs} jobs Running after {all_running:.2f} s"
         )
@@ -222,10 +211,7 @@ async def run_floor(
             "all_pods_running": pods_running,
             "all_running": all_running,
             "cleaned": cleaned,
-            "writes": writes.per(jobs),
-            "all_writes": all_writes(before, after),
-            "all_reads": all_reads(before, after),
-            "cluster_cpu": spent,
+            **measured,
         }
     finally:
         try:

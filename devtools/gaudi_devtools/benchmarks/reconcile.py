@@ -35,6 +35,7 @@ from gaudi_devtools import kube_async as kube
 from gaudi_devtools.benchmarks import support
 from gaudi_devtools.benchmarks.support import cpu_seconds, peak_rss_mib, rss_mib, start_operator
 from gaudi_devtools.benchmarks.writes import (
+    ControllerWrites,
     all_reads,
     all_writes,
     controller_writes,
@@ -75,6 +76,34 @@ def component_cpu(procs: Any, operator: int | None = None) -> CpuProbe:
 
 def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before[k] for k in after if k in before}
+
+
+class Meter:
+    """What a run cost from its start: the API server's requests (its own counters) and
+    the CPU of every process sharing the cores, this benchmark's included."""
+
+    def __init__(self, clients: kube.Clients, cpu: CpuProbe) -> None:
+        self.clients, self.cpu = clients, cpu
+
+    async def start(self) -> Meter:
+        self.before = await read_request_totals(self.clients)
+        self.cpu0, self.mine0 = self.cpu(), time.process_time()
+        return self
+
+    async def read(
+        self, jobs: int, group: str, plural: str
+    ) -> tuple[ControllerWrites, dict[str, Any]]:
+        """The job controller's writes, and the run's result fields for them."""
+        spent = _spent(self.cpu0, self.cpu())
+        spent[GENERATOR] = time.process_time() - self.mine0
+        after = await read_request_totals(self.clients)
+        writes = controller_writes(self.before, after, group, plural)
+        return writes, {
+            "writes": writes.per(jobs),
+            "all_writes": all_writes(self.before, after),
+            "all_reads": all_reads(self.before, after),
+            "cluster_cpu": spent,
+        }
 
 
 def job_manifest(name: str, workers: int, hpus: int) -> dict[str, Any]:
@@ -364,8 +393,7 @@ async def _run_bare(
         watched = _Watched(
             clients, f"/api/v1/namespaces/{ns}/pods", BARE_LABEL, _pod_running, len(pods)
         ).start()
-        before = await read_request_totals(clients)
-        cpu0, mine0 = cpu(), time.process_time()
+        meter = await Meter(clients, cpu).start()
         t0 = time.monotonic()
         try:
             await asyncio.gather(*(submit(p) for p in pods))
@@ -374,12 +402,7 @@ async def _run_bare(
         finally:
             watched.close()
         # The benchmark's own pod creates: what a job costs with no controller at all.
-        spent = _spent(cpu0, cpu())
-        spent[GENERATOR] = time.process_time() - mine0
-        after = await read_request_totals(clients)
-        writes = controller_writes(before, after, "", "")
-        everyone = all_writes(before, after)
-        reads = all_reads(before, after)
+        _, measured = await meter.read(jobs, "", "")
         console.print(f"bare pods: all {len(pods)} Running after {all_running:.2f} s")
         t1 = time.monotonic()
         cleaned = await _gone(
@@ -396,10 +419,7 @@ async def _run_bare(
             "submitted": submitted,
             "all_running": all_running,
             "cleaned": cleaned,
-            "writes": writes.per(jobs),
-            "all_writes": everyone,
-            "all_reads": reads,
-            "cluster_cpu": spent,
+            **measured,
         }
     finally:
         try:
@@ -442,8 +462,7 @@ async def _run(
             _pod_running,
             jobs * workers,
         ).start()
-        before = await read_request_totals(clients)
-        cpu0, mine0 = cpu(), time.process_time()
+        meter = await Meter(clients, cpu).start()
         t0 = time.monotonic()
         try:
             await asyncio.gather(*(submit(i) for i in range(jobs)))
@@ -453,12 +472,7 @@ async def _run(
         finally:
             watched_jobs.close()
             watched_pods.close()
-        spent = _spent(cpu0, cpu())
-        spent[GENERATOR] = time.process_time() - mine0
-        after = await read_request_totals(clients)
-        writes = controller_writes(before, after, api.GROUP, api.PLURAL)
-        everyone = all_writes(before, after)
-        reads = all_reads(before, after)
+        writes, measured = await meter.read(jobs, api.GROUP, api.PLURAL)
         console.print(f"all {jobs} jobs Running after {all_running:.2f} s")
         console.print(
             f"operator writes, create -> Running: {writes} ({writes.total / jobs:.2f} a job)"
@@ -470,10 +484,7 @@ async def _run(
             "all_pods_running": pods_running,
             "all_running": all_running,
             "cleaned": cleaned,
-            "writes": writes.per(jobs),
-            "all_writes": everyone,
-            "all_reads": reads,
-            "cluster_cpu": spent,
+            **measured,
         }
     finally:
         try:
